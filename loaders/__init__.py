@@ -1,0 +1,1 @@
+"""Light loaders: read, validate, aggregate and split the HW-GPT-Bench dataset (no torch, no scikit-learn)."""

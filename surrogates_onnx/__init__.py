@@ -1,0 +1,1 @@
+"""ONNX surrogates with conformal intervals; the runtime needs numpy + onnxruntime only."""
