@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 ARCH_ID_LENGTH = 12  # hex characters of sha256 kept in ``arch_id``; 48 bits, collision-free for millions of archs
 GPT2_PADDED_VOCAB = 50304  # GPT-2's 50257 tokens padded to a multiple of 64, as in nanoGPT and the original benchmark
+ARCH_FIELDS = ("space", "embed_dim", "n_layer", "n_head", "mlp_ratio", "bias")  # the fields that define an architecture
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ class ArchConfig:
     @classmethod
     def from_dict(cls, d: Mapping) -> ArchConfig:
         """Build from a mapping with the field names (lists allowed); unknown keys are an error."""
-        allowed = {"space", "embed_dim", "n_layer", "n_head", "mlp_ratio", "bias"}
+        allowed = set(ARCH_FIELDS)
         unknown = set(d) - allowed - {"arch_id"}
         if unknown:
             raise ValueError(f"architecture: unknown fields {sorted(unknown)}; allowed fields: {sorted(allowed)}")
@@ -307,5 +308,5 @@ def encode(arch: ArchConfig) -> list[float]:
 
 
 def archs_from_dicts(rows: Iterable[Mapping]) -> list[ArchConfig]:
-    """Validate and convert plain dicts (e.g. parquet rows) into ``ArchConfig``s."""
-    return [ArchConfig.from_dict(r) for r in rows]
+    """Validate and convert plain dicts (e.g. parquet rows with other columns too) into ``ArchConfig``s."""
+    return [ArchConfig.from_dict({k: r[k] for k in (*ARCH_FIELDS, "arch_id") if k in r}) for r in rows]

@@ -1,0 +1,178 @@
+"""``hwgpt-bench``: one console entry point with subcommands.
+
+The parser itself imports nothing heavy: each subcommand imports its implementation (torch, scikit-learn, ...) only
+when it runs, so ``hwgpt-bench predict`` and ``--help`` work with the base dependencies alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+log = logging.getLogger("hwgpt_bench")
+
+
+def _cmd_spaces(args: argparse.Namespace) -> int:
+    from hwgpt_bench.generation.search_spaces import SPACES
+
+    if args.json:
+        print(json.dumps({name: sp.to_dict() for name, sp in SPACES.items()}, indent=2))
+        return 0
+    header = f"{'space':<12} {'embed_dim':<16} {'n_layer':<10} {'heads/layer':<12} {'mlp ratio':<10} {'head':>4} " \
+             f"{'seq':>5} {'vocab':>6} {'params min-max (M)':>20}"
+    print(header)
+    for sp in SPACES.values():
+        sizes = f"{sp.smallest().num_params() / 1e6:.1f}-{sp.largest().num_params() / 1e6:.1f}"
+        print(f"{sp.name:<12} {_join(sp.embed_dims):<16} {_join(sp.n_layers):<10} {_join(sp.n_heads):<12} "
+              f"{_join(sp.mlp_ratios):<10} {sp.head_size:>4} {sp.block_size:>5} {sp.vocab_size:>6} {sizes:>20}")
+    return 0
+
+
+def _join(values) -> str:
+    return "/".join(map(str, values))
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from hwgpt_bench.generation.architectures import sample_with_rows
+
+    _, rows = sample_with_rows(args.space, args.n, args.seed)
+    for row in rows:
+        print(json.dumps(row) if args.json else f"{row['arch_id']}  {row['params'] / 1e6:8.2f}M  {row['canonical']}")
+    return 0
+
+
+def _delegate(module: str, function: str = "run_from_args"):
+    """A handler that imports ``module`` only when the subcommand runs."""
+
+    def handler(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(module), function)(args)
+
+    return handler
+
+
+def _add_spaces(sub) -> None:
+    p = sub.add_parser("spaces", help="print the search spaces", description="Print every search space.")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON (choices, sizes, encoding) instead of "
+                   "a table")
+    p.set_defaults(handler=_cmd_spaces)
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="print a seeded sample of architectures",
+                       description="Print a seeded sample of architectures (smallest and largest first).")
+    p.add_argument("--space", required=True, help="search space name (see `hwgpt-bench spaces`)")
+    p.add_argument("--n", type=int, required=True, help="number of distinct architectures")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0, the release's seed)")
+    p.add_argument("--json", action="store_true", help="one JSON `architectures` row per line")
+    p.set_defaults(handler=_cmd_sample)
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", required=True, help="search space name (see `hwgpt-bench spaces`)")
+    p.add_argument("--n", type=int, required=True, help="size of the seeded sample (smallest and largest first)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0, the release's seed)")
+    p.add_argument("--out", required=True, help="run directory; parts go to <out>/<table>/part-*.parquet and a rerun "
+                   "resumes from them")
+    p.add_argument("--shard", default="0/1", help="'i/n': measure only architectures with int(arch_id,16) %% n == i")
+    p.add_argument("--flush-every", type=float, default=30.0, help="seconds between atomic part writes (default 30)")
+    p.add_argument("--limit", type=int, default=None, help="stop after this many new architectures (for smoke runs)")
+
+
+def _add_profile(sub) -> None:
+    p = sub.add_parser("profile", help="measure latency, energy and memory of a seeded sample (resumable)",
+                       description="Profile a seeded sample of architectures on one device. Every combination of "
+                       "--phase, --batch-size and --seq-len is measured for every architecture.")
+    _add_run_arguments(p)
+    p.add_argument("--device", default="cpu", help="torch device: 'cpu' or 'cuda' (default cpu)")
+    p.add_argument("--device-id", default=None, help="device identifier for the tables (default: derived from the "
+                   "CPU/GPU model and thread count, e.g. cpu-amd-epyc-2t)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="compute dtype; bfloat16 runs under torch.autocast")
+    p.add_argument("--phase", nargs="+", default=["forward"], choices=["forward", "prefill", "decode"],
+                   help="workload phases (default forward: the full-sequence forward of the paper)")
+    p.add_argument("--batch-size", nargs="+", type=int, default=[1], help="batch sizes (default 1)")
+    p.add_argument("--seq-len", nargs="+", type=int, default=None,
+                   help="sequence lengths in tokens (default: the space's block size)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (default 2)")
+    p.add_argument("--repeats", type=int, default=10, help="recorded latency repeats (default 10)")
+    p.add_argument("--energy-samples", type=int, default=5, help="energy samples where a counter exists (default 5)")
+    p.add_argument("--energy-window-ms", type=float, default=1000.0,
+                   help="minimum duration of one energy sample in ms (default 1000)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all logical cores)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.set_defaults(handler=_delegate("hwgpt_bench.generation.jobs", "profile_from_args"))
+
+
+def _add_eval_perplexity(sub) -> None:
+    p = sub.add_parser("eval-perplexity", help="evaluate perplexity of a seeded sample with supernet weights",
+                       description="Evaluate perplexity and next-token accuracy of subnets of a trained supernet on "
+                       "held-out tokens (resumable).")
+    _add_run_arguments(p)
+    p.add_argument("--checkpoint", required=True, help="supernet checkpoint (.safetensors) from train-supernet")
+    p.add_argument("--data-dir", required=True, help="corpus directory with heldout.bin (from prepare-corpus)")
+    p.add_argument("--eval-tokens", type=int, default=None, help="evaluate at most this many held-out tokens "
+                   "(default: all)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward (default 8)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all logical cores)")
+    p.set_defaults(handler=_delegate("hwgpt_bench.generation.jobs", "eval_perplexity_from_args"))
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train-supernet", help="train a weight-sharing supernet with the sandwich rule",
+                       description="Sandwich-rule supernet training; all flags are those of "
+                       "`python -m hwgpt_bench.generation.train` (use torchrun with that module for DDP).",
+                       add_help=False)
+    p.add_argument("train_args", nargs=argparse.REMAINDER, help="arguments passed to the trainer (try --help)")
+    p.set_defaults(handler=lambda a: importlib.import_module("hwgpt_bench.generation.train").main(a.train_args))
+
+
+def _add_prepare_corpus(sub) -> None:
+    p = sub.add_parser("prepare-corpus", help="build the gpt-nano training corpus and tokens",
+                       description="Collect the installed English text, split train/held-out by document and "
+                       "tokenize with the shipped BPE tokenizer.")
+    p.add_argument("--out", required=True, help="output directory for train.bin, heldout.bin and corpus.json")
+    p.add_argument("--retrain-tokenizer", action="store_true",
+                   help="train a new BPE tokenizer instead of the shipped one")
+    p.set_defaults(handler=_delegate("hwgpt_bench.generation.corpus", "run_from_args"))
+
+
+def _add_merge(sub) -> None:
+    p = sub.add_parser("merge", help="merge the parts of several runs into one run directory",
+                       description="Combine the parts of several run directories (e.g. shards from several machines) "
+                       "into one part per table, dropping duplicate keys.")
+    p.add_argument("runs", nargs="+", help="run directories to merge")
+    p.add_argument("--out", required=True, help="run directory to write the merged parts to")
+    p.set_defaults(handler=_delegate("hwgpt_bench.generation.jobs", "merge_from_args"))
+
+
+_BUILDERS = [_add_spaces, _add_sample, _add_profile, _add_eval_perplexity, _add_train, _add_prepare_corpus, _add_merge]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hwgpt-bench", description="HW-GPT-Bench: hardware-aware GPT-2-family "
+                                     "architecture benchmark (dataset, generation, ONNX surrogates).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level instead of INFO")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _BUILDERS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the subcommand; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except ValueError as err:
+        print(f"hwgpt-bench {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

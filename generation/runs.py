@@ -1,0 +1,180 @@
+"""Resumable, shardable runs: atomic parquet parts, skip what is done, merge parts into tables.
+
+A run directory holds one folder per table (``<run>/<table>/part-*.parquet``). Each part is written to a temporary
+file in the same folder, fsynced and renamed into place, so a part is either complete or absent: after a ``kill -9``
+at any moment, rerunning the same command finds every row already written (by primary key), computes only what is
+missing, and writes no duplicate. ``--shard i/n`` splits work by a hash of ``arch_id`` so machines need no
+coordination; ``merge_parts`` combines the folders of several runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hwgpt_bench.loaders.schema import PRIMARY_KEYS, cast_table, schema_for, table_from_rows
+
+log = logging.getLogger(__name__)
+
+PART_GLOB = "part-*.parquet"
+TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (0-based): an item belongs to it when ``int(arch_id, 16) % count == index``."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"shard: need 0 <= index < count, got {self.index}/{self.count}")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """Parse ``"i/n"``, e.g. ``"0/4"``."""
+        try:
+            index, count = (int(x) for x in text.split("/"))
+        except ValueError as err:
+            raise ValueError(f"shard: expected 'i/n' with integers (e.g. '0/4'), got {text!r}") from err
+        return cls(index, count)
+
+    def owns(self, arch_id: str) -> bool:
+        return int(arch_id, 16) % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
+    """Write ``table`` to ``path`` so that ``path`` is either absent or complete (temp file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_text_atomic(text: str, path: Path) -> Path:
+    """Atomically replace ``path`` with ``text`` (UTF-8)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def part_files(folder: Path) -> list[Path]:
+    """Complete part files of one table folder, sorted; leftover temporary files are ignored."""
+    folder = Path(folder)
+    return sorted(folder.glob(PART_GLOB)) if folder.is_dir() else []
+
+
+def read_parts(folders: Iterable[Path], table: str) -> pa.Table:
+    """Concatenate the parts of ``table`` found in ``folders`` (each a table folder), cast to the schema."""
+    tables = [cast_table(table, pq.read_table(p)) for f in folders for p in part_files(f)]
+    return pa.concat_tables(tables) if tables else schema_for(table).empty_table()
+
+
+def key_tuples(data: pa.Table, table: str) -> list[tuple]:
+    """Primary-key tuples of each row of ``data``, in row order."""
+    cols = [data.column(k).to_pylist() for k in PRIMARY_KEYS[table]]
+    return list(zip(*cols, strict=True))
+
+
+def dedupe(data: pa.Table, table: str) -> pa.Table:
+    """Keep the first row of each primary key (rows are never rewritten, so later copies are exact repeats)."""
+    seen: set[tuple] = set()
+    keep = []
+    for i, key in enumerate(key_tuples(data, table)):
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return data.take(pa.array(keep, type=pa.int64())) if len(keep) < data.num_rows else data
+
+
+def merge_parts(run_dirs: Sequence[Path], table: str) -> pa.Table:
+    """All rows of ``table`` across run directories, duplicates (same primary key) removed."""
+    data = read_parts([Path(d) / table for d in run_dirs], table)
+    return dedupe(data, table)
+
+
+class PartWriter:
+    """Buffers rows of one table and flushes them as atomic parts at most every ``flush_every_s`` seconds.
+
+    ``done_keys`` holds the primary keys already on disk (read once at start) plus those flushed since.
+    """
+
+    def __init__(self, run_dir: Path, table: str, flush_every_s: float = 30.0, shard: Shard | None = None):
+        self.folder = Path(run_dir) / table
+        self.table = table
+        self.flush_every_s = flush_every_s
+        self.tag = f"s{shard.index}of{shard.count}" if shard else "s0of1"
+        self._rows: list[dict] = []
+        self._last_flush = time.monotonic()
+        self.done_keys: set[tuple] = set(key_tuples(read_parts([self.folder], table), table))
+        self.rows_written = 0
+
+    def add(self, rows: Iterable[dict]) -> None:
+        """Buffer rows; flush when the buffer is older than ``flush_every_s``."""
+        self._rows.extend(rows)
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> Path | None:
+        """Write the buffered rows as one new part; returns its path (None when nothing was buffered)."""
+        self._last_flush = time.monotonic()
+        if not self._rows:
+            return None
+        data = table_from_rows(self.table, self._rows)
+        name = f"part-{self.tag}-{time.time_ns()}-{os.getpid()}.parquet"
+        path = write_parquet_atomic(data, self.folder / name)
+        self.done_keys.update(key_tuples(data, self.table))
+        self.rows_written += data.num_rows
+        log.info("wrote %d %s rows to %s", data.num_rows, self.table, path)
+        self._rows = []
+        return path
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()
+
+
+def pending(items: Iterable, key_of: Callable[[object], tuple], done: set[tuple]) -> Iterator:
+    """Items whose key is not in ``done``."""
+    return (item for item in items if key_of(item) not in done)
