@@ -126,8 +126,7 @@ def _add_train(sub) -> None:
                        description="Sandwich-rule supernet training; all flags are those of "
                        "`python -m hwgpt_bench.generation.train` (use torchrun with that module for DDP).",
                        add_help=False)
-    p.add_argument("train_args", nargs=argparse.REMAINDER, help="arguments passed to the trainer (try --help)")
-    p.set_defaults(handler=lambda a: importlib.import_module("hwgpt_bench.generation.train").main(a.train_args))
+    p.add_argument("train_args", nargs=argparse.REMAINDER, help="arguments of the trainer (try --help)")
 
 
 def _add_prepare_corpus(sub) -> None:
@@ -164,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the subcommand; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train-supernet"]:  # every flag, --help included, belongs to the trainer's own parser
+        return importlib.import_module("hwgpt_bench.generation.train").main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,449 @@
+"""Latency, energy and memory of one architecture on one device: real measurements, every raw repeat kept.
+
+A measurement is fixed by ``ProfileSettings`` (device, dtype, batch, sequence length, phase, warm-ups, repeats, energy
+sampling, threads, weights, seed) and produces one row of the ``measurements`` table (``profile_arch``).
+
+Phases (all under ``torch.inference_mode``; ``bfloat16`` means ``torch.autocast`` with fp32 weights):
+
+* ``forward``: one full-sequence forward of ``seq_len`` tokens, as the paper.
+* ``prefill``: ``forward_cached`` of ``seq_len`` tokens at ``start_pos=0`` into an empty KV cache of ``seq_len``
+  positions (a fresh cache per repeat, allocated outside the timed region).
+* ``decode``: ``forward_cached`` of one token at ``start_pos=seq_len`` with a cache that already holds ``seq_len``
+  tokens. The cache has ``seq_len + 1`` positions, so ``seq_len + 1`` must not exceed the space's ``block_size``
+  (``ProfileSettings.check_fits``). Latency: a fresh cache per repeat, prefilled outside the timed region.
+
+Clocks: ``time.perf_counter_ns`` on CPU with ``torch.set_num_threads(threads)``; ``torch.cuda.Event`` pairs with a
+synchronise on CUDA. Inputs are seeded random token ids. Energy comes only from a hardware counter (NVML on NVIDIA
+GPUs, RAPL on CPUs where readable); without one it is null with the reason. CPU memory is the peak resident set of a
+fresh process (``python -m hwgpt_bench.generation.profilers --memory-child ...``), so earlier measurements in the
+parent cannot inflate it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .environment import POWERCAP_ROOT, CpuBusyMeter, energy_source, gpu_sm_clock_mhz, host_load_1m, is_cuda
+from .model import GPT, KVCache, build_model
+from .search_spaces import ArchConfig
+
+log = logging.getLogger(__name__)
+
+PHASES = ("forward", "prefill", "decode")
+DTYPES = ("float32", "bfloat16")
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+_WEIGHTS = re.compile(r"^(random-init|supernet:[0-9a-f]{12})$")
+_MIB = 2**20
+CHILD_TIMEOUT_S = 900  # wall-clock limit of one fresh-process memory measurement (seconds)
+
+CPU_LATENCY_METHOD = "time.perf_counter_ns around each repeat (torch.inference_mode, torch.set_num_threads)"
+CUDA_LATENCY_METHOD = "torch.cuda.Event(enable_timing=True) pair with torch.cuda.synchronize (torch.inference_mode)"
+CPU_MEMORY_METHOD = ("ru_maxrss of a fresh process after one forward; includes the Python interpreter and torch "
+                     "runtime (see memory_baseline_mib, the same measure after importing torch, before building the "
+                     "model)")
+CUDA_MEMORY_METHOD = ("torch.cuda.max_memory_allocated over one forward after torch.cuda.reset_peak_memory_stats "
+                      "(tensors of torch's caching allocator: weights, inputs, KV cache, activations; CUDA context and "
+                      "cached free blocks excluded); baseline = torch.cuda.memory_allocated just before the forward")
+
+
+# ---- settings ----------------------------------------------------------------------------------------------------
+def _default_threads() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How one architecture is measured; validated on construction (``ValueError`` naming the field).
+
+    Attributes:
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        dtype: ``"float32"``, or ``"bfloat16"`` (``torch.autocast``; weights stay fp32, KV cache in bf16).
+        batch_size: sequences per forward.
+        seq_len: tokens per sequence (forward, prefill) or tokens already in the KV cache (decode).
+        phase: ``"forward"``, ``"prefill"`` or ``"decode"`` (see the module docstring).
+        n_warmup: untimed runs before the first recorded repeat (latency and energy each do their own).
+        n_repeats: recorded latency repeats.
+        n_energy_samples: recorded energy samples (where a counter exists).
+        energy_window_ms: each energy sample repeats the forward until at least this long has passed (milliseconds);
+            the energy per forward is the counter's delta divided by the forwards run.
+        threads: torch intra-op threads during the measurement.
+        weights: ``"random-init"`` (seeded, as the paper) or ``"supernet:<sha12>"`` (pass the model yourself).
+        seed: seed of the random weights and of the random input tokens.
+    """
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch_size: int = 1
+    seq_len: int = 256
+    phase: str = "forward"
+    n_warmup: int = 2
+    n_repeats: int = 10
+    n_energy_samples: int = 5
+    energy_window_ms: float = 500.0
+    threads: int = field(default_factory=_default_threads)
+    weights: str = "random-init"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
+            raise ValueError(f"device: {self.device!r} is not allowed; allowed values: 'cpu', 'cuda', 'cuda:<index>'")
+        for name, allowed in (("dtype", DTYPES), ("phase", PHASES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: {getattr(self, name)!r} is not allowed; allowed values: {list(allowed)}")
+        for name, low in (("batch_size", 1), ("seq_len", 1), ("n_warmup", 0), ("n_repeats", 1),
+                          ("n_energy_samples", 1), ("threads", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}: must be an integer >= {low}, got {value!r}")
+        window = self.energy_window_ms
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or not window > 0:
+            raise ValueError(f"energy_window_ms: must be a number > 0 (milliseconds), got {window!r}")
+        if not isinstance(self.weights, str) or not _WEIGHTS.match(self.weights):
+            raise ValueError(f"weights: {self.weights!r} is not allowed; allowed values: 'random-init', "
+                             "'supernet:<12 hex characters>'")
+
+    @property
+    def cache_len(self) -> int:
+        """Positions the KV cache must hold (tokens): ``seq_len`` for prefill, ``seq_len + 1`` for decode."""
+        return self.seq_len + 1 if self.phase == "decode" else self.seq_len
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.dtype == "bfloat16" else None
+
+    def check_fits(self, arch: ArchConfig) -> None:
+        """``ValueError`` (naming ``seq_len``) when the phase needs more positions than the space's ``block_size``."""
+        block = arch.search_space.block_size
+        if self.cache_len > block:
+            extra = " (decode needs seq_len + 1 positions)" if self.phase == "decode" else ""
+            raise ValueError(f"seq_len: {self.seq_len} does not fit space {arch.space!r} with block_size {block}"
+                             f"{extra}; allowed values: 1..{block - (self.phase == 'decode')}")
+
+
+# ---- results -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LatencyResult:
+    """Every recorded repeat (milliseconds), the 1-minute load read before each, busy cores of other processes."""
+
+    latency_ms: list[float]
+    host_load_1m: list[float | None]
+    other_cpu_cores: float | None
+    method: str
+
+
+@dataclass(frozen=True)
+class EnergyResult:
+    """Energy per forward of each sample (millijoules), or ``None`` with ``missing_reason``."""
+
+    energy_mj: list[float] | None
+    method: str | None
+    window_ms: float | None
+    missing_reason: str | None
+
+
+@dataclass(frozen=True)
+class MemoryResult:
+    """Peak memory of one forward and the same measure before it / before the model (MiB); see ``method``."""
+
+    peak_memory_mib: float | None
+    memory_baseline_mib: float | None
+    method: str | None
+    missing_reason: str | None
+
+
+# ---- the workload ------------------------------------------------------------------------------------------------
+class Workload:
+    """The step of one phase (``run``) and its untimed preparation (``prepare``), on seeded random tokens."""
+
+    def __init__(self, model: GPT, settings: ProfileSettings) -> None:
+        self.model, self.settings = model, settings
+        settings.check_fits(model.arch)
+        gen = torch.Generator().manual_seed(settings.seed)
+        vocab, b, t = model.arch.search_space.vocab_size, settings.batch_size, settings.seq_len
+        self.tokens = torch.randint(0, vocab, (b, t), generator=gen).to(settings.device)  # (B, T)
+        self.next_token = torch.randint(0, vocab, (b, 1), generator=gen).to(settings.device)  # (B, 1)
+
+    def new_cache(self) -> KVCache:
+        """A zero-filled cache of ``settings.cache_len`` positions in the compute dtype."""
+        dtype = self.settings.autocast_dtype or torch.float32
+        return self.model.new_kv_cache(self.settings.batch_size, self.settings.cache_len, self.settings.device, dtype)
+
+    def prepare(self, prefill: bool = True) -> KVCache | None:
+        """State of one step: nothing (forward), an empty cache (prefill) or a cache holding ``seq_len`` tokens
+        (decode; with ``prefill=False`` the cache stays zero-filled, which costs the decode step the same)."""
+        if self.settings.phase == "forward":
+            return None
+        cache = self.new_cache()
+        if self.settings.phase == "decode" and prefill:
+            self.model.forward_cached(self.tokens, cache, 0)
+        return cache
+
+    def run(self, cache: KVCache | None) -> torch.Tensor:
+        """The measured step; returns its logits (B, T or 1, V). Rerunning with the same cache does the same work."""
+        if self.settings.phase == "forward":
+            return self.model(self.tokens)
+        if self.settings.phase == "prefill":
+            return self.model.forward_cached(self.tokens, cache, 0)
+        return self.model.forward_cached(self.next_token, cache, self.settings.seq_len)
+
+
+@contextlib.contextmanager
+def compute_context(settings: ProfileSettings) -> Iterator[None]:
+    """``inference_mode``, autocast for bf16 and ``torch.set_num_threads(threads)`` (restored on exit)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    device_type = "cuda" if is_cuda(settings.device) else "cpu"
+    try:
+        with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16,
+                                                    enabled=settings.dtype == "bfloat16"):
+            yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _sync(settings: ProfileSettings) -> None:
+    if is_cuda(settings.device):
+        torch.cuda.synchronize(settings.device)
+
+
+def _warm_up(work: Workload) -> None:
+    for _ in range(work.settings.n_warmup):
+        work.run(work.prepare())
+    _sync(work.settings)
+
+
+# ---- latency -----------------------------------------------------------------------------------------------------
+def _time_cpu(step: Callable[[], object]) -> float:
+    start = time.perf_counter_ns()
+    step()
+    return (time.perf_counter_ns() - start) / 1e6
+
+
+def _time_cuda(step: Callable[[], object]) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    step()
+    end.record()
+    torch.cuda.synchronize()
+    return float(start.elapsed_time(end))
+
+
+def measure_latency(model: GPT, settings: ProfileSettings) -> LatencyResult:
+    """``n_repeats`` timed steps (milliseconds) after ``n_warmup`` untimed ones; state is prepared outside the timing.
+
+    ``other_cpu_cores`` spans the recorded repeats (see ``environment.CpuBusyMeter``).
+    """
+    cuda = is_cuda(settings.device)
+    timer = _time_cuda if cuda else _time_cpu
+    latencies, loads = [], []
+    with compute_context(settings):
+        work = Workload(model, settings)
+        _warm_up(work)
+        with CpuBusyMeter() as meter:
+            for _ in range(settings.n_repeats):
+                cache = work.prepare()
+                _sync(settings)
+                loads.append(host_load_1m())
+                latencies.append(timer(lambda c=cache: work.run(c)))
+    return LatencyResult(latencies, loads, meter.result, CUDA_LATENCY_METHOD if cuda else CPU_LATENCY_METHOD)
+
+
+# ---- energy ------------------------------------------------------------------------------------------------------
+def _energy_sample(counter, work: Workload, cache: KVCache | None) -> tuple[float, float]:
+    """One sample: repeat the step until ``energy_window_ms`` has passed; (mJ per forward, window in ms)."""
+    _sync(work.settings)
+    n, start_reading, start = 0, counter.read(), time.perf_counter()
+    while True:
+        work.run(cache)
+        _sync(work.settings)
+        n += 1
+        elapsed_ms = (time.perf_counter() - start) * 1e3
+        if elapsed_ms >= work.settings.energy_window_ms:
+            break
+    return counter.delta_mj(start_reading, counter.read()) / n, elapsed_ms
+
+
+def measure_energy(model: GPT, settings: ProfileSettings, powercap_root: Path | str = POWERCAP_ROOT) -> EnergyResult:
+    """``n_energy_samples`` counter deltas per forward (millijoules), or ``None`` and the reason without a counter.
+
+    Each sample reruns the step on one prepared state (the KV cache positions are overwritten with the same work).
+    ``window_ms`` is the mean actual duration of the samples' windows (each at least ``energy_window_ms``).
+    The counters cover the whole GPU or CPU package: idle power and other processes on it are included.
+    """
+    counter, reason = energy_source(settings.device, powercap_root)
+    if counter is None:
+        return EnergyResult(None, None, None, reason)
+    with compute_context(settings):
+        work = Workload(model, settings)
+        _warm_up(work)
+        cache = work.prepare()
+        samples = [_energy_sample(counter, work, cache) for _ in range(settings.n_energy_samples)]
+    method = f"{counter.name}; delta over >= {settings.energy_window_ms:g} ms of repeated forwards / forwards"
+    return EnergyResult([mj for mj, _ in samples], method, statistics.fmean(ms for _, ms in samples), None)
+
+
+# ---- memory ------------------------------------------------------------------------------------------------------
+def measure_memory_cuda(model: GPT, settings: ProfileSettings) -> MemoryResult:
+    """Peak allocated CUDA memory over one step (MiB); baseline = allocated just before it (weights, inputs, cache)."""
+    device = torch.device(settings.device)
+    with compute_context(settings):
+        work = Workload(model, settings)
+        cache = work.prepare()
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device)
+        work.run(cache)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+    return MemoryResult(peak / _MIB, baseline / _MIB, CUDA_MEMORY_METHOD, None)
+
+
+def _child_command(arch: ArchConfig, settings: ProfileSettings) -> list[str]:
+    return [sys.executable, "-m", "hwgpt_bench.generation.profilers", "--memory-child", "--arch", arch.canonical,
+            "--phase", settings.phase, "--batch-size", str(settings.batch_size), "--seq-len", str(settings.seq_len),
+            "--dtype", settings.dtype, "--threads", str(settings.threads), "--seed", str(settings.seed)]
+
+
+def measure_memory_cpu(arch: ArchConfig, settings: ProfileSettings, timeout_s: float = CHILD_TIMEOUT_S) -> MemoryResult:
+    """Peak resident set (MiB) of a fresh process that builds ``arch`` and runs one step of the phase.
+
+    Baseline: the same process's peak after importing torch, before building the model. A failing child raises
+    ``RuntimeError`` with its stderr. Weights are random-init in the child (memory does not depend on their values).
+    """
+    settings.check_fits(arch)
+    proc = subprocess.run(_child_command(arch, settings), capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child for {arch.arch_id} ({arch.canonical}) failed with exit code "
+                           f"{proc.returncode}; stderr:\n{proc.stderr[-4000:]}")
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    try:
+        report = json.loads(lines[-1])
+        peak, baseline = float(report["peak_memory_mib"]), float(report["memory_baseline_mib"])
+    except (IndexError, ValueError, KeyError, TypeError) as err:
+        raise RuntimeError(f"memory child for {arch.arch_id} printed no JSON report; stdout:\n{proc.stdout[-2000:]}"
+                           f"\nstderr:\n{proc.stderr[-2000:]}") from err
+    if report.get("arch_id") != arch.arch_id:
+        raise RuntimeError(f"memory child reported arch_id {report.get('arch_id')!r}, expected {arch.arch_id!r}")
+    return MemoryResult(peak, baseline, CPU_MEMORY_METHOD, None)
+
+
+def measure_memory(arch: ArchConfig, model: GPT | None, settings: ProfileSettings) -> MemoryResult:
+    """CUDA: allocator peak over one step of ``model``; CPU: fresh-process peak resident set (``model`` unused)."""
+    if is_cuda(settings.device):
+        if model is None:
+            raise ValueError("model: needed to measure CUDA memory")
+        return measure_memory_cuda(model, settings)
+    return measure_memory_cpu(arch, settings)
+
+
+_measure_memory = measure_memory  # ``profile_arch``'s ``measure_memory`` flag shadows the function's name
+
+
+def max_rss_mib() -> float:
+    """Peak resident set of this process so far (MiB); ``ru_maxrss`` is KiB on Linux, bytes on macOS."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / _MIB if sys.platform == "darwin" else rss / 1024
+
+
+# ---- one row -----------------------------------------------------------------------------------------------------
+_FACT_KEYS = ("device_id", "device_name", "torch_version", "driver_version", "cuda_version", "gpu_power_limit_w")
+
+
+def profile_arch(arch: ArchConfig, settings: ProfileSettings, run_id: str, facts: dict, measure_memory: bool = True,
+                 model: GPT | None = None) -> dict:
+    """Measure ``arch`` under ``settings``; one row of the ``measurements`` table, columns in schema order.
+
+    ``facts`` is ``environment.device_facts(settings.device, settings.threads)`` (its ``threads`` must match); the SM
+    clock is read again when this measurement starts. Without ``model`` a ``build_model(arch, seed=settings.seed)``
+    is measured, which requires ``weights="random-init"``. ``measure_memory=False`` leaves memory null with a reason.
+    """
+    settings.check_fits(arch)
+    if facts.get("threads") != settings.threads:
+        raise ValueError(f"threads: facts were taken for {facts.get('threads')} threads, settings use "
+                         f"{settings.threads}")
+    sm_clock = gpu_sm_clock_mhz(settings.device) if is_cuda(settings.device) else None
+    if model is None:
+        if settings.weights != "random-init":
+            raise ValueError(f"weights: {settings.weights!r} needs the model passed in; only 'random-init' is built")
+        model = build_model(arch, seed=settings.seed, device=settings.device)
+    latency = measure_latency(model, settings)
+    energy = measure_energy(model, settings)
+    memory = (_measure_memory(arch, model, settings) if measure_memory
+              else MemoryResult(None, None, None, "memory not measured in this run (measure_memory=False)"))
+    return _row(arch, settings, run_id, facts, sm_clock, latency, energy, memory)
+
+
+def _row(arch, settings, run_id, facts, sm_clock, latency: LatencyResult, energy: EnergyResult,
+         memory: MemoryResult) -> dict:
+    fact = {k: facts.get(k) for k in _FACT_KEYS}
+    return {
+        "arch_id": arch.arch_id, "space": arch.space, "device_id": fact["device_id"], "phase": settings.phase,
+        "batch_size": settings.batch_size, "seq_len": settings.seq_len, "dtype": settings.dtype,
+        "weights": settings.weights, "n_warmup": settings.n_warmup, "latency_ms": latency.latency_ms,
+        "latency_method": latency.method, "host_load_1m": latency.host_load_1m,
+        "other_cpu_cores": latency.other_cpu_cores, "energy_mj": energy.energy_mj, "energy_method": energy.method,
+        "energy_window_ms": energy.window_ms, "energy_missing_reason": energy.missing_reason,
+        "peak_memory_mib": memory.peak_memory_mib, "memory_baseline_mib": memory.memory_baseline_mib,
+        "memory_method": memory.method, "memory_missing_reason": memory.missing_reason, "threads": settings.threads,
+        "device_name": fact["device_name"], "torch_version": fact["torch_version"],
+        "driver_version": fact["driver_version"], "cuda_version": fact["cuda_version"], "gpu_sm_clock_mhz": sm_clock,
+        "gpu_power_limit_w": fact["gpu_power_limit_w"], "run_id": run_id, "measured_at": datetime.now(timezone.utc),
+    }
+
+
+# ---- the memory child --------------------------------------------------------------------------------------------
+def _child_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m hwgpt_bench.generation.profilers",
+                                description="Fresh-process CPU memory measurement (used by measure_memory_cpu).")
+    p.add_argument("--memory-child", action="store_true", required=True, help="run one memory measurement")
+    p.add_argument("--arch", required=True, help="canonical architecture string")
+    p.add_argument("--phase", default="forward", choices=PHASES)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def memory_child(arch: ArchConfig, settings: ProfileSettings) -> dict:
+    """In this (fresh) process: peak RSS before building the model and after one step of the phase (MiB).
+
+    For decode the cache of ``seq_len + 1`` positions is allocated zero-filled and not prefilled, so the larger
+    activation peak of a prefill is not counted in the decode step's peak.
+    """
+    baseline = max_rss_mib()
+    model = build_model(arch, seed=settings.seed)
+    with compute_context(settings):
+        work = Workload(model, settings)
+        work.run(work.prepare(prefill=False))
+    return {"arch_id": arch.arch_id, "peak_memory_mib": max_rss_mib(), "memory_baseline_mib": baseline}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``--memory-child``: measure one architecture's memory and print one JSON line."""
+    args = _child_parser().parse_args(argv)
+    settings = ProfileSettings(device="cpu", dtype=args.dtype, batch_size=args.batch_size, seq_len=args.seq_len,
+                               phase=args.phase, n_warmup=0, threads=args.threads, seed=args.seed)
+    print(json.dumps(memory_child(ArchConfig.from_canonical(args.arch), settings)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""The built wheel installs into a fresh venv and imports from outside the repository, without torch."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(REPO)],
+                   check=True, capture_output=True, cwd=out)
+    (path,) = out.glob("hw_gpt_bench-*.whl")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fresh_venv(tmp_path_factory, wheel) -> Path:
+    venv = tmp_path_factory.mktemp("venv") / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, str(wheel)], check=True, capture_output=True)
+    return venv
+
+
+@pytest.mark.slow
+def test_wheel_maps_top_level_folders_into_one_namespace(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    for module in ("hwgpt_bench/cli.py", "hwgpt_bench/loaders/schema.py", "hwgpt_bench/generation/search_spaces.py",
+                   "hwgpt_bench/surrogates_onnx/__init__.py"):
+        assert module in names
+    assert not [n for n in names if n.startswith(("loaders/", "generation/", "tests/"))]
+
+
+@pytest.mark.slow
+def test_fresh_venv_imports_light_path_outside_repo(fresh_venv, tmp_path):
+    code = (
+        "import sys, hwgpt_bench, hwgpt_bench.loaders.schema as s, hwgpt_bench.generation.search_spaces as sp;"
+        "assert 'site-packages' in hwgpt_bench.__file__, hwgpt_bench.__file__;"
+        "import importlib.util as u; assert u.find_spec('torch') is None;"
+        "print(s.SCHEMA_VERSION, sp.get_space('gpt-s').largest().arch_id)"
+    )
+    out = subprocess.run([str(fresh_venv / "bin" / "python"), "-c", code], check=True, capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert out.stdout.split() == ["1.0.0", "75c39e589515"]
+    cli = subprocess.run([str(fresh_venv / "bin" / "hwgpt-bench"), "spaces", "--json"], check=True,
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert '"gpt-xl-wide"' in cli.stdout
