@@ -182,8 +182,8 @@ class ArchConfig:
         except (ValueError, IndexError) as err:
             if "allowed" in str(err):
                 raise
-            raise ValueError(f"canonical: cannot parse {text!r}; expected 'space|e<int>|l<int>|h<ints>|m<ints>|b<0/1>'")\
-                from err
+            expected = "'space|e<int>|l<int>|h<ints>|m<ints>|b<0/1>'"
+            raise ValueError(f"canonical: cannot parse {text!r}; expected {expected}") from err
 
     @classmethod
     def from_dict(cls, d: Mapping) -> ArchConfig:

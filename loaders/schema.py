@@ -24,7 +24,7 @@ def _f(name: str, typ: pa.DataType, doc: str, nullable: bool = False) -> tuple[p
 
 _ARCHITECTURES = [
     _f("arch_id", _STR, "12-hex-character sha256 prefix of `canonical`; the join key of every table"),
-    _f("space", _STR, "search space name (gpt-s, gpt-m, gpt-l, gpt-s-wide, gpt-m-wide, gpt-l-wide, gpt-xl-wide, gpt-nano)"),
+    _f("space", _STR, "search space name (`hwgpt-bench spaces` lists them)"),
     _f("canonical", _STR, "canonical string `space|e<embed>|l<layers>|h<heads,...>|m<ratios,...>|b<0/1>`"),
     _f("embed_dim", _I32, "global embedding width (channels)"),
     _f("n_layer", _I32, "number of transformer blocks"),
