@@ -148,7 +148,45 @@ def _add_merge(sub) -> None:
     p.set_defaults(handler=_delegate("hwgpt_bench.generation.jobs", "merge_from_args"))
 
 
-_BUILDERS = [_add_spaces, _add_sample, _add_profile, _add_eval_perplexity, _add_train, _add_prepare_corpus, _add_merge]
+def _add_build_release(sub) -> None:
+    p = sub.add_parser("build-release", help="build the versioned dataset release from run directories",
+                       description="Merge the parts of run directories, check schema and referential integrity, derive "
+                       "`summary`, and write data/<config>/*.parquet, README.md (from DATASET_CARD.md), MANIFEST.json "
+                       "and CHANGELOG.md into --out; the previous release stays in place if anything fails.")
+    p.add_argument("--runs", nargs="+", required=True, help="run directories whose parts go into the release")
+    p.add_argument("--out", default="dataset", help="release folder (default: dataset)")
+    p.add_argument("--version", required=True, help="dataset version MAJOR.MINOR.PATCH, e.g. 0.1.0 (tagged v<version>)")
+    p.add_argument("--changelog", required=True, help="markdown changelog entry of this version, or @path to read it "
+                   "from a file")
+    p.add_argument("--card", default=None, help="dataset card source (default: DATASET_CARD.md of the repository)")
+    p.add_argument("--sync-card", action="store_true", help="first rewrite the --card file in place if its column "
+                   "tables or configs are out of date with the schema")
+    p.add_argument("--max-shard-mb", type=float, default=50.0, help="split a config into several parquet files above "
+                   "this many MB of in-memory Arrow data (default 50)")
+    p.set_defaults(handler=_delegate("hwgpt_bench.generation.release", "build_release_from_args"))
+
+
+def _add_validate(sub) -> None:
+    p = sub.add_parser("validate", help="check a release folder (schema, keys, ranges, manifest, card)",
+                       description="Validate a release: exit 0 with one OK line, or exit 1 with each problem on stderr.")
+    p.add_argument("root", nargs="?", default="dataset", help="release folder (default: dataset)")
+    p.set_defaults(handler=_delegate("hwgpt_bench.generation.release", "validate_from_args"))
+
+
+def _add_publish(sub) -> None:
+    p = sub.add_parser("publish", help="upload a validated release to the Hugging Face Hub and tag it",
+                       description="Upload a validated release folder to a Hugging Face dataset repository and tag "
+                       "the commit v<version> (token from HF_TOKEN or `huggingface-cli login`).")
+    p.add_argument("root", nargs="?", default="dataset", help="release folder (default: dataset)")
+    p.add_argument("--repo-id", required=True, help="dataset repository on the Hub, e.g. user/hw-gpt-bench")
+    p.add_argument("--version", required=True, help="version to tag; must equal MANIFEST.json's version")
+    p.add_argument("--dry-run", action="store_true", help="only list the files (path, bytes, sha256) that would be "
+                   "uploaded; no network")
+    p.set_defaults(handler=_delegate("hwgpt_bench.generation.release", "publish_from_args"))
+
+
+_BUILDERS = [_add_spaces, _add_sample, _add_profile, _add_eval_perplexity, _add_train, _add_prepare_corpus, _add_merge,
+             _add_build_release, _add_validate, _add_publish]
 
 
 def build_parser() -> argparse.ArgumentParser:

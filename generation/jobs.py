@@ -42,15 +42,22 @@ def _threads(requested: int | None) -> int:
 
 # ---- profile ------------------------------------------------------------------------------------------------------
 def profile_settings_grid(args: argparse.Namespace, block_size: int) -> list:
-    """Every (phase, batch size, sequence length) combination asked for, as ``ProfileSettings``."""
+    """Every (phase, batch size, sequence length) combination asked for, as ``ProfileSettings``.
+
+    Without ``--seq-len`` the full block is used: ``block_size`` tokens for forward and prefill, and a cache of
+    ``block_size - 1`` tokens for decode (the new token must still fit in the block).
+    """
     from hwgpt_bench.generation.profilers import ProfileSettings
 
-    seq_lens = args.seq_len or [block_size]
+    def default_seq_lens(phase: str) -> list[int]:
+        return args.seq_len or [block_size - 1 if phase == "decode" else block_size]
+
     return [
         ProfileSettings(device=args.device, dtype=args.dtype, batch_size=b, seq_len=t, phase=phase,
                         n_warmup=args.warmup, n_repeats=args.repeats, n_energy_samples=args.energy_samples,
                         energy_window_ms=args.energy_window_ms, threads=_threads(args.threads))
-        for phase, b, t in itertools.product(args.phase, args.batch_size, seq_lens)
+        for phase in args.phase
+        for b, t in itertools.product(args.batch_size, default_seq_lens(phase))
     ]
 
 
@@ -69,9 +76,7 @@ def profile_from_args(args: argparse.Namespace) -> int:
     space = get_space(args.space)
     shard = Shard.parse(args.shard)
     grid = profile_settings_grid(args, space.block_size)
-    facts = environment.device_facts(args.device, _threads(args.threads))
-    if args.device_id:
-        facts["device_id"] = args.device_id
+    facts = environment.device_facts(args.device, _threads(args.threads), device_id=args.device_id)
     archs, rows = sample_with_rows(space.name, args.n, args.seed)
     run_dir = Path(args.out)
     write_architectures(run_dir, rows, shard)
@@ -99,8 +104,7 @@ def _limited(todo: list, limit: int | None) -> list:
 def _write_device(run_dir: Path, args: argparse.Namespace, facts: dict, shard: Shard) -> None:
     from hwgpt_bench.generation import environment
 
-    row = environment.device_row(args.device, _threads(args.threads))
-    row["device_id"] = facts["device_id"]
+    row = environment.device_row(args.device, _threads(args.threads), device_id=facts["device_id"])
     with PartWriter(run_dir, "devices", shard=shard) as writer:
         if (row["device_id"],) not in writer.done_keys:
             writer.add([row])

@@ -209,6 +209,7 @@ class GPT(nn.Module):
 
     Parameters: exactly ``arch.num_params()`` (the LM head reuses ``wte.weight``). Non-persistent buffers
     ``rope_cos``/``rope_sin`` (block_size, R) hold the RoPE table and are not part of the state dict.
+    ``GPT(arch)`` keeps PyTorch's default initialisation; ``build_model`` gives the seeded nanoGPT one.
     """
 
     def __init__(self, arch: ArchConfig) -> None:
@@ -273,7 +274,7 @@ class GPT(nn.Module):
         x = self.wte(idx)  # (B, T_new, C)
         cos = self.rope_cos[start_pos:start_pos + t_new]  # (T_new, R)
         sin = self.rope_sin[start_pos:start_pos + t_new]
-        for block, k_cache, v_cache in zip(self.blocks, cache.keys, cache.values):
+        for block, k_cache, v_cache in zip(self.blocks, cache.keys, cache.values, strict=True):
             x = block(x, cos, sin, (k_cache, v_cache), start_pos)  # (B, T_new, C)
         return self._lm_head(x)
 

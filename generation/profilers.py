@@ -54,9 +54,9 @@ CHILD_TIMEOUT_S = 900  # wall-clock limit of one fresh-process memory measuremen
 
 CPU_LATENCY_METHOD = "time.perf_counter_ns around each repeat (torch.inference_mode, torch.set_num_threads)"
 CUDA_LATENCY_METHOD = "torch.cuda.Event(enable_timing=True) pair with torch.cuda.synchronize (torch.inference_mode)"
-CPU_MEMORY_METHOD = ("ru_maxrss of a fresh process after one forward; includes the Python interpreter and torch "
-                     "runtime (see memory_baseline_mib, the same measure after importing torch, before building the "
-                     "model)")
+CPU_MEMORY_METHOD = ("{source} (peak resident set) of a fresh process after one forward; includes the Python "
+                     "interpreter and torch runtime (see memory_baseline_mib, the same measure after importing torch, "
+                     "before building the model)")
 CUDA_MEMORY_METHOD = ("torch.cuda.max_memory_allocated over one forward after torch.cuda.reset_peak_memory_stats "
                       "(tensors of torch's caching allocator: weights, inputs, KV cache, activations; CUDA context and "
                       "cached free blocks excluded); baseline = torch.cuda.memory_allocated just before the forward")
@@ -205,13 +205,18 @@ class Workload:
 
 @contextlib.contextmanager
 def compute_context(settings: ProfileSettings) -> Iterator[None]:
-    """``inference_mode``, autocast for bf16 and ``torch.set_num_threads(threads)`` (restored on exit)."""
+    """``inference_mode``, autocast for bf16, ``torch.set_num_threads(threads)`` (restored on exit) and, on CUDA,
+    ``settings.device`` as the current device (so events and synchronise act on the measured GPU's stream)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
-    device_type = "cuda" if is_cuda(settings.device) else "cpu"
+    cuda = is_cuda(settings.device)
     try:
-        with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16,
-                                                    enabled=settings.dtype == "bfloat16"):
+        with contextlib.ExitStack() as stack:
+            if cuda:
+                stack.enter_context(torch.cuda.device(torch.device(settings.device)))
+            stack.enter_context(torch.inference_mode())
+            stack.enter_context(torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16,
+                                               enabled=settings.dtype == "bfloat16"))
             yield
     finally:
         torch.set_num_threads(previous)
@@ -340,7 +345,8 @@ def measure_memory_cpu(arch: ArchConfig, settings: ProfileSettings, timeout_s: f
                            f"\nstderr:\n{proc.stderr[-2000:]}") from err
     if report.get("arch_id") != arch.arch_id:
         raise RuntimeError(f"memory child reported arch_id {report.get('arch_id')!r}, expected {arch.arch_id!r}")
-    return MemoryResult(peak, baseline, CPU_MEMORY_METHOD, None)
+    method = CPU_MEMORY_METHOD.format(source=report.get("source", "ru_maxrss"))
+    return MemoryResult(peak, baseline, method, None)
 
 
 def measure_memory(arch: ArchConfig, model: GPT | None, settings: ProfileSettings) -> MemoryResult:
@@ -355,10 +361,21 @@ def measure_memory(arch: ArchConfig, model: GPT | None, settings: ProfileSetting
 _measure_memory = measure_memory  # ``profile_arch``'s ``measure_memory`` flag shadows the function's name
 
 
-def max_rss_mib() -> float:
-    """Peak resident set of this process so far (MiB); ``ru_maxrss`` is KiB on Linux, bytes on macOS."""
+def peak_rss_mib(status: Path | str = "/proc/self/status") -> tuple[float, str]:
+    """Peak resident set of this process so far (MiB) and its source.
+
+    Linux: ``VmHWM`` of /proc/self/status, the high-water mark of this process image's own memory. Not ``ru_maxrss``:
+    on Linux ``exec`` folds the parent's peak into the child's ``ru_maxrss`` (``signal->maxrss``), so a child of a big
+    parent would report the parent's peak. Elsewhere ``ru_maxrss`` (KiB on Linux, bytes on macOS).
+    """
+    try:
+        for line in Path(status).read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024, "VmHWM"
+    except (OSError, ValueError, IndexError):
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / _MIB if sys.platform == "darwin" else rss / 1024
+    return (rss / _MIB if sys.platform == "darwin" else rss / 1024), "ru_maxrss"
 
 
 # ---- one row -----------------------------------------------------------------------------------------------------
@@ -428,12 +445,13 @@ def memory_child(arch: ArchConfig, settings: ProfileSettings) -> dict:
     For decode the cache of ``seq_len + 1`` positions is allocated zero-filled and not prefilled, so the larger
     activation peak of a prefill is not counted in the decode step's peak.
     """
-    baseline = max_rss_mib()
+    baseline, _ = peak_rss_mib()
     model = build_model(arch, seed=settings.seed)
     with compute_context(settings):
         work = Workload(model, settings)
         work.run(work.prepare(prefill=False))
-    return {"arch_id": arch.arch_id, "peak_memory_mib": max_rss_mib(), "memory_baseline_mib": baseline}
+    peak, source = peak_rss_mib()
+    return {"arch_id": arch.arch_id, "peak_memory_mib": peak, "memory_baseline_mib": baseline, "source": source}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,7 +60,7 @@ def _ref_rope(x, r):
 
 
 def _ref_forward(model, idx):
-    arch, sp = model.arch, model.arch.search_space
+    sp = model.arch.search_space
     b, t = idx.shape
     x = model.wte.weight[idx]
     causal = torch.tril(torch.ones(t, t, dtype=torch.bool))
@@ -187,7 +187,7 @@ def test_kv_cache_shapes_and_validation():
     cache = model.new_kv_cache(3, 32, dtype=torch.bfloat16)
     assert isinstance(cache, KVCache) and cache.n_layer == 4
     assert [tuple(k.shape) for k in cache.keys] == [(3, h, 32, 32) for h in (2, 8, 4, 2)]
-    assert all(v.shape == k.shape and v.dtype == torch.bfloat16 for k, v in zip(cache.keys, cache.values))
+    assert all(v.shape == k.shape and v.dtype == torch.bfloat16 for k, v in zip(cache.keys, cache.values, strict=True))
     assert cache.nbytes == 2 * 2 * 3 * 32 * 32 * (2 + 8 + 4 + 2)
     with pytest.raises(ValueError, match="max_seq_len"):
         model.new_kv_cache(1, NANO.block_size + 1)
@@ -203,7 +203,7 @@ def test_build_model_is_deterministic_and_in_eval_mode():
     arch = _nano()
     a, b, c = build_model(arch, seed=5), build_model(arch, seed=5), build_model(arch, seed=6)
     assert not a.training
-    for (name, x), y, z in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+    for (name, x), y, z in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values(), strict=True):
         assert torch.equal(x, y), name
         if name.endswith("weight") and "norm" not in name and "ln_f" not in name:
             assert not torch.equal(x, z), name

@@ -163,7 +163,7 @@ def test_save_and_load_round_trip(supernet, idx, tmp_path):
         assert f.metadata()["space"] == "gpt-nano"
     loaded = load_supernet(path)
     assert loaded.space == NANO
-    for (name, a), b in zip(supernet.state_dict().items(), loaded.state_dict().values()):
+    for (name, a), b in zip(supernet.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     arch = _archs()[3]
     with torch.no_grad():
@@ -181,7 +181,7 @@ def test_unregistered_space_is_rebuilt_from_the_metadata(tmp_path):
     save_supernet(sn, path)
     loaded = load_supernet(path)
     assert loaded.space == TINY
-    assert all(torch.equal(a, b) for a, b in zip(sn.state_dict().values(), loaded.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(sn.state_dict().values(), loaded.state_dict().values(), strict=True))
     assert load_supernet(path, space=TINY).space == TINY
 
 

@@ -1,0 +1,60 @@
+"""Aggregates of the raw repeats: the derived ``summary`` table, computed by code from ``measurements``.
+
+Quantiles use linear interpolation between order statistics (numpy's default ``method="linear"``), so
+``latency_ms_iqr == np.percentile(x, 75) - np.percentile(x, 25)`` and the median equals ``np.median(x)``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import polars as pl
+
+from hwgpt_bench.loaders.schema import PRIMARY_KEYS, cast_table, schema_for
+
+#: columns copied from each ``measurements`` row into its ``summary`` row
+PASSTHROUGH = ("arch_id", "space", "device_id", "phase", "batch_size", "seq_len", "dtype")
+
+
+def _quantile(column: str, q: float) -> pl.Expr:
+    return pl.col(column).list.agg(pl.element().quantile(q, interpolation="linear"))
+
+
+def _iqr(column: str) -> pl.Expr:
+    """Interquartile range of each row's list (same unit as the column); null for a null list."""
+    return _quantile(column, 0.75) - _quantile(column, 0.25)
+
+
+def summary_exprs() -> list[pl.Expr]:
+    """Polars expressions mapping one ``measurements`` row to its ``summary`` row (usable on a LazyFrame).
+
+    ``frame.select(summary_exprs())`` gives the summary columns in schema order with polars dtypes; counts are
+    ``n_latency`` (repeats) and ``n_energy`` (energy samples, null when energy is missing).
+    """
+    return [
+        *(pl.col(c) for c in PASSTHROUGH),
+        pl.col("latency_ms").list.len().cast(pl.Int32).alias("n_latency"),
+        pl.col("latency_ms").list.median().alias("latency_ms_median"),
+        _iqr("latency_ms").alias("latency_ms_iqr"),
+        pl.col("latency_ms").list.min().alias("latency_ms_min"),
+        pl.col("energy_mj").list.len().cast(pl.Int32).alias("n_energy"),
+        pl.col("energy_mj").list.median().alias("energy_mj_median"),
+        _iqr("energy_mj").alias("energy_mj_iqr"),
+        pl.col("peak_memory_mib").cast(pl.Float64),
+    ]
+
+
+def summarise_repeats(measurements: pa.Table | pl.DataFrame | pl.LazyFrame) -> pa.Table:
+    """The ``summary`` table of ``measurements``: one row per measurement row, in the same order.
+
+    Per row: ``n_latency``, median, IQR and min of ``latency_ms`` (ms); ``n_energy``, median and IQR of ``energy_mj``
+    (mJ) or nulls when energy is missing; ``peak_memory_mib`` (MiB) copied. Returns exactly ``SCHEMAS["summary"]``.
+    """
+    frame = pl.from_arrow(measurements) if isinstance(measurements, pa.Table) else measurements
+    out = frame.lazy().select(summary_exprs()).collect().to_arrow()
+    return cast_table("summary", out)
+
+
+def sort_by_key(data: pa.Table, table: str) -> pa.Table:
+    """``data`` sorted by ``table``'s primary key (ascending), the deterministic row order of a release."""
+    schema_for(table)
+    return data.sort_by([(k, "ascending") for k in PRIMARY_KEYS[table]])

@@ -1,0 +1,123 @@
+"""Shared fixtures: synthetic run directories and a tiny release built from them (no torch).
+
+Architectures are real ``ArchConfig`` rows of a seeded ``gpt-nano`` sample; the measured values are invented (seeded
+random numbers) and exist only to exercise the loaders and the release build.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from hwgpt_bench.generation.architectures import architecture_row
+from hwgpt_bench.generation.runs import PartWriter
+from hwgpt_bench.generation.search_spaces import sample_archs
+
+SPACE = "gpt-nano"
+N_ARCHS = 7  # 0-4 measured on both devices, 0-5 have perplexity, 6 has nothing (pruned from a release)
+WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+CPU, GPU = "cpu-test-2t", "gpu-test"
+NO_RAPL = "no readable energy counter (RAPL energy_uj is root-only)"
+
+
+def device_row(device_id: str) -> dict:
+    gpu = device_id == GPU
+    return {"device_id": device_id, "kind": "gpu" if gpu else "cpu", "device_name": "Test GPU" if gpu else "Test CPU",
+            "logical_cores": 2, "threads": 2, "host_memory_gib": 8.0, "accelerator_memory_gib": 16.0 if gpu else None,
+            "energy_counter": "nvml total energy" if gpu else None, "energy_missing_reason": None if gpu else NO_RAPL,
+            "notes": None}
+
+
+def measurement_row(arch_id: str, device_id: str = CPU, batch_size: int = 1, latency_ms=(1.0, 2.0, 4.0),
+                    energy_mj=None, peak_memory_mib: float | None = 100.0, run_id: str = "run-test") -> dict:
+    """One complete ``measurements`` row; energy null (with a reason) unless ``energy_mj`` is given."""
+    n = len(latency_ms)
+    gpu = device_id == GPU
+    return {
+        "arch_id": arch_id, "space": SPACE, "device_id": device_id, "phase": "forward", "batch_size": batch_size,
+        "seq_len": 256, "dtype": "float32", "weights": "random-init", "n_warmup": 2, "latency_ms": list(latency_ms),
+        "latency_method": "cuda events" if gpu else "perf_counter_ns", "host_load_1m": [0.5] * n,
+        "other_cpu_cores": 0.1, "energy_mj": None if energy_mj is None else list(energy_mj),
+        "energy_method": "nvml" if energy_mj is not None else None,
+        "energy_window_ms": 1000.0 if energy_mj is not None else None,
+        "energy_missing_reason": None if energy_mj is not None else NO_RAPL,
+        "peak_memory_mib": peak_memory_mib, "memory_baseline_mib": 50.0 if peak_memory_mib else None,
+        "memory_method": "ru_maxrss" if peak_memory_mib else None,
+        "memory_missing_reason": None if peak_memory_mib else "memory not measured in this run",
+        "threads": 2, "device_name": "Test GPU" if gpu else "Test CPU", "torch_version": "2.13.0",
+        "driver_version": "550.0" if gpu else None, "cuda_version": "12.4" if gpu else None,
+        "gpu_sm_clock_mhz": 1980.0 if gpu else None, "gpu_power_limit_w": 700.0 if gpu else None, "run_id": run_id,
+        "measured_at": WHEN,
+    }
+
+
+def perplexity_row(arch_id: str, nll: float) -> dict:
+    import math
+
+    return {"arch_id": arch_id, "space": SPACE, "checkpoint_sha256": "0123456789ab", "eval_split": "heldout",
+            "eval_tokens": 4096, "nll": nll, "perplexity": math.exp(nll), "accuracy": 0.25, "tokenizer": "bpe-8192",
+            "run_id": "ppl-test", "measured_at": WHEN}
+
+
+def _device_measurements(arch_ids: list[str], device_id: str, rng: random.Random) -> list[dict]:
+    rows = []
+    for i, arch_id in enumerate(arch_ids):
+        for batch in (1, 2):
+            latency = [rng.uniform(5, 50) * batch for _ in range(rng.choice([1, 4, 5]))]
+            energy = [rng.uniform(100, 900) for _ in range(3)] if device_id == GPU else None
+            peak = None if (i, batch) == (1, 2) else rng.uniform(100, 400)
+            rows.append(measurement_row(arch_id, device_id, batch, latency, energy, peak, run_id=f"run-{device_id}"))
+    return rows
+
+
+def write_synthetic_runs(base: Path) -> list[Path]:
+    """Three run directories (CPU, GPU, perplexity) with overlapping ``architectures`` rows; returns their paths."""
+    archs = sample_archs(SPACE, N_ARCHS, seed=0)
+    arch_rows = [architecture_row(a, 0, i) for i, a in enumerate(archs)]
+    ids = [a.arch_id for a in archs]
+    rng = random.Random(0)
+    runs = [base / "run-cpu", base / "run-gpu", base / "run-ppl"]
+    for run, device in zip(runs[:2], (CPU, GPU), strict=True):
+        with PartWriter(run, "architectures") as w:
+            w.add(arch_rows)
+        with PartWriter(run, "devices") as w:
+            w.add([device_row(device)])
+        with PartWriter(run, "measurements") as w:
+            w.add(_device_measurements(ids[:5], device, rng))
+    with PartWriter(runs[2], "architectures") as w:
+        w.add(arch_rows)
+    with PartWriter(runs[2], "perplexity") as w:
+        w.add([perplexity_row(a, 2.0 + 0.1 * i) for i, a in enumerate(ids[:6])])
+    return runs
+
+
+@pytest.fixture(scope="session")
+def synthetic_runs(tmp_path_factory) -> list[Path]:
+    """Read-only run directories shared by the session."""
+    return write_synthetic_runs(tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="session")
+def release(tmp_path_factory, synthetic_runs) -> Path:
+    """A release built once per session from ``synthetic_runs``; treat as read-only (copy it to change it)."""
+    from hwgpt_bench.generation.release import build_release
+
+    out = tmp_path_factory.mktemp("release") / "dataset"
+    build_release(synthetic_runs, out, version="0.1.0", changelog_entry="First synthetic release.")
+    return out
+
+
+@pytest.fixture
+def release_copy(release, tmp_path) -> Path:
+    """A private copy of ``release`` that a test may corrupt."""
+    return Path(shutil.copytree(release, tmp_path / "dataset"))
+
+
+@pytest.fixture
+def make_measurement():
+    """``measurement_row(arch_id, device_id, batch_size, latency_ms, energy_mj, peak_memory_mib, run_id)``."""
+    return measurement_row

@@ -1,0 +1,76 @@
+"""Real profiling runs through the CLI: kill -9 and resume loses nothing and duplicates nothing; shards merge."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hwgpt_bench.generation.jobs import merge_runs
+from hwgpt_bench.generation.runs import part_files, read_parts
+from hwgpt_bench.loaders.schema import PRIMARY_KEYS
+
+pytest.importorskip("torch")
+
+N_ARCHS = 8
+PROFILE = ["profile", "--space", "gpt-nano", "--n", str(N_ARCHS), "--seq-len", "16", "--warmup", "0",
+           "--repeats", "2", "--threads", "1", "--no-memory", "--flush-every", "0"]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hwgpt_bench", *args]
+
+
+def _measurement_keys(run_dir: Path) -> list[tuple]:
+    data = read_parts([run_dir / "measurements"], "measurements")
+    return list(zip(*(data.column(k).to_pylist() for k in PRIMARY_KEYS["measurements"]), strict=True))
+
+
+def _kill_after_parts(cmd: list[str], folder: Path, n_parts: int, timeout_s: float = 120) -> None:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    while len(part_files(folder)) < n_parts and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_loses_nothing_and_writes_no_duplicate(tmp_path):
+    out = tmp_path / "run"
+    cmd = _cli(*PROFILE, "--out", str(out))
+    _kill_after_parts(cmd, out / "measurements", 3)
+    before = _measurement_keys(out)
+    assert 3 <= len(before) < N_ARCHS, "the kill must land mid-run"
+    first_run_ids = set(read_parts([out / "measurements"], "measurements").column("run_id").to_pylist())
+    subprocess.run(cmd, check=True, capture_output=True)
+    after = _measurement_keys(out)
+    assert len(after) == len(set(after)) == N_ARCHS
+    assert set(before) <= set(after)
+    assert first_run_ids < set(read_parts([out / "measurements"], "measurements").column("run_id").to_pylist())
+    assert not [p for p in (out / "measurements").iterdir() if p.name.startswith(".tmp-")]
+    subprocess.run(cmd, check=True, capture_output=True)  # a third run has nothing left to do
+    assert len(_measurement_keys(out)) == N_ARCHS
+    assert read_parts([out / "architectures"], "architectures").num_rows == N_ARCHS
+
+
+@pytest.mark.slow
+def test_shards_partition_the_work_and_merge(tmp_path):
+    for i in range(2):
+        subprocess.run(_cli(*PROFILE, "--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}")), check=True,
+                       capture_output=True)
+    shard_keys = [set(_measurement_keys(tmp_path / f"s{i}")) for i in range(2)]
+    assert shard_keys[0] and shard_keys[1] and not shard_keys[0] & shard_keys[1]
+    counts = merge_runs([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
+    assert counts["measurements"] == N_ARCHS and counts["architectures"] == N_ARCHS and counts["devices"] == 1
+    assert set(_measurement_keys(tmp_path / "merged")) == shard_keys[0] | shard_keys[1]
+
+
+def test_bad_phase_is_rejected_before_any_work(tmp_path):
+    out = subprocess.run(_cli("profile", "--space", "gpt-nano", "--n", "2", "--phase", "backward", "--out",
+                              str(tmp_path)), capture_output=True, text=True)
+    assert out.returncode == 2 and "invalid choice: 'backward'" in out.stderr
+    assert not (tmp_path / "measurements").exists()
