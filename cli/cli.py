@@ -168,7 +168,8 @@ def _add_build_release(sub) -> None:
 
 def _add_validate(sub) -> None:
     p = sub.add_parser("validate", help="check a release folder (schema, keys, ranges, manifest, card)",
-                       description="Validate a release: exit 0 with one OK line, or exit 1 with each problem on stderr.")
+                       description="Validate a release: exit 0 with one OK line, or exit 1 with each problem on "
+                       "stderr.")
     p.add_argument("root", nargs="?", default="dataset", help="release folder (default: dataset)")
     p.set_defaults(handler=_delegate("hwgpt_bench.generation.release", "validate_from_args"))
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -79,12 +80,19 @@ def markers(config: str) -> tuple[str, str]:
     return f"<!-- columns:{config}:start -->", f"<!-- columns:{config}:end -->"
 
 
-def configs_yaml() -> list[str]:
-    """Front-matter lines of ``configs:``: one config per table, ``data/<config>/train-*``, measurements default."""
+def default_config(configs: Sequence[str]) -> str:
+    """The config ``load_dataset`` opens without a name: ``measurements`` when present, else the first one."""
+    return DEFAULT_CONFIG if DEFAULT_CONFIG in configs else list(configs)[0]
+
+
+def configs_yaml(configs: Sequence[str] = tuple(SCHEMAS)) -> list[str]:
+    """Front-matter lines of ``configs:``: one entry per config, ``data/<config>/train-*``, the default first."""
+    default = default_config(configs)
     lines = ["configs:"]
-    for config in (DEFAULT_CONFIG, *(c for c in SCHEMAS if c != DEFAULT_CONFIG)):
-        lines += [f"- config_name: {config}", "  data_files:", "  - split: train", f"    path: {DATA_DIR}/{config}/train-*"]
-        lines += ["  default: true"] if config == DEFAULT_CONFIG else []
+    for config in (default, *(c for c in configs if c != default)):
+        lines += [f"- config_name: {config}", "  data_files:", "  - split: train",
+                  f"    path: {DATA_DIR}/{config}/train-*"]
+        lines += ["  default: true"] if config == default else []
     return lines
 
 
@@ -127,11 +135,12 @@ def _replace_table(body: str, config: str) -> str:
 def render_card(text: str, row_counts: dict[str, int] | None = None) -> str:
     """``text`` with its ``configs:`` front matter and every column table regenerated from the schema.
 
-    With ``row_counts`` (rows per config) ``size_categories`` is set from the largest config too. Everything else is
-    kept verbatim, so ``render_card(card) == card`` exactly when the card is in sync.
+    With ``row_counts`` (rows per config of a release) ``configs:`` lists only those configs and ``size_categories``
+    follows the largest. Column tables cover every schema table. Everything else is kept verbatim, so
+    ``render_card(card) == card`` exactly when the card is in sync.
     """
     lines, body = split_front_matter(text)
-    lines = _set_key(lines, "configs", configs_yaml())
+    lines = _set_key(lines, "configs", configs_yaml(list(row_counts) if row_counts else tuple(SCHEMAS)))
     if row_counts:
         lines = _set_key(lines, "size_categories", ["size_categories:", f"- {size_category(max(row_counts.values()))}"])
     for config in SCHEMAS:
@@ -222,7 +231,7 @@ def _used_arch_ids(tables: dict[str, pa.Table]) -> set[str]:
 
 def orphan_problems(tables: dict[str, pa.Table]) -> list[str]:
     """Architectures with no measurement and no perplexity row (a release keeps none)."""
-    if not {"architectures", "measurements", "perplexity"} <= set(tables):
+    if "architectures" not in tables:
         return []
     orphans = set(tables["architectures"].column("arch_id").to_pylist()) - _used_arch_ids(tables)
     return [f"data/architectures: {len(orphans)} arch_id(s) with no measurements or perplexity rows, e.g. "
@@ -239,7 +248,11 @@ def prune_architectures(tables: dict[str, pa.Table]) -> pa.Table:
 
 
 def build_tables(run_dirs: Sequence[str | Path]) -> dict[str, pa.Table]:
-    """All release tables (``summary`` derived), checked and sorted by primary key; ``ValueError`` on any defect."""
+    """The release tables (``summary`` derived), checked and sorted by primary key; ``ValueError`` on any defect.
+
+    Tables without rows are left out (``datasets`` cannot load an empty split): e.g. no ``perplexity`` config before
+    any perplexity run, no ``measurements``, ``summary`` or ``devices`` in a perplexity-only release.
+    """
     tables = collect_tables(run_dirs)
     if not (tables["measurements"].num_rows or tables["perplexity"].num_rows):
         raise ValueError(f"runs: no measurements or perplexity rows in {[str(d) for d in run_dirs]}")
@@ -253,7 +266,10 @@ def build_tables(run_dirs: Sequence[str | Path]) -> dict[str, pa.Table]:
     if dupes:
         raise ValueError("duplicate primary keys (summary has no `weights` column: one weights value per workload): "
                          + "; ".join(dupes))
-    return {t: sort_by_key(tables[t], t) for t in SCHEMAS}
+    empty = [t for t in SCHEMAS if not tables[t].num_rows]
+    if empty:
+        log.warning("configs without rows are left out of the release: %s", empty)
+    return {t: sort_by_key(tables[t], t) for t in SCHEMAS if tables[t].num_rows}
 
 
 # ---- writing ------------------------------------------------------------------------------------------------------
@@ -293,7 +309,8 @@ def git_state(repo: Path = REPO_ROOT) -> dict:
     try:
         run = {"cwd": repo, "capture_output": True, "text": True, "check": True, "timeout": 60}
         head = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip()
+        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
+                               **run).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": "unknown", "git_dirty": None}
     return {"git_commit": head, "git_dirty": bool(dirty)}
@@ -376,7 +393,7 @@ def build_release(run_dirs: Sequence[str | Path], out: str | Path = "dataset", *
     _check_version(version)
     if not changelog_entry or not changelog_entry.strip():
         raise ValueError("changelog_entry: empty; say what changed in this version")
-    out, card = Path(out), Path(card)
+    out, card = Path(out).resolve(), Path(card)
     if not card.is_file():
         raise ValueError(f"card: {card} not found (DATASET_CARD.md of the repository is the card's source)")
     _check_out(out)
@@ -398,18 +415,22 @@ def build_release(run_dirs: Sequence[str | Path], out: str | Path = "dataset", *
 
 
 # ---- validation ---------------------------------------------------------------------------------------------------
+def _config_folders(root: Path) -> set[str]:
+    return {p.name for p in (root / DATA_DIR).iterdir() if p.is_dir()} if (root / DATA_DIR).is_dir() else set()
+
+
 def _read_config(root: Path, config: str) -> tuple[pa.Table | None, list[str]]:
-    """All rows of one config (None when missing or unreadable) and the problems found reading it."""
+    """All rows of one config (None when absent or unreadable) and the problems found reading it."""
     files = data_files(config, root)
     if not files:
-        return None, [f"data/{config}: no parquet files (config missing)"]
+        return None, []
     parts, problems = [], []
     for path in files:
         rel = path.relative_to(root).as_posix()
         try:
             part = pq.read_table(path)
         except (pa.ArrowException, OSError, ValueError) as err:
-            problems.append(f"{rel}: unreadable parquet ({err})")
+            problems.append(f"{rel}: unreadable parquet ({' '.join(str(err).split())})")
             continue
         problems += [f"{rel}: {p}" for p in check_table(config, part)]
         parts.append(part)
@@ -438,29 +459,32 @@ def _file_problems(root: Path, entry: dict) -> list[str]:
         problems.append(f"{rel}: sha256 {digest[:16]}... differs from MANIFEST.json's "
                         f"{str(entry.get('sha256'))[:16]}... (file changed or corrupted)")
     rows = _parquet_rows(path)
-    if rows != entry.get("rows"):
+    if rows is not None and rows != entry.get("rows"):
         problems.append(f"{rel}: {rows} rows, MANIFEST.json says {entry.get('rows')}")
     return problems
 
 
 def manifest_problems(root: Path, tables: dict[str, pa.Table | None]) -> list[str]:
     """Manifest vs files: schema version, per-file sha256/bytes/rows, unlisted data files, rows per config."""
+    if not (root / MANIFEST).is_file():
+        return [f"{MANIFEST}: missing"]
     try:
         manifest = read_manifest(root)
     except ValueError as err:
-        return [f"MANIFEST.json: {err}"]
+        return [f"{MANIFEST}: not valid JSON ({err})"]
     problems = [] if manifest.get("schema_version") == SCHEMA_VERSION else [
         f"MANIFEST.json: schema_version {manifest.get('schema_version')!r} differs from the code's {SCHEMA_VERSION!r}"]
     if not _VERSION.match(str(manifest.get("version", ""))):
         problems.append(f"MANIFEST.json: version {manifest.get('version')!r} is not MAJOR.MINOR.PATCH")
-    listed = {str(e.get("path")): e for e in manifest.get("files", [])}
+    listed = {str(e.get("path")): e for e in manifest.get("files", []) if isinstance(e, dict)}
     problems += [p for e in listed.values() for p in _file_problems(root, e)]
     on_disk = {p.relative_to(root).as_posix() for p in (root / DATA_DIR).rglob("*") if p.is_file()} \
         if (root / DATA_DIR).is_dir() else set()
     problems += [f"{rel}: data file not listed in MANIFEST.json" for rel in sorted(on_disk - set(listed))]
     configs = manifest.get("configs", {})
-    if set(configs) != set(SCHEMAS):
-        problems.append(f"MANIFEST.json: configs {sorted(configs)} differ from the schema's {sorted(SCHEMAS)}")
+    folders = _config_folders(root)
+    if set(configs) != folders:
+        problems.append(f"MANIFEST.json: configs {sorted(configs)} differ from the data folders {sorted(folders)}")
     for config, info in configs.items():
         data = tables.get(config)
         if data is not None and info.get("rows") != data.num_rows:
@@ -552,7 +576,15 @@ def summary_problems(tables: dict[str, pa.Table | None]) -> list[str]:
     if actual.num_rows != expected.num_rows:
         return [f"data/summary: {actual.num_rows} rows, a recomputation from measurements gives {expected.num_rows}"]
     return [f"data/summary: column {c} differs from a fresh recomputation from measurements (rebuild the release)"
-            for c in expected.column_names if not actual.column(c).equals(expected.column(c))]
+            for c in expected.column_names if not _same_values(actual.column(c), expected.column(c))]
+
+
+def _same_values(a: pa.ChunkedArray, b: pa.ChunkedArray, rtol: float = 1e-9) -> bool:
+    """Equal columns; floats within ``rtol`` (quantile code may differ in the last bits across polars versions)."""
+    if not pa.types.is_floating(a.type) or not a.type.equals(b.type):
+        return a.equals(b)
+    x, y = a.to_numpy(zero_copy_only=False), b.to_numpy(zero_copy_only=False)
+    return a.null_count == b.null_count and bool(np.allclose(x, y, rtol=rtol, atol=0.0, equal_nan=True))
 
 
 def _data_file_pairs(entry: dict) -> list[tuple[str | None, str]]:
@@ -569,13 +601,26 @@ def _data_file_pairs(entry: dict) -> list[tuple[str | None, str]]:
     return pairs
 
 
+def presence_problems(root: Path) -> list[str]:
+    """Which configs a release must have: known names, architectures, metrics, and what each metric needs."""
+    folders = _config_folders(root)
+    problems = [f"data/{name}: not a config of the schema ({sorted(SCHEMAS)})"
+                for name in sorted(folders - set(SCHEMAS))]
+    needs = [("architectures", True), ("summary", "measurements" in folders), ("devices", "measurements" in folders),
+             ("measurements", "summary" in folders)]
+    problems += [f"data/{name}: config missing (no folder)" for name, needed in needs if needed and name not in folders]
+    if not folders & {"measurements", "perplexity"}:
+        problems.append(f"data: neither measurements nor perplexity present under {root / DATA_DIR}")
+    return problems
+
+
 def front_matter_problems(root: Path, meta: dict) -> list[str]:
-    """README front matter ``configs:`` against the data folders and the schema's configs."""
+    """README front matter ``configs:`` against the data folders."""
     entries = [e for e in (meta.get("configs") or []) if isinstance(e, dict)]
     by_name = {e.get("config_name"): e for e in entries}
-    folders = {p.name for p in (root / DATA_DIR).iterdir() if p.is_dir()} if (root / DATA_DIR).is_dir() else set()
-    problems = [f"{README}: front matter configs lack {name!r} (data/{name} exists or the schema has it)"
-                for name in sorted((set(SCHEMAS) | folders) - set(by_name))]
+    folders = _config_folders(root)
+    problems = [f"{README}: front matter configs lack {name!r} (data/{name} exists)"
+                for name in sorted(folders - set(by_name))]
     problems += [f"{README}: front matter config {name!r} has no data/{name} folder"
                  for name in sorted(set(by_name) - folders, key=str)]
     for name, entry in by_name.items():
@@ -584,8 +629,9 @@ def front_matter_problems(root: Path, meta: dict) -> list[str]:
             problems.append(f"{README}: front matter config {name!r} data_files {_data_file_pairs(entry)} should be "
                             f"{expected}")
     defaults = [n for n, e in by_name.items() if e.get("default")]
-    if defaults != [DEFAULT_CONFIG]:
-        problems.append(f"{README}: front matter default config is {defaults}, expected [{DEFAULT_CONFIG!r}]")
+    known = [c for c in SCHEMAS if c in folders]
+    if known and defaults != [default_config(known)]:
+        problems.append(f"{README}: front matter default config is {defaults}, expected [{default_config(known)!r}]")
     return problems
 
 
@@ -614,14 +660,16 @@ def validate_release(root: str | Path = "dataset") -> list[str]:
     root = Path(root)
     if not root.is_dir():
         return [f"{root}: no such release directory"]
-    tables, problems = {}, []
+    tables, problems = {}, presence_problems(root)
     for config in SCHEMAS:
         tables[config], found = _read_config(root, config)
         problems += found
     problems += manifest_problems(root, tables)
     present = {c: t for c, t in tables.items() if t is not None}
     problems += [p for c, t in present.items() for p in table_problems(c, t)]
-    problems += integrity_problems(present) + orphan_problems(present) + summary_problems(tables)
+    problems += integrity_problems(present) + summary_problems(tables)
+    if all(tables[c] is not None for c in ("measurements", "perplexity") if c in _config_folders(root)):
+        problems += orphan_problems(present)  # only when every table that can use an architecture was read
     return problems + readme_problems(root)
 
 

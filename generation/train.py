@@ -61,9 +61,11 @@ KEEP_CHECKPOINTS = 2  # newest checkpoint folders kept; older ones are deleted a
 class TrainConfig:
     """Everything that determines a supernet training run (the defaults train ``gpt-nano`` on 2 CPU cores).
 
-    Step time measured on this project's 2-core CPU box (torch 2.13, fp32, 2 threads, default batch): about 4-5 s
-    per optimiser step (4 subnets x forward+backward over 16 x 256 tokens; the largest subnet is ~45% of it), so the
-    default 1200 steps take about 1.5 h and see 4.9M tokens (about 2 passes over the 2.3M training tokens).
+    Measured step time with these defaults (torch 2.13 CPU, fp32, 2 threads, this project's 2-core VM): 4.6-5.0 s
+    per optimiser step when the cores are not shared (4 subnets x forward+backward over 16 x 256 tokens; the largest
+    subnet alone is about 2 s), up to ~10 s when other jobs compete for the cores. The default 1000 steps therefore
+    take about 1.4 h (plus ~1 min of evaluations and checkpoints) and see 4.1M tokens, ~1.8 passes over the 2.3M
+    training tokens of the default corpus.
     """
 
     space: str = "gpt-nano"  # search space name (a key of search_spaces.SPACES)
@@ -72,18 +74,18 @@ class TrainConfig:
     batch_size: int = 16  # sequences per micro-batch, over all ranks together (16 x 256 = 4096 tokens)
     grad_accum_steps: int = 1  # micro-batches per optimiser step; 1 suffices at this batch size on a CPU
     seq_len: int | None = None  # tokens per training sequence; None = the space's block_size (256 for gpt-nano)
-    max_steps: int = 1200  # optimiser steps; also the length of the cosine schedule (~1.5 h on 2 CPU cores)
+    max_steps: int = 1000  # optimiser steps; also the length of the cosine schedule (~1.4 h on 2 CPU cores)
     lr: float = 2e-3  # peak learning rate: small (1-7M parameter) models tolerate the high end of GPT rates
     min_lr: float = 2e-4  # final learning rate of the cosine decay (lr / 10, as in nanoGPT / Chinchilla)
-    warmup_steps: int = 100  # linear warm-up from lr / warmup_steps to lr (~8% of the run)
+    warmup_steps: int = 100  # linear warm-up from lr / warmup_steps to lr (10% of the run)
     weight_decay: float = 0.1  # AdamW decoupled weight decay on matrices and embeddings (not biases / norms)
     grad_clip: float = 1.0  # clip the global gradient norm of the summed sandwich loss; 0 disables clipping
     n_random_subnets: int = 2  # random subnets per step besides the largest and the smallest (sandwich rule)
     seed: int = 0  # seeds the initial weights and, with the step number, every batch and random subnet
     log_interval: int = 10  # steps between log lines (the loss curve gets every step)
     eval_interval: int = 200  # steps between held-out evaluations of the largest and smallest subnets
-    eval_tokens: int = 32768  # held-out tokens per evaluation (first tokens of heldout.bin; ~15 s on 2 cores)
-    ckpt_interval: int = 100  # steps between checkpoints (~8 min of CPU work at most is lost on a crash)
+    eval_tokens: int = 32768  # held-out tokens per evaluation (first tokens of heldout.bin; ~10 s on 2 cores)
+    ckpt_interval: int = 100  # steps between checkpoints (at most ~8 min of work is lost on a crash)
     device: str = "cpu"  # "cpu" or "cuda"; under torchrun with CUDA, rank r uses cuda:LOCAL_RANK
 
     def __post_init__(self) -> None:
@@ -186,6 +188,7 @@ def setup_distributed(device: str) -> DistInfo:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+    log.info("rank %d of %d (backend %s)", rank, world, dist.get_backend())
     return DistInfo(rank, world, f"cuda:{local_rank}" if device == "cuda" else "cpu")
 
 

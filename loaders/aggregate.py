@@ -6,17 +6,17 @@ Quantiles use linear interpolation between order statistics (numpy's default ``m
 
 from __future__ import annotations
 
-import pyarrow as pa
 import polars as pl
+import pyarrow as pa
 
 from hwgpt_bench.loaders.schema import PRIMARY_KEYS, cast_table, schema_for
 
 #: columns copied from each ``measurements`` row into its ``summary`` row
-PASSTHROUGH = ("arch_id", "space", "device_id", "phase", "batch_size", "seq_len", "dtype")
+PASSTHROUGH = ("arch_id", "space", "device_id", "phase", "batch_size", "seq_len", "dtype", "weights")
 
 
 def _quantile(column: str, q: float) -> pl.Expr:
-    return pl.col(column).list.agg(pl.element().quantile(q, interpolation="linear"))
+    return pl.col(column).list.eval(pl.element().quantile(q, interpolation="linear")).list.first()
 
 
 def _iqr(column: str) -> pl.Expr:

@@ -109,6 +109,7 @@ _SUMMARY = [
     _f("batch_size", _I32, "sequences per forward"),
     _f("seq_len", _I32, "tokens per sequence or cached context"),
     _f("dtype", _STR, "compute dtype"),
+    _f("weights", _STR, "`random-init` or `supernet:<sha12>`"),
     _f("n_latency", _I32, "number of latency repeats aggregated (count)"),
     _f("latency_ms_median", _F64, "median of the repeats (milliseconds)"),
     _f("latency_ms_iqr", _F64, "interquartile range of the repeats (milliseconds)"),
@@ -133,7 +134,7 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "measurements": ("arch_id", "device_id", "phase", "batch_size", "seq_len", "dtype", "weights"),
     "perplexity": ("arch_id", "checkpoint_sha256", "eval_split"),
     "devices": ("device_id",),
-    "summary": ("arch_id", "device_id", "phase", "batch_size", "seq_len", "dtype"),
+    "summary": ("arch_id", "device_id", "phase", "batch_size", "seq_len", "dtype", "weights"),
 }
 
 SCHEMAS: dict[str, pa.Schema] = {

@@ -12,8 +12,8 @@ import hashlib
 import math
 from collections.abc import Iterable, Sequence
 
-import pyarrow as pa
 import polars as pl
+import pyarrow as pa
 
 SPLITS = ("train", "calibration", "test")
 
