@@ -186,8 +186,26 @@ def _add_publish(sub) -> None:
     p.set_defaults(handler=_delegate("hwgpt_bench.generation.release", "publish_from_args"))
 
 
-_BUILDERS = [_add_spaces, _add_sample, _add_profile, _add_eval_perplexity, _add_train, _add_prepare_corpus, _add_merge,
-             _add_build_release, _add_validate, _add_publish]
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="summarise the shipped release: per space/device table and Pareto front",
+                       description="The main job: load the release, print a per-space, per-device latency summary "
+                       "and the measured gpt-nano perplexity-latency Pareto front, and write its plot.")
+    p.add_argument("--dataset", default="dataset", help="release folder (default: dataset, the shipped release)")
+    p.add_argument("--out", default="figures", help="folder for the Pareto plot (default: figures)")
+    p.set_defaults(handler=_delegate("hwgpt_bench.generation.figures", "demo_from_args"))
+
+
+def _add_figures(sub) -> None:
+    p = sub.add_parser("figures", help="write the dataset card's figures from a release",
+                       description="Latency distribution per space, repeat noise vs model size and the gpt-nano "
+                       "perplexity-latency Pareto front, as PNG files.")
+    p.add_argument("--dataset", default="dataset", help="release folder (default: dataset)")
+    p.add_argument("--out", default="dataset/figures", help="output folder (default: dataset/figures)")
+    p.set_defaults(handler=_delegate("hwgpt_bench.generation.figures", "figures_from_args"))
+
+
+_BUILDERS = [_add_demo, _add_figures, _add_spaces, _add_sample, _add_profile, _add_eval_perplexity, _add_train,
+             _add_prepare_corpus, _add_merge, _add_build_release, _add_validate, _add_publish]
 
 
 def build_parser() -> argparse.ArgumentParser:

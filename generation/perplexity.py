@@ -6,6 +6,11 @@ and every token except the very first is predicted exactly once, from the tokens
 ``block_size`` of them; the context restarts at each window). A shorter last window (fewer than ``block_size`` targets
 left) is evaluated too, on its own; the mean is weighted by tokens, so its size does not bias the result.
 
+Subsampling: with ``max_tokens`` smaller than the stream, ``max_tokens // block_size`` full windows spread evenly over
+the whole stream are scored (window indices ``floor(i * n_windows / k)``), not a prefix: the held-out file holds whole
+documents one after another, so a prefix would measure only the first document or two. ``eval_tokens`` reports how
+many targets were scored (at most ``max_tokens``). Below one window, the first ``max_tokens + 1`` tokens are used.
+
 Numbers: ``nll`` is the token-weighted mean negative log-likelihood in nats, ``perplexity = exp(nll)``, ``accuracy``
 the share of targets that are the top-1 prediction (ties go to the lower token id, as ``argmax`` breaks them).
 Computed in float32 under ``torch.inference_mode`` and summed in float64; the same inputs give the same result.
@@ -49,12 +54,11 @@ class PerplexityResult:
         return asdict(self)
 
 
-def _as_long_tensor(tokens, max_tokens: int | None) -> Tensor:
-    """The first ``max_tokens + 1`` tokens (all without a limit) as a 1-D int64 CPU tensor."""
-    n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
+def _as_long_tensor(tokens) -> Tensor:
+    """``tokens`` (a 1-D array, memmap or tensor) as a 1-D int64 CPU tensor."""
     if isinstance(tokens, Tensor):
-        return tokens[:n].to(device="cpu", dtype=torch.long)
-    return torch.from_numpy(np.asarray(tokens[:n], dtype=np.int64))
+        return tokens.to(device="cpu", dtype=torch.long).flatten()
+    return torch.from_numpy(np.asarray(tokens, dtype=np.int64).reshape(-1))
 
 
 def windows(data: Tensor, block_size: int) -> tuple[Tensor, Tensor | None]:
@@ -67,9 +71,19 @@ def windows(data: Tensor, block_size: int) -> tuple[Tensor, Tensor | None]:
     return full, rest
 
 
-def _batches(data: Tensor, block_size: int, batch_size: int) -> Iterator[Tensor]:
-    """Windows (b, L) to score: the full ones ``batch_size`` at a time, then the partial last one alone."""
+def select_windows(data: Tensor, block_size: int, max_tokens: int | None) -> tuple[Tensor, Tensor | None]:
+    """The windows to score: all of them, or about ``max_tokens`` targets' worth spread evenly (see the module doc)."""
     full, rest = windows(data, block_size)
+    if max_tokens is None or max_tokens >= data.numel() - 1:
+        return full, rest
+    k = min(max_tokens // block_size, full.size(0))
+    if k == 0:
+        return full[:0], data[: max_tokens + 1]
+    return full[(torch.arange(k) * full.size(0)) // k], None  # (k, T + 1)
+
+
+def _batches(full: Tensor, rest: Tensor | None, batch_size: int) -> Iterator[Tensor]:
+    """Windows (b, L) to score: the full ones ``batch_size`` at a time, then the partial last one alone."""
     for start in range(0, full.size(0), batch_size):
         yield full[start:start + batch_size]
     if rest is not None:
@@ -99,21 +113,21 @@ def evaluate_perplexity(model_fn: ModelFn, tokens, block_size: int, batch_size: 
                         max_tokens: int | None = None, device: torch.device | str | None = None) -> PerplexityResult:
     """Evaluate ``model_fn`` on ``tokens`` (1-D array or tensor of token ids) with windows of ``block_size + 1``.
 
-    ``max_tokens`` caps the number of predicted tokens (the first ``max_tokens + 1`` tokens are used); ``batch_size``
-    is the number of windows per forward pass; ``device`` defaults to that of ``model_fn``'s parameters. The model's
-    train/eval mode is left as it is (the project's models have no dropout).
+    ``max_tokens`` caps the number of predicted tokens (whole windows spread over the stream, see the module doc);
+    ``batch_size`` is the number of windows per forward pass; ``device`` defaults to that of ``model_fn``'s
+    parameters. The model's train/eval mode is left as it is (the project's models have no dropout).
     """
     if block_size < 1 or batch_size < 1:
         raise ValueError(f"block_size/batch_size: must be >= 1, got {block_size}/{batch_size}")
     if max_tokens is not None and max_tokens < 1:
         raise ValueError(f"max_tokens: must be >= 1 or None, got {max_tokens}")
-    data = _as_long_tensor(tokens, max_tokens)
+    data = _as_long_tensor(tokens)
     if data.numel() < 2:
         raise ValueError(f"tokens: need at least 2 tokens to predict one, got {data.numel()}")
     device = torch.device(device) if device is not None else _infer_device(model_fn)
     nll_sum, correct, count = 0.0, 0, 0
     with torch.inference_mode():
-        for batch in _batches(data, block_size, batch_size):
+        for batch in _batches(*select_windows(data, block_size, max_tokens), batch_size):
             s, c, n = _score(model_fn, batch.to(device))
             nll_sum, correct, count = nll_sum + s, correct + c, count + n
     nll = nll_sum / count

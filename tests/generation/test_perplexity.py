@@ -8,7 +8,12 @@ torch = pytest.importorskip("torch")
 import numpy as np  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from hwgpt_bench.generation.perplexity import evaluate_archs, evaluate_perplexity, windows  # noqa: E402
+from hwgpt_bench.generation.perplexity import (  # noqa: E402
+    evaluate_archs,
+    evaluate_perplexity,
+    select_windows,
+    windows,
+)
 from hwgpt_bench.generation.search_spaces import SPACES, SearchSpace, sample_archs  # noqa: E402
 
 VOCAB = 11
@@ -64,6 +69,8 @@ def test_windows_stride_and_remainder():
     assert full.tolist() == [[0, 1, 2, 3, 4], [4, 5, 6, 7, 8], [8, 9, 10, 11, 12]]
     assert rest.tolist() == [12, 13, 14]
     assert windows(torch.arange(9), 4)[1] is None
+    spread, rest = select_windows(torch.arange(41), 4, max_tokens=9)  # 10 windows, 2 wanted: indices 0 and 5
+    assert spread[:, 0].tolist() == [0, 20] and rest is None
 
 
 def test_batch_size_does_not_change_the_result(tokens):
@@ -85,12 +92,24 @@ def test_uniform_model_has_perplexity_vocab_size(tokens):
     assert result.accuracy == pytest.approx(np.mean(tokens[1:] == 0))  # argmax ties go to token 0
 
 
-def test_max_tokens_caps_the_targets_and_accepts_tensors(tokens):
+def test_max_tokens_spreads_whole_windows_over_the_stream():
     model = TinyLM()
-    capped = evaluate_perplexity(model, torch.as_tensor(tokens.astype(np.int64)), 16, max_tokens=20)
-    assert capped.eval_tokens == 20
-    nll, _, n = reference(model, tokens[:21], 16)
-    assert n == 20 and capped.nll == pytest.approx(nll, rel=1e-6)
+    stream = np.random.default_rng(2).integers(0, VOCAB, 10 * 16 + 1 + 7).astype(np.uint16)  # 10 full windows + 7
+    result = evaluate_perplexity(model, stream, 16, max_tokens=3 * 16 + 5)
+    assert result.eval_tokens == 3 * 16  # whole windows only, at most max_tokens targets
+    picked = [stream[i * 16:i * 16 + 17] for i in (0, 3, 6)]  # floor(i * 10 / 3)
+    expected = [reference(model, w, 16) for w in picked]
+    assert result.nll == pytest.approx(np.mean([e[0] for e in expected]), rel=1e-6)
+    assert result.accuracy == pytest.approx(np.mean([e[1] for e in expected]))
+
+
+def test_max_tokens_below_one_window_uses_a_prefix_and_accepts_tensors(tokens):
+    model = TinyLM()
+    capped = evaluate_perplexity(model, torch.as_tensor(tokens.astype(np.int64)), 16, max_tokens=5)
+    nll, _, n = reference(model, tokens[:6], 16)
+    assert capped.eval_tokens == n == 5 and capped.nll == pytest.approx(nll, rel=1e-6)
+    everything = evaluate_perplexity(model, tokens, 16, max_tokens=10_000)
+    assert everything == evaluate_perplexity(model, tokens, 16)
 
 
 def test_deterministic(tokens):

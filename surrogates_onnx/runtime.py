@@ -1,0 +1,250 @@
+"""Light runtime of the ONNX surrogates: numpy + onnxruntime (+ the pure-Python search spaces) and nothing else.
+
+Each model is one ``.onnx`` graph with input ``X`` (float32, shape ``(N, n_features)``, the encoding of
+``search_spaces.encode``) and three outputs in the metric's units: ``y_pred`` ``(N,)`` (the point: the predicted
+median of a single measurement), ``y_lower`` and ``y_upper`` ``(N, n_levels)`` (conformal interval bounds, one
+column per confidence level). ``manifest.json`` next to ``models/`` lists every model with its space, device, metric,
+unit, workload, feature order, levels, what the interval covers, test coverage and the file's sha256, which is
+checked when a model is loaded.
+
+Example::
+
+    from hwgpt_bench.surrogates_onnx.runtime import Surrogate, list_models
+    s = Surrogate.load("gpt-s", "cpu-amd-epyc-2t", "latency_ms")
+    res = s.predict([{"space": "gpt-s", "embed_dim": 384, "n_layer": 10, ...}])
+    res.point, res.interval(0.9)  # (N,) and two (N,) arrays, in res.unit
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from hwgpt_bench.generation.search_spaces import ArchConfig, encode, feature_names
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+DEFAULT_ROOT = Path(__file__).resolve().parent
+OUTPUTS = ("y_pred", "y_lower", "y_upper")
+WORKLOAD_KEYS = ("phase", "batch_size", "seq_len", "dtype")  # workload of device metrics
+#: metrics measured once per architecture, not per device (their models have ``device: null``)
+DEVICE_FREE_METRICS = ("perplexity", "accuracy")
+
+
+def _root(root: str | Path | None) -> Path:
+    return DEFAULT_ROOT if root is None else Path(root)
+
+
+def read_manifest(root: str | Path | None = None) -> dict:
+    """``<root>/manifest.json`` as a dict (default root: the installed package); ``ValueError`` when absent."""
+    path = _root(root) / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{path}: no surrogate manifest; train models with `hwgpt-bench train-surrogates --out "
+                         f"{_root(root)}` or pass root= a folder that has one")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def list_models(root: str | Path | None = None) -> list[dict]:
+    """Every model of ``root`` (default: the shipped ones) as small dicts; [] when no manifest exists there.
+
+    Keys: ``space``, ``device`` (None for device-free metrics), ``metric``, ``unit``, ``workload`` (dict),
+    ``default_workload`` (bool), ``levels``, ``file``.
+    """
+    if not (_root(root) / MANIFEST).is_file():
+        return []
+    keys = ("space", "device", "metric", "unit", "workload", "default_workload", "levels", "file")
+    return [{k: m.get(k) for k in keys} for m in read_manifest(root)["models"]]
+
+
+def workload_text(workload: Mapping) -> str:
+    """Short stable text of a workload dict, e.g. ``forward-b1-s256-float32``."""
+    if all(k in workload for k in WORKLOAD_KEYS):
+        return f"{workload['phase']}-b{workload['batch_size']}-s{workload['seq_len']}-{workload['dtype']}"
+    return "-".join(f"{k}={workload[k]}" for k in sorted(workload))
+
+
+def _matches(entry: dict, space: str, device: str | None, metric: str, workload: Mapping | None) -> bool:
+    if (entry["space"], entry["metric"]) != (space, metric):
+        return False
+    if entry["device"] is not None and entry["device"] != device:
+        return False
+    wl = entry["workload"]
+    return all(str(wl.get(k)) == str(v) for k, v in (workload or {}).items())
+
+
+def find_entry(manifest: dict, space: str, device: str | None, metric: str, workload: Mapping | None = None) -> dict:
+    """The manifest entry of one model; several matches resolve to the ``default_workload`` one when ``workload``
+    is None. Device-free metrics (perplexity, accuracy) match any ``device``. ``ValueError`` lists what exists."""
+    found = [m for m in manifest["models"] if _matches(m, space, device, metric, workload)]
+    if len(found) > 1 and workload is None:
+        found = [m for m in found if m.get("default_workload")] or found
+    if len(found) == 1:
+        return found[0]
+    have = sorted({f"{m['space']}/{m['device']}/{m['metric']}/{workload_text(m['workload'])}"
+                   for m in manifest["models"]})
+    what = "several models match; pass workload= to choose" if found else "no model matches"
+    raise ValueError(f"{what} (space={space!r}, device={device!r}, metric={metric!r}, workload={workload}); "
+                     f"available (space/device/metric/workload): {have}")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_file(path: Path, expected_sha256: str) -> None:
+    """``ValueError`` when ``path`` is missing or its sha256 is not the manifest's."""
+    if not path.is_file():
+        raise ValueError(f"{path}: model file missing (listed in the manifest)")
+    actual = file_sha256(path)
+    if actual != expected_sha256:
+        raise ValueError(f"{path}: sha256 mismatch (manifest {expected_sha256}, file {actual}); the file was changed "
+                         "or corrupted: reinstall the package or retrain with `hwgpt-bench train-surrogates`")
+
+
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    """Explicit onnxruntime options: ``threads`` intra-op threads (default 1), one inter-op thread, all graph
+    optimisations, sequential execution."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return opts
+
+
+def open_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
+    """An onnxruntime session on the CPU execution provider with ``session_options(threads)``."""
+    return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def to_arch(arch: ArchConfig | Mapping, space: str) -> ArchConfig:
+    """Validate one architecture of ``space``: an ``ArchConfig`` or a plain dict (``space`` may be left out).
+
+    An out-of-space value is a ``ValueError`` naming the field and its allowed values.
+    """
+    if isinstance(arch, Mapping):
+        arch = ArchConfig.from_dict({"space": space, **arch})
+    if not isinstance(arch, ArchConfig):
+        raise ValueError(f"architecture: expected an ArchConfig or a dict, got {type(arch).__name__}")
+    if arch.space != space:
+        raise ValueError(f"space: architecture of {arch.space!r} given to a model of space {space!r}")
+    return arch
+
+
+def encode_archs(archs: Iterable[ArchConfig | Mapping] | ArchConfig | Mapping, space: str) -> np.ndarray:
+    """Validated encoding of ``archs`` (one or many), float32 of shape ``(N, len(feature_names(space)))``."""
+    if isinstance(archs, (ArchConfig, Mapping)):
+        archs = [archs]
+    rows = [encode(to_arch(a, space)) for a in archs]
+    return np.asarray(rows, dtype=np.float32).reshape(len(rows), len(feature_names(space)))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predictions for N architectures, in ``unit``.
+
+    Attributes:
+        point: ``(N,)`` predicted median of a single measurement.
+        lower: ``(N, n_levels)`` lower bounds, column j for ``levels[j]``.
+        upper: ``(N, n_levels)`` upper bounds.
+        levels: confidence levels of the columns, ascending (e.g. ``(0.5, 0.8, 0.9, 0.95)``).
+        unit: unit of every array (``ms``, ``mJ``, ``MiB``, ``1`` for perplexity, ``fraction`` for accuracy).
+        metric: the dataset column predicted.
+    """
+
+    point: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    levels: tuple[float, ...]
+    unit: str
+    metric: str
+
+    def level_index(self, level: float) -> int:
+        """Column of ``level``; ``ValueError`` lists the model's levels."""
+        for j, have in enumerate(self.levels):
+            if abs(have - float(level)) < 1e-9:
+                return j
+        raise ValueError(f"level: {level} is not a level of this model; allowed values: {list(self.levels)}")
+
+    def interval(self, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+        """``(lower, upper)`` at ``level``, each of shape ``(N,)``."""
+        j = self.level_index(level)
+        return self.lower[:, j], self.upper[:, j]
+
+    def to_records(self, level: float | None = None) -> list[dict]:
+        """One JSON-ready dict per architecture: point and bounds at ``level`` (or at every level when None)."""
+        levels = self.levels if level is None else (self.levels[self.level_index(level)],)
+        cols = [self.level_index(lv) for lv in levels]
+        return [{"metric": self.metric, "unit": self.unit, "point": float(self.point[i]),
+                 "intervals": {f"{self.levels[j]:g}": [float(self.lower[i, j]), float(self.upper[i, j])]
+                               for j in cols}} for i in range(len(self.point))]
+
+
+class Surrogate:
+    """One ONNX surrogate (space, device, metric, workload) with its manifest entry; load with ``Surrogate.load``."""
+
+    def __init__(self, entry: dict, session: ort.InferenceSession, dataset: dict | None = None) -> None:
+        self.entry = entry
+        self.session = session
+        self.dataset = dataset or {}
+        self.space: str = entry["space"]
+        self.device: str | None = entry["device"]
+        self.metric: str = entry["metric"]
+        self.unit: str = entry["unit"]
+        self.workload: dict = dict(entry["workload"])
+        self.levels: tuple[float, ...] = tuple(float(v) for v in entry["levels"])
+        self.feature_names: list[str] = list(entry["feature_names"])
+        self._check_encoding()
+
+    def _check_encoding(self) -> None:
+        expected = feature_names(self.space)
+        if self.feature_names != expected:
+            raise ValueError(f"{self.entry['file']}: feature names {self.feature_names} differ from the encoding of "
+                             f"space {self.space!r} in this version ({expected}); retrain the surrogate")
+
+    @classmethod
+    def load(cls, space: str, device: str | None, metric: str, workload: Mapping | None = None,
+             root: str | Path | None = None, threads: int = 1) -> Surrogate:
+        """Load the model of (``space``, ``device``, ``metric``, ``workload``) from ``root`` (default: shipped).
+
+        ``workload`` is a dict of any of ``phase``, ``batch_size``, ``seq_len``, ``dtype`` that narrows the choice;
+        None picks the manifest's default workload. The file's sha256 must match the manifest (else ``ValueError``).
+        ``threads``: onnxruntime intra-op threads (default 1).
+        """
+        manifest = read_manifest(root)
+        entry = find_entry(manifest, space, device, metric, workload)
+        path = _root(root) / entry["file"]
+        check_file(path, entry["sha256"])
+        log.debug("loading %s", path)
+        return cls(entry, open_session(path, threads), manifest.get("dataset"))
+
+    def predict_features(self, features: np.ndarray) -> Prediction:
+        """Predict from already encoded rows: ``features`` of shape ``(N, n_features)`` in ``feature_names`` order."""
+        x = np.ascontiguousarray(features, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != len(self.feature_names):
+            raise ValueError(f"features: expected shape (N, {len(self.feature_names)}), got {x.shape}")
+        point, lower, upper = self.session.run(list(OUTPUTS), {"X": x})
+        return Prediction(point.astype(np.float64), lower.astype(np.float64), upper.astype(np.float64), self.levels,
+                          self.unit, self.metric)
+
+    def predict(self, archs: Iterable[ArchConfig | Mapping] | ArchConfig | Mapping) -> Prediction:
+        """Point and interval bounds for one or many architectures (``ArchConfig`` or plain dicts, validated)."""
+        return self.predict_features(encode_archs(archs, self.space))
+
+    def __repr__(self) -> str:
+        return (f"Surrogate(space={self.space!r}, device={self.device!r}, metric={self.metric!r}, "
+                f"workload={workload_text(self.workload)!r}, levels={self.levels}, unit={self.unit!r})")

@@ -1,0 +1,35 @@
+"""Release figures, the Pareto front and the demo (the README's main job) on the synthetic release."""
+
+import polars as pl
+import pytest
+
+from hwgpt_bench.cli import main
+from hwgpt_bench.generation.figures import pareto_front, per_arch_latency, space_device_summary, write_figures
+
+pytest.importorskip("matplotlib")
+
+
+def test_pareto_front_keeps_exactly_the_non_dominated_points():
+    frame = pl.DataFrame({"x": [1.0, 2.0, 2.0, 3.0, 4.0, 5.0], "y": [5.0, 3.0, 4.0, 3.0, 1.0, 1.0]})
+    front = pareto_front(frame, "x", "y")
+    assert front.rows() == [(1.0, 5.0), (2.0, 3.0), (4.0, 1.0)]
+
+
+def test_summary_counts_architectures_per_space_and_device(release):
+    table = space_device_summary(per_arch_latency(release))
+    assert table["archs"].to_list() == [5, 5]
+    assert (table["latency_ms_p10"] <= table["latency_ms_p50"]).all()
+    assert (table["latency_ms_p50"] <= table["latency_ms_p90"]).all()
+
+
+def test_figures_are_written_as_png(release, tmp_path):
+    paths = write_figures(release, tmp_path)
+    assert [p.name for p in paths] == ["latency_distribution.png", "noise_vs_size.png", "pareto_gpt_nano.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_demo_prints_summary_and_front(release, tmp_path, capsys):
+    assert main(["demo", "--dataset", str(release), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Per space and device" in out and "Pareto front" in out
+    assert (tmp_path / "pareto_gpt_nano.png").stat().st_size > 1000
