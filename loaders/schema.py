@@ -59,8 +59,8 @@ _MEASUREMENTS = [
     _f("energy_window_ms", _F64, "duration of each energy sample's measurement window (milliseconds)", True),
     _f("energy_missing_reason", _STR, "why energy is null on this device; null when measured", True),
     _f("peak_memory_mib", _F64, "peak memory of the forward (MiB); see `memory_method`", True),
-    _f("memory_baseline_mib", _F64, "the same measure before the forward's own memory: on CPU the fresh process after "
-       "importing torch, before the model was built; on CUDA the allocated memory just before the forward (MiB)", True),
+    _f("memory_baseline_mib", _F64, "the same measure before the model's own memory: on CPU the measuring process just "
+       "before the model was built (torch imported); on CUDA the allocated memory just before the forward (MiB)", True),
     _f("memory_method", _STR, "how memory was measured", True),
     _f("memory_missing_reason", _STR, "why memory is null; null when measured", True),
     _f("threads", _I32, "torch intra-op threads"),
