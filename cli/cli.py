@@ -204,8 +204,19 @@ def _add_figures(sub) -> None:
     p.set_defaults(handler=_delegate("hwgpt_bench.generation.figures", "figures_from_args"))
 
 
+def _add_run_plan(sub) -> None:
+    p = sub.add_parser("run-plan", help="run a TOML plan of profile calls (how a release's devices are profiled)",
+                       description="Run every [[profile]] entry of a plan in order; each is a resumable "
+                       "`hwgpt-bench profile` call, so rerunning the command continues where it stopped.")
+    p.add_argument("plan", help="plan file, e.g. plans/cpu-v0.1.0.toml")
+    p.add_argument("--out", required=True, help="run directory of this machine, e.g. runs/cpu-amd-epyc-2t")
+    p.add_argument("--space", nargs="+", default=None, help="run only the entries of these spaces")
+    p.add_argument("--shard", default=None, help="'i/n': this machine's share of every entry")
+    p.set_defaults(handler=_delegate("hwgpt_bench.generation.plans", "run_plan_from_args"))
+
+
 _BUILDERS = [_add_demo, _add_figures, _add_spaces, _add_sample, _add_profile, _add_eval_perplexity, _add_train,
-             _add_prepare_corpus, _add_merge, _add_build_release, _add_validate, _add_publish]
+             _add_run_plan, _add_prepare_corpus, _add_merge, _add_build_release, _add_validate, _add_publish]
 
 
 def build_parser() -> argparse.ArgumentParser:

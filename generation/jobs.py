@@ -13,7 +13,7 @@ import logging
 import os
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tqdm import tqdm
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def new_run_id() -> str:
     """Identifier of one invocation: UTC timestamp plus a random suffix."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
 
 
 def write_architectures(run_dir: Path, rows: list[dict], shard: Shard) -> None:
@@ -145,7 +145,7 @@ def _perplexity_row(arch: ArchConfig, result, ckpt_sha: str, tokenizer: str, run
     return {"arch_id": arch.arch_id, "space": arch.space, "checkpoint_sha256": ckpt_sha, "eval_split": "heldout",
             "eval_tokens": int(result.eval_tokens), "nll": float(result.nll), "perplexity": float(result.perplexity),
             "accuracy": float(result.accuracy), "tokenizer": tokenizer, "run_id": run_id,
-            "measured_at": datetime.now(timezone.utc)}
+            "measured_at": datetime.now(UTC)}
 
 
 def file_sha256(path: str | Path) -> str:

@@ -56,7 +56,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -498,7 +498,7 @@ def _row(arch, settings, run_id, facts, sm_clock, latency: LatencyResult, energy
         "memory_method": memory.method, "memory_missing_reason": memory.missing_reason, "threads": settings.threads,
         "device_name": fact["device_name"], "torch_version": fact["torch_version"],
         "driver_version": fact["driver_version"], "cuda_version": fact["cuda_version"], "gpu_sm_clock_mhz": sm_clock,
-        "gpu_power_limit_w": fact["gpu_power_limit_w"], "run_id": run_id, "measured_at": datetime.now(timezone.utc),
+        "gpu_power_limit_w": fact["gpu_power_limit_w"], "run_id": run_id, "measured_at": datetime.now(UTC),
     }
 
 

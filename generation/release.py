@@ -28,7 +28,7 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -321,7 +321,7 @@ def make_manifest(version: str, tables: dict[str, pa.Table], files: list[dict]) 
     configs = {c: {"rows": t.num_rows, "files": sum(f["config"] == c for f in files),
                    "primary_key": list(PRIMARY_KEYS[c])} for c, t in tables.items()}
     return {"dataset": DATASET_NAME, "version": version, "schema_version": SCHEMA_VERSION, **git_state(),
-            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "configs": configs, "files": files}
+            "built_at": datetime.now(UTC).isoformat(timespec="seconds"), "configs": configs, "files": files}
 
 
 def changelog_text(old: str | None, version: str, entry: str, date: str) -> str:
@@ -399,7 +399,7 @@ def build_release(run_dirs: Sequence[str | Path], out: str | Path = "dataset", *
     _check_out(out)
     tables = build_tables(run_dirs)
     old_log = (out / CHANGELOG).read_text(encoding="utf-8") if (out / CHANGELOG).is_file() else None
-    changelog = changelog_text(old_log, version, changelog_entry, datetime.now(timezone.utc).date().isoformat())
+    changelog = changelog_text(old_log, version, changelog_entry, datetime.now(UTC).date().isoformat())
     out.parent.mkdir(parents=True, exist_ok=True)
     tree = out.with_name(f"{TMP_PREFIX}{out.name}-{uuid.uuid4().hex[:8]}")
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from hwgpt_bench.generation.search_spaces import sample_archs
 
 SPACE = "gpt-nano"
 N_ARCHS = 7  # 0-4 measured on both devices, 0-5 have perplexity, 6 has nothing (pruned from a release)
-WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 CPU, GPU = "cpu-test-2t", "gpu-test"
 NO_RAPL = "no readable energy counter (RAPL energy_uj is root-only)"
 

@@ -1,7 +1,7 @@
 """Profilers on the smallest gpt-nano architecture with short sequences and few repeats (timings never asserted)."""
 
 import sys
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -375,7 +375,7 @@ def test_profile_arch_row_matches_the_schema(arch, facts):
     assert check_table("measurements", table_from_rows("measurements", [row])) == []
     assert row["arch_id"] == arch.arch_id and row["space"] == "gpt-nano" and row["phase"] == "decode"
     assert len(row["latency_ms"]) == 3 and len(row["host_load_1m"]) == 3 and row["n_warmup"] == 1
-    assert row["measured_at"].tzinfo is timezone.utc and row["run_id"] == "run-test"
+    assert row["measured_at"].tzinfo is UTC and row["run_id"] == "run-test"
     assert row["peak_memory_mib"] >= row["memory_baseline_mib"] > 0 and row["memory_missing_reason"] is None
     assert "forked" in row["memory_method"] or not profilers.fork_supported()
     assert row["device_id"] == facts["device_id"] and row["threads"] == 1 and row["weights"] == "random-init"

@@ -1,6 +1,6 @@
 """Atomic parts, resume bookkeeping, sharding and merging (no torch)."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow.parquet as pq
 import pytest
@@ -20,7 +20,7 @@ from hwgpt_bench.loaders.schema import table_from_rows
 def _ppl_row(arch_id: str, ppl: float = 10.0) -> dict:
     return {"arch_id": arch_id, "space": "gpt-nano", "checkpoint_sha256": "abc", "eval_split": "heldout",
             "eval_tokens": 100, "nll": 2.3, "perplexity": ppl, "accuracy": 0.3, "tokenizer": "bpe", "run_id": "r",
-            "measured_at": datetime(2026, 1, 1, tzinfo=timezone.utc)}
+            "measured_at": datetime(2026, 1, 1, tzinfo=UTC)}
 
 
 def test_shard_parse_and_partition():

@@ -1,6 +1,6 @@
 """The schema module: one schema per table, keys exist, casting and checking catch defects."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pytest
@@ -55,4 +55,4 @@ def test_check_table_reports_type_and_null_defects():
 
 def test_rows_with_wrong_keys_are_rejected():
     with pytest.raises(ValueError, match="missing columns"):
-        table_from_rows("perplexity", [{"arch_id": "a", "measured_at": datetime.now(timezone.utc)}])
+        table_from_rows("perplexity", [{"arch_id": "a", "measured_at": datetime.now(UTC)}])
