@@ -215,8 +215,84 @@ def _add_run_plan(sub) -> None:
     p.set_defaults(handler=_delegate("hwgpt_bench.generation.plans", "run_plan_from_args"))
 
 
+def _add_workload_filters(p: argparse.ArgumentParser, many: bool) -> None:
+    nargs = {"nargs": "+"} if many else {}
+    what = "only these" if many else "the model's"
+    default = "all" if many else "the default workload"
+    p.add_argument("--phase", default=None, choices=["forward", "prefill", "decode"],
+                   help=f"{what} workload phase(s) (default: {default})", **nargs)
+    p.add_argument("--batch-size", type=int, default=None, help=f"{what} batch size(s)", **nargs)
+    p.add_argument("--seq-len", type=int, default=None, help=f"{what} sequence length(s) in tokens", **nargs)
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help=f"{what} compute dtype(s)", **nargs)
+
+
+_METRICS = ["latency_ms", "energy_mj", "peak_memory_mib", "perplexity", "accuracy"]
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="point + conformal interval from an ONNX surrogate (numpy + onnxruntime)",
+                       description="Predict a metric of architectures with a shipped (or --models) ONNX surrogate: "
+                       "the point (median of a single measurement) and the interval at --level that covers a single "
+                       "new measurement of the architecture.")
+    p.add_argument("--space", required=True, help="search space name (see `hwgpt-bench spaces`)")
+    p.add_argument("--device", default=None, help="device id as in the dataset, e.g. cpu-amd-epyc-2t (not needed "
+                   "for perplexity and accuracy)")
+    p.add_argument("--metric", required=True, choices=_METRICS, help="dataset column to predict")
+    p.add_argument("--arch", default=None, help="one architecture as a JSON object (fields space, embed_dim, n_layer, "
+                   "n_head, mlp_ratio, bias; space may be left out)")
+    p.add_argument("--archs", default=None, help="JSON-lines file, one architecture per line (e.g. from "
+                   "`hwgpt-bench sample --json`)")
+    p.add_argument("--sample", type=int, default=None, help="predict a seeded sample of N architectures of --space")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
+    p.add_argument("--level", type=float, default=0.9, help="confidence level of the printed interval (default 0.9; "
+                   "models hold 0.5, 0.8, 0.9, 0.95)")
+    _add_workload_filters(p, many=False)
+    p.add_argument("--models", default=None, help="folder with manifest.json and models/ (default: the installed "
+                   "package's models)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    p.add_argument("--json", action="store_true", help="one JSON object per architecture instead of text")
+    p.set_defaults(handler=_delegate("hwgpt_bench.surrogates_onnx.predict_cli", "predict_from_args"))
+
+
+def _add_train_surrogates(sub) -> None:
+    p = sub.add_parser("train-surrogates", help="train the ONNX surrogates of a release (needs the surrogates extra)",
+                       description="Train one conformalized quantile regression surrogate per (space, device, metric, "
+                       "workload) of a release, export each to ONNX (interval and exp inside the graph), check ONNX/"
+                       "MAPIE parity and write <out>/models/*.onnx and <out>/manifest.json.")
+    p.add_argument("--dataset", default="dataset", help="release folder read through the loaders (default: dataset)")
+    p.add_argument("--out", default="surrogates_onnx", help="output folder (default: surrogates_onnx, the shipped "
+                   "models)")
+    p.add_argument("--metric", nargs="+", default=None, choices=_METRICS,
+                   help="only these metrics (default: every metric the release measures)")
+    p.add_argument("--space", nargs="+", default=None, help="only these search spaces (default: all)")
+    p.add_argument("--device", nargs="+", default=None, help="only these device ids (default: all)")
+    _add_workload_filters(p, many=True)
+    p.add_argument("--seed", type=int, default=0, help="split seed and seed of the repeat draws (default 0)")
+    p.add_argument("--max-repeats", type=int, default=10, help="training repeats per architecture at most, drawn at "
+                   "random (default 10; 0 = all)")
+    p.add_argument("--max-iter", type=int, default=200, help="boosting iterations of each HGB model (default 200)")
+    p.add_argument("--learning-rate", type=float, default=0.1, help="HGB learning rate (default 0.1)")
+    p.add_argument("--max-leaf-nodes", type=int, default=15, help="HGB leaves per tree (default 15)")
+    p.add_argument("--threads", type=int, default=1, help="OpenMP threads of the fits (default 1)")
+    p.set_defaults(handler=_delegate("hwgpt_bench.surrogates_onnx.pipeline", "train_from_args"))
+
+
+def _add_evaluate_surrogates(sub) -> None:
+    p = sub.add_parser("evaluate-surrogates", help="evaluate trained surrogates on held-out architectures",
+                       description="Coverage, width, interval score, worst-quintile coverage, Kendall tau, R^2 and "
+                       "+-10%% share of every model on its test architectures, the noise ceiling and two baselines "
+                       "(the paper's Gaussian, split conformal); writes a markdown report.")
+    p.add_argument("--dataset", default="dataset", help="release folder (default: dataset)")
+    p.add_argument("--models", default="surrogates_onnx", help="folder with manifest.json and models/ (default: "
+                   "surrogates_onnx)")
+    p.add_argument("--report", default="surrogates_onnx/REPORT.md", help="markdown report to write (default: "
+                   "surrogates_onnx/REPORT.md)")
+    p.set_defaults(handler=_delegate("hwgpt_bench.surrogates_onnx.evaluation", "evaluate_from_args"))
+
+
 _BUILDERS = [_add_demo, _add_figures, _add_spaces, _add_sample, _add_profile, _add_eval_perplexity, _add_train,
-             _add_run_plan, _add_prepare_corpus, _add_merge, _add_build_release, _add_validate, _add_publish]
+             _add_run_plan, _add_prepare_corpus, _add_merge, _add_build_release, _add_validate, _add_publish,
+             _add_predict, _add_train_surrogates, _add_evaluate_surrogates]
 
 
 def build_parser() -> argparse.ArgumentParser:

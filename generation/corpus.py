@@ -30,23 +30,22 @@ documents, so no held-out token was ever seen in training, and the tokenizer is 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import importlib.resources
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
 import tarfile
 import unicodedata
-import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from hwgpt_bench.files import atomic_output, file_sha256, write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -103,44 +102,6 @@ class Document:
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
-
-
-# ---- small file helpers -------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success fsync it and ``os.replace`` it onto ``path``.
-
-    Readers therefore see either the old file or the complete new one, never a partial write.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_bytes_atomic(data: bytes, path: str | Path) -> Path:
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
-def write_json_atomic(obj, path: str | Path) -> Path:
-    return write_bytes_atomic((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"), path)
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_tokens(path: str | Path) -> np.ndarray:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from hwgpt_bench.files import file_sha256
 from hwgpt_bench.generation.architectures import sample_with_rows
 from hwgpt_bench.generation.runs import PartWriter, Shard, merge_parts, write_parquet_atomic
 from hwgpt_bench.generation.search_spaces import ArchConfig, get_space
@@ -146,17 +147,6 @@ def _perplexity_row(arch: ArchConfig, result, ckpt_sha: str, tokenizer: str, run
             "eval_tokens": int(result.eval_tokens), "nll": float(result.nll), "perplexity": float(result.perplexity),
             "accuracy": float(result.accuracy), "tokenizer": tokenizer, "run_id": run_id,
             "measured_at": datetime.now(UTC)}
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---- merge --------------------------------------------------------------------------------------------------------

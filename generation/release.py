@@ -16,7 +16,6 @@ files alone. Only torch-free modules are imported here.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -38,7 +37,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from hwgpt_bench.generation.runs import TMP_PREFIX, key_tuples, merge_parts, write_parquet_atomic, write_text_atomic
+from hwgpt_bench.files import TMP_PREFIX, file_sha256, write_text_atomic
+from hwgpt_bench.generation.runs import key_tuples, merge_parts, write_parquet_atomic
 from hwgpt_bench.loaders.aggregate import sort_by_key, summarise_repeats
 from hwgpt_bench.loaders.io import DATA_DIR, MANIFEST, data_files, read_manifest
 from hwgpt_bench.loaders.schema import COLUMN_DOCS, PRIMARY_KEYS, SCHEMA_VERSION, SCHEMAS, check_table, schema_for
@@ -273,15 +273,6 @@ def build_tables(run_dirs: Sequence[str | Path]) -> dict[str, pa.Table]:
 
 
 # ---- writing ------------------------------------------------------------------------------------------------------
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def shard_table(data: pa.Table, max_bytes: int = MAX_SHARD_BYTES) -> list[pa.Table]:
     """Contiguous row slices of ``data`` of at most about ``max_bytes`` in-memory bytes each (at least one slice)."""
     n = max(1, math.ceil(data.nbytes / max_bytes))

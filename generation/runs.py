@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +19,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hwgpt_bench.files import TMP_PREFIX, atomic_output
 from hwgpt_bench.loaders.schema import PRIMARY_KEYS, cast_table, schema_for, table_from_rows
 
 log = logging.getLogger(__name__)
 
 PART_GLOB = "part-*.parquet"
-TMP_PREFIX = ".tmp-"
+__all__ = ["TMP_PREFIX"]  # re-exported: the prefix of temporary files that readers skip
 
 
 @dataclass(frozen=True)
@@ -56,45 +56,10 @@ class Shard:
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
-    """Write ``table`` to ``path`` so that ``path`` is either absent or complete (temp file, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-    return path
-
-
-def write_text_atomic(text: str, path: Path) -> Path:
-    """Atomically replace ``path`` with ``text`` (UTF-8)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write ``table`` (zstd) so that ``path`` is either absent or complete (see ``hwgpt_bench.files``)."""
+    with atomic_output(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return Path(path)
 
 
 def part_files(folder: Path) -> list[Path]:

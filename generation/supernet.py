@@ -30,6 +30,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from hwgpt_bench.files import atomic_output
+
 from .model import (
     GPT,
     Block,
@@ -193,9 +195,8 @@ def save_supernet(supernet: SuperGPT, path: str | os.PathLike) -> None:
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in supernet.state_dict().items()}
     metadata = {"format": CHECKPOINT_FORMAT, "space": supernet.space.name,
                 "space_json": _space_to_json(supernet.space)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
 
 
 def _checkpoint_space(metadata: dict[str, str], space: SearchSpace | str | None) -> SearchSpace:

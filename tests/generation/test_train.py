@@ -134,7 +134,7 @@ def test_training_writes_checkpoints_curve_and_learns(tiny_space, tmp_path):
     assert float(rows[-1]["loss_largest"]) < float(rows[0]["loss_largest"]) - 0.5  # the counter pattern is learnt
     state = json.loads((out / "checkpoints/step_000030/state.json").read_text())
     assert state["step"] == 30 and state["config"] == cfg.to_dict()
-    assert not list(out.rglob("*.tmp"))
+    assert not list(out.rglob(".tmp-*")) and not list(out.rglob("*.tmp"))
 
 
 def test_resume_is_exact(tiny_space, tmp_path):
