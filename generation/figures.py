@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from hwgpt_bench.loaders.io import load_table
+from hwgpt_bench.loaders.io import load_table, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,14 @@ def main_workload(frame: pl.DataFrame) -> pl.DataFrame:
 
 def space_device_summary(frame: pl.DataFrame) -> pl.DataFrame:
     """Per (space, device) on the main workload: archs, latency quantiles (ms), median relative IQR, memory (MiB)."""
-    return (main_workload(frame).group_by("space", "device_id", "batch_size", "seq_len", "dtype")
+    workload = pl.format("b{} s{} {}", "batch_size", "seq_len", "dtype").alias("workload")
+    return (main_workload(frame).group_by("space", "device_id", workload)
             .agg(pl.len().alias("archs"),
-                 pl.col("latency_ms_median").quantile(0.1).alias("latency_ms_p10"),
-                 pl.col("latency_ms_median").median().alias("latency_ms_p50"),
-                 pl.col("latency_ms_median").quantile(0.9).alias("latency_ms_p90"),
-                 pl.col("rel_iqr").median().alias("median_rel_iqr"),
-                 pl.col("peak_memory_mib").median().alias("peak_memory_mib_p50"))
+                 pl.col("latency_ms_median").quantile(0.1).alias("lat_p10_ms"),
+                 pl.col("latency_ms_median").median().alias("lat_p50_ms"),
+                 pl.col("latency_ms_median").quantile(0.9).alias("lat_p90_ms"),
+                 pl.col("rel_iqr").median().alias("rel_iqr_p50"),
+                 pl.col("peak_memory_mib").median().alias("mem_p50_mib"))
             .sort("device_id", "space"))
 
 
@@ -68,7 +69,12 @@ def pareto_front(frame: pl.DataFrame, x: str, y: str) -> pl.DataFrame:
 
 
 def perplexity_latency(root: str | Path = "dataset", space: str = "gpt-nano") -> pl.DataFrame:
-    """Architectures of ``space`` with both perplexity and a main-workload CPU latency, one row per device."""
+    """Architectures of ``space`` with both perplexity and a main-workload latency, one row per device.
+
+    Empty when the release has no ``perplexity`` config yet.
+    """
+    if "perplexity" not in read_manifest(root)["configs"]:
+        return pl.DataFrame()
     ppl = load_table("perplexity", root).filter(pl.col("space") == space).select("arch_id", "perplexity", "accuracy")
     lat = main_workload(per_arch_latency(root)).filter(pl.col("space") == space)
     return lat.join(ppl, on="arch_id", how="inner")
@@ -130,7 +136,7 @@ def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     _plt().close(fig)
-    log.info("wrote %s", path)
+    log.debug("wrote %s", path)
     return path
 
 
@@ -155,16 +161,18 @@ def figures_from_args(args: argparse.Namespace) -> int:
 
 def demo_from_args(args: argparse.Namespace) -> int:
     """``hwgpt-bench demo``: the README's main job on the shipped release."""
+    frame = per_arch_latency(args.dataset)
     with pl.Config(tbl_rows=60, tbl_cols=12, tbl_width_chars=160, float_precision=3, tbl_hide_dataframe_shape=True):
         print(f"# Per space and device (main workload: {MAIN_PHASE}, per-architecture medians of the repeats)")
-        print(space_device_summary(per_arch_latency(args.dataset)))
+        print(space_device_summary(frame))
+        print(f"wrote {plot_latency_distribution(frame, Path(args.out) / 'latency_distribution.png')}")
         ppl = perplexity_latency(args.dataset)
         if not ppl.height:
-            print("no perplexity rows in this release: no Pareto front")
+            print("no perplexity rows in this release yet: no perplexity-latency Pareto front")
             return 0
         for device, group in ppl.group_by("device_id", maintain_order=True):
             front = pareto_front(group, "latency_ms_median", "perplexity")
             print(f"\n# gpt-nano Pareto front on {device[0]}: {front.height} of {group.height} architectures")
             print(front.select("arch_id", "params", "latency_ms_median", "perplexity", "accuracy"))
-        print(plot_pareto(ppl, Path(args.out) / "pareto_gpt_nano.png"))
+        print(f"wrote {plot_pareto(ppl, Path(args.out) / 'pareto_gpt_nano.png')}")
     return 0

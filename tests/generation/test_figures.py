@@ -18,8 +18,8 @@ def test_pareto_front_keeps_exactly_the_non_dominated_points():
 def test_summary_counts_architectures_per_space_and_device(release):
     table = space_device_summary(per_arch_latency(release))
     assert table["archs"].to_list() == [5, 5]
-    assert (table["latency_ms_p10"] <= table["latency_ms_p50"]).all()
-    assert (table["latency_ms_p50"] <= table["latency_ms_p90"]).all()
+    assert (table["lat_p10_ms"] <= table["lat_p50_ms"]).all()
+    assert (table["lat_p50_ms"] <= table["lat_p90_ms"]).all()
 
 
 def test_figures_are_written_as_png(release, tmp_path):
@@ -33,3 +33,16 @@ def test_demo_prints_summary_and_front(release, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Per space and device" in out and "Pareto front" in out
     assert (tmp_path / "pareto_gpt_nano.png").stat().st_size > 1000
+
+
+def test_demo_without_perplexity_still_summarises_and_plots(release_copy, tmp_path, capsys):
+    import json
+    import shutil
+
+    shutil.rmtree(release_copy / "data" / "perplexity")
+    manifest = json.loads((release_copy / "MANIFEST.json").read_text())
+    del manifest["configs"]["perplexity"]
+    (release_copy / "MANIFEST.json").write_text(json.dumps(manifest))
+    assert main(["demo", "--dataset", str(release_copy), "--out", str(tmp_path)]) == 0
+    assert "no perplexity rows in this release yet" in capsys.readouterr().out
+    assert (tmp_path / "latency_distribution.png").exists()

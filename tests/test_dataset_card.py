@@ -1,0 +1,36 @@
+"""The shipped release: valid, loadable offline, and the card's copy-paste examples run against it."""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from hwgpt_bench.generation.release import validate_release
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = REPO / "dataset"
+
+pytestmark = pytest.mark.skipif(not (DATASET / "MANIFEST.json").exists(), reason="no shipped release")
+
+
+def test_shipped_release_is_valid():
+    assert validate_release(DATASET) == []
+
+
+def test_shipped_readme_is_the_rendered_card():
+    card = (REPO / "DATASET_CARD.md").read_text()
+    readme = (DATASET / "README.md").read_text()
+    assert card.split("## Dataset Summary", 1)[1].split("## Dataset Structure")[0] in readme
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_card_python_examples_run_on_the_shipped_release(index, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "DATASET_CARD.md").read_text(), re.S)
+    assert len(blocks) == 3
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    namespace: dict = {}
+    exec(compile(blocks[index], f"DATASET_CARD.md example {index}", "exec"), namespace)  # noqa: S102
+    assert os.getcwd() == str(REPO)
