@@ -49,7 +49,7 @@ def profile_settings_grid(args: argparse.Namespace, block_size: int) -> list:
     Without ``--seq-len`` the full block is used: ``block_size`` tokens for forward and prefill, and a cache of
     ``block_size - 1`` tokens for decode (the new token must still fit in the block).
     """
-    from hwgpt_bench.generation.profilers import ProfileSettings
+    from hwgpt_bench.generation.workload import ProfileSettings
 
     def default_seq_lens(phase: str) -> list[int]:
         return args.seq_len or [block_size - 1 if phase == "decode" else block_size]

@@ -1,17 +1,18 @@
-"""Profilers on the smallest gpt-nano architecture with short sequences and few repeats (timings never asserted)."""
+"""Profilers on the smallest gpt-nano architecture with short sequences and few repeats (timings never asserted).
 
-import sys
+CPU memory (the zygote, the fresh child) is tested in ``test_memory.py``.
+"""
+
 from datetime import UTC
-from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from hwgpt_bench.generation import environment, profilers  # noqa: E402
+from hwgpt_bench.generation import environment, memory, profilers  # noqa: E402
 from hwgpt_bench.generation.model import build_model  # noqa: E402
-from hwgpt_bench.generation.profilers import PHASES, ProfileSettings  # noqa: E402
 from hwgpt_bench.generation.search_spaces import SPACES  # noqa: E402
+from hwgpt_bench.generation.workload import PHASES, ProfileSettings, Workload, compute_context  # noqa: E402
 from hwgpt_bench.loaders.schema import SCHEMAS, check_table, table_from_rows  # noqa: E402
 
 NANO = SPACES["gpt-nano"]
@@ -69,8 +70,8 @@ def test_decode_needs_one_position_more_than_seq_len(arch):
 
 # ---- the workload ------------------------------------------------------------------------------------------------
 def test_inputs_are_seeded(model):
-    a, b = profilers.Workload(model, _settings(seed=3)), profilers.Workload(model, _settings(seed=3))
-    c = profilers.Workload(model, _settings(seed=4))
+    a, b = Workload(model, _settings(seed=3)), Workload(model, _settings(seed=3))
+    c = Workload(model, _settings(seed=4))
     assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens)
     assert a.tokens.shape == (1, SEQ) and int(a.tokens.max()) < NANO.vocab_size
 
@@ -78,13 +79,13 @@ def test_inputs_are_seeded(model):
 def test_prefill_and_decode_compute_what_the_full_forward_computes(model):
     settings = _settings(batch_size=2)
     with torch.inference_mode():
-        full = model(torch.cat([profilers.Workload(model, settings).tokens,
-                                profilers.Workload(model, settings).next_token], dim=1))  # (B, T + 1, V)
-        prefill = profilers.Workload(model, _settings(batch_size=2, phase="prefill"))
+        full = model(torch.cat([Workload(model, settings).tokens,
+                                Workload(model, settings).next_token], dim=1))  # (B, T + 1, V)
+        prefill = Workload(model, _settings(batch_size=2, phase="prefill"))
         cache = prefill.prepare()
         assert cache.max_seq_len == SEQ and all(float(k.abs().sum()) == 0 for k in cache.keys)
         torch.testing.assert_close(prefill.run(cache), full[:, :SEQ])
-        decode = profilers.Workload(model, _settings(batch_size=2, phase="decode"))
+        decode = Workload(model, _settings(batch_size=2, phase="decode"))
         cache = decode.prepare()
         assert cache.max_seq_len == SEQ + 1 and float(cache.keys[0][:, :, SEQ].abs().sum()) == 0
         assert float(cache.keys[0][:, :, :SEQ].abs().sum()) > 0  # prefilled
@@ -95,8 +96,8 @@ def test_prefill_and_decode_compute_what_the_full_forward_computes(model):
 
 
 def test_bf16_cache_is_bf16(model):
-    work = profilers.Workload(model, _settings(phase="decode", dtype="bfloat16"))
-    with profilers.compute_context(work.settings):
+    work = Workload(model, _settings(phase="decode", dtype="bfloat16"))
+    with compute_context(work.settings):
         cache = work.prepare()
         assert cache.keys[0].dtype is torch.bfloat16
         assert work.run(cache).shape == (1, 1, NANO.vocab_size)
@@ -117,8 +118,8 @@ def test_latency_records_every_repeat(model, phase, dtype):
 
 def test_latency_uses_the_requested_threads(model, monkeypatch):
     seen = []
-    original = profilers.Workload.run
-    monkeypatch.setattr(profilers.Workload, "run", lambda self, c: seen.append(torch.get_num_threads())
+    original = Workload.run
+    monkeypatch.setattr(Workload, "run", lambda self, c: seen.append(torch.get_num_threads())
                         or original(self, c))
     profilers.measure_latency(model, _settings(threads=1, n_warmup=0, n_repeats=2))
     assert seen == [1, 1]
@@ -176,192 +177,6 @@ def test_energy_from_a_fake_rapl_tree(model, tmp_path):
     assert result.energy_mj == [0.0, 0.0] and "RAPL" in result.method  # the fake counter does not move
 
 
-# ---- memory ------------------------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_forked_memory_grows_with_the_model():
-    settings = _settings(seq_len=128)
-    small = profilers.measure_memory_cpu(NANO.smallest(), settings)
-    large = profilers.measure_memory(NANO.largest(), None, settings)
-    for result in (small, large):
-        assert 0 < result.memory_baseline_mib <= result.peak_memory_mib and result.missing_reason is None
-        assert result.method.startswith("VmHWM (peak resident set) of a process forked for this measurement alone")
-        assert "memory_baseline_mib" in result.method and "torch runtime" in result.method
-    assert large.peak_memory_mib - large.memory_baseline_mib > small.peak_memory_mib - small.memory_baseline_mib
-    assert large.peak_memory_mib > small.peak_memory_mib + 10  # 2.9 M more fp32 parameters alone are 11 MiB
-    again = profilers.measure_memory_cpu(NANO.largest(), settings)
-    assert abs(again.peak_memory_mib - large.peak_memory_mib) < 4
-    assert abs(again.memory_baseline_mib - large.memory_baseline_mib) < 4
-
-
-@pytest.mark.slow
-def test_forked_memory_agrees_with_a_fresh_process():
-    settings = _settings(seq_len=128)
-    forked = profilers.measure_memory_cpu(NANO.largest(), settings)
-    fresh = profilers.measure_memory_cpu_fresh(NANO.largest(), settings)
-    assert "of a fresh process after one forward" in fresh.method
-    assert abs(forked.peak_memory_mib - fresh.peak_memory_mib) < 8, (forked, fresh)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("phase", ["prefill", "decode"])
-def test_forked_memory_of_cached_phases(arch, phase):
-    result = profilers.measure_memory_cpu(arch, _settings(phase=phase, dtype="bfloat16"))
-    assert result.peak_memory_mib >= result.memory_baseline_mib > 0
-
-
-@pytest.mark.skipif(not profilers.fork_supported(), reason="needs Linux /proc")
-def test_resident_file_pages_are_page_runs_of_mapped_files():
-    page = profilers.os.sysconf("SC_PAGE_SIZE")
-    runs = profilers.resident_file_pages()
-    assert runs and all(address % page == 0 and length % page == 0 and length > 0 for address, length in runs)
-    status = Path("/proc/self/status").read_text().splitlines()
-    rss_kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-    assert sum(length for _, length in runs) <= rss_kib * 1024
-    profilers._map_pages(runs)  # already mapped here: a no-op
-
-
-# A zygote whose children misbehave on request (by seed); it still imports torch and forks as the real one does.
-_FAKE_CHILD = """
-import os, signal, sys, time
-from hwgpt_bench.generation import profilers
-
-def child(arch, settings):
-    if settings.seed == 1:
-        sys.stderr.write("child exploded")
-        sys.exit(3)
-    if settings.seed == 2:
-        os.kill(os.getpid(), signal.SIGSEGV)
-    if settings.seed == 3:
-        time.sleep(60)
-    if settings.seed == 4:
-        os._exit(0)
-    arch_id = "someone-else" if settings.seed == 5 else arch.arch_id
-    return {"arch_id": arch_id, "peak_memory_mib": 2.0, "memory_baseline_mib": 1.0, "source": "VmHWM"}
-
-profilers.memory_child = child
-raise SystemExit(profilers.zygote_main())
-"""
-
-
-@pytest.fixture
-def own_zygote(monkeypatch):
-    """The test starts its own zygote (it patches ``_zygote_command``); the shared one is put back afterwards."""
-    monkeypatch.setattr(profilers, "_ZYGOTE", None)
-    yield monkeypatch
-    if profilers._ZYGOTE is not None:
-        profilers._ZYGOTE.close(kill=True)
-
-
-@pytest.fixture(scope="module")
-def fake_zygotes():
-    """Holds the fake zygote between tests (starting one imports torch); stopped at the end of the module."""
-    holder = {"zygote": None}
-    yield holder
-    if holder["zygote"] is not None:
-        holder["zygote"].close()
-
-
-@pytest.fixture
-def fake_zygote(fake_zygotes, monkeypatch):
-    """The memory zygote is the fake one for this test (restarted fake if it dies); the shared one is put back."""
-    monkeypatch.setattr(profilers, "_zygote_command", lambda: [sys.executable, "-c", _FAKE_CHILD])
-    monkeypatch.setattr(profilers, "_ZYGOTE", fake_zygotes["zygote"])
-    yield
-    fake_zygotes["zygote"] = profilers._ZYGOTE
-
-
-@pytest.mark.parametrize("seed, error", [
-    (1, r"failed with exit code 3; stderr:\n(.|\n)*child exploded"),
-    (2, r"was killed by signal SIGSEGV \(11\)"),
-    (4, r"printed no JSON report"),
-    (5, r"reported arch_id 'someone-else'"),
-])
-def test_forked_child_failure_is_a_clear_error(arch, fake_zygote, seed, error):
-    with pytest.raises(RuntimeError, match=rf"memory child (for {arch.arch_id} )?.*{error}"):
-        profilers.measure_memory_cpu(arch, _settings(seed=seed))
-    assert profilers.measure_memory_cpu(arch, _settings()).peak_memory_mib == 2.0  # the zygote still serves
-
-
-def test_forked_child_past_its_limit_is_killed(arch, fake_zygote):
-    profilers.measure_memory_cpu(arch, _settings())
-    zygote = profilers._ZYGOTE.proc.pid
-    start = profilers.time.monotonic()
-    with pytest.raises(RuntimeError, match=r"ran past its limit of 1 s and was killed"):
-        profilers.measure_memory_cpu(arch, _settings(seed=3), timeout_s=1)
-    assert profilers.time.monotonic() - start < 30
-    assert profilers.measure_memory_cpu(arch, _settings()).peak_memory_mib == 2.0
-    assert profilers._ZYGOTE.proc.pid == zygote  # the same zygote serves on
-
-
-def test_a_dead_zygote_is_replaced(arch, fake_zygote):
-    profilers.measure_memory_cpu(arch, _settings())
-    old = profilers._ZYGOTE.proc
-    old.kill()
-    old.wait()
-    assert profilers.measure_memory_cpu(arch, _settings()).peak_memory_mib == 2.0
-    assert profilers._ZYGOTE.proc.pid != old.pid
-
-
-def test_shutdown_stops_the_zygote(arch, fake_zygote):
-    profilers.measure_memory_cpu(arch, _settings())
-    proc = profilers._ZYGOTE.proc
-    profilers.shutdown_memory_zygote()
-    assert proc.poll() is not None and profilers._ZYGOTE is None
-
-
-def test_a_zygote_that_cannot_start_is_a_clear_error(arch, own_zygote):
-    code = "import sys; sys.stderr.write('no torch here'); sys.exit(2)"
-    own_zygote.setattr(profilers, "_zygote_command", lambda: [sys.executable, "-c", code])
-    with pytest.raises(RuntimeError, match=r"exited with code 2 before its ready message(.|\n)*no torch here"):
-        profilers.measure_memory_cpu(arch, _settings())
-    assert profilers._ZYGOTE is None
-
-
-def test_a_silent_zygote_is_killed(arch, own_zygote):
-    own_zygote.setattr(profilers, "ZYGOTE_START_TIMEOUT_S", 1)
-    own_zygote.setattr(profilers, "_zygote_command", lambda: [sys.executable, "-c", "import time; time.sleep(60)"])
-    start = profilers.time.monotonic()
-    with pytest.raises(RuntimeError, match=r"sent no ready message within 1 s; killed it"):
-        profilers.measure_memory_cpu(arch, _settings())
-    assert profilers.time.monotonic() - start < 15
-
-
-def test_a_zygote_with_threads_refuses_to_fork(arch, own_zygote):
-    code = "import threading, time; threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
-    own_zygote.setattr(profilers, "_zygote_command", lambda: [sys.executable, "-c", code + _FAKE_CHILD])
-    with pytest.raises(RuntimeError, match=r"refused to start: the zygote runs 2 threads"):
-        profilers.measure_memory_cpu(arch, _settings())
-
-
-def test_fresh_memory_child_failure_is_a_clear_error(arch, monkeypatch):
-    code = "import sys; sys.stderr.write('child exploded'); sys.exit(3)"
-    monkeypatch.setattr(profilers, "_child_command", lambda a, s: [sys.executable, "-c", code])
-    with pytest.raises(RuntimeError, match=r"exit code 3(.|\n)*child exploded"):
-        profilers.measure_memory_cpu_fresh(arch, _settings())
-
-
-def test_fresh_memory_child_without_a_report_is_a_clear_error(arch, monkeypatch):
-    monkeypatch.setattr(profilers, "_child_command", lambda a, s: [sys.executable, "-c", "print('hello')"])
-    with pytest.raises(RuntimeError, match="no JSON report"):
-        profilers.measure_memory_cpu_fresh(arch, _settings())
-
-
-def test_memory_child_main_prints_one_json_line(arch, capsys):
-    import json
-
-    assert profilers.main(["--memory-child", "--arch", arch.canonical, "--seq-len", "8", "--phase", "decode"]) == 0
-    report = json.loads(capsys.readouterr().out.strip())
-    assert report["arch_id"] == arch.arch_id and report["peak_memory_mib"] >= report["memory_baseline_mib"] > 0
-
-
-def test_peak_rss_reads_vmhwm(tmp_path):
-    status = tmp_path / "status"
-    status.write_text("Name:\tpython\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n")
-    assert profilers.peak_rss_mib(status) == (200.0, "VmHWM")
-    value, source = profilers.peak_rss_mib(tmp_path / "absent")
-    assert value > 0 and source == "ru_maxrss"
-
-
 # ---- one row -----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def facts():
@@ -377,7 +192,7 @@ def test_profile_arch_row_matches_the_schema(arch, facts):
     assert len(row["latency_ms"]) == 3 and len(row["host_load_1m"]) == 3 and row["n_warmup"] == 1
     assert row["measured_at"].tzinfo is UTC and row["run_id"] == "run-test"
     assert row["peak_memory_mib"] >= row["memory_baseline_mib"] > 0 and row["memory_missing_reason"] is None
-    assert "forked" in row["memory_method"] or not profilers.fork_supported()
+    assert "forked" in row["memory_method"] or not memory.fork_supported()
     assert row["device_id"] == facts["device_id"] and row["threads"] == 1 and row["weights"] == "random-init"
     if environment.energy_source("cpu")[0] is None:
         assert row["energy_mj"] is None and row["energy_method"] is None and row["energy_missing_reason"]

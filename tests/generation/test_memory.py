@@ -1,0 +1,211 @@
+"""CPU peak memory (the memory zygote and the fresh-process fallback) on gpt-nano with short sequences."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hwgpt_bench.generation import memory, profilers  # noqa: E402
+from hwgpt_bench.generation.search_spaces import SPACES  # noqa: E402
+from hwgpt_bench.generation.workload import ProfileSettings  # noqa: E402
+
+NANO = SPACES["gpt-nano"]
+SEQ = 16
+
+
+def _settings(**kw) -> ProfileSettings:
+    base = dict(seq_len=SEQ, n_warmup=1, n_repeats=3, n_energy_samples=2, energy_window_ms=5.0, threads=1)
+    return ProfileSettings(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def arch():
+    return NANO.smallest()
+
+
+# ---- measuring in a forked child ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_forked_memory_grows_with_the_model():
+    settings = _settings(seq_len=128)
+    small = memory.measure_memory_cpu(NANO.smallest(), settings)
+    large = profilers.measure_memory(NANO.largest(), None, settings)
+    for result in (small, large):
+        assert 0 < result.memory_baseline_mib <= result.peak_memory_mib and result.missing_reason is None
+        assert result.method.startswith("VmHWM (peak resident set) of a process forked for this measurement alone")
+        assert "memory_baseline_mib" in result.method and "torch runtime" in result.method
+    assert large.peak_memory_mib - large.memory_baseline_mib > small.peak_memory_mib - small.memory_baseline_mib
+    assert large.peak_memory_mib > small.peak_memory_mib + 10  # 2.9 M more fp32 parameters alone are 11 MiB
+    again = memory.measure_memory_cpu(NANO.largest(), settings)
+    assert abs(again.peak_memory_mib - large.peak_memory_mib) < 4
+    assert abs(again.memory_baseline_mib - large.memory_baseline_mib) < 4
+
+
+@pytest.mark.slow
+def test_forked_memory_agrees_with_a_fresh_process():
+    settings = _settings(seq_len=128)
+    forked = memory.measure_memory_cpu(NANO.largest(), settings)
+    fresh = memory.measure_memory_cpu_fresh(NANO.largest(), settings)
+    assert "of a fresh process after one forward" in fresh.method
+    assert abs(forked.peak_memory_mib - fresh.peak_memory_mib) < 8, (forked, fresh)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_forked_memory_of_cached_phases(arch, phase):
+    result = memory.measure_memory_cpu(arch, _settings(phase=phase, dtype="bfloat16"))
+    assert result.peak_memory_mib >= result.memory_baseline_mib > 0
+
+
+@pytest.mark.skipif(not memory.fork_supported(), reason="needs Linux /proc")
+def test_resident_file_pages_are_page_runs_of_mapped_files():
+    page = memory.os.sysconf("SC_PAGE_SIZE")
+    runs = memory.resident_file_pages()
+    assert runs and all(address % page == 0 and length % page == 0 and length > 0 for address, length in runs)
+    status = Path("/proc/self/status").read_text().splitlines()
+    rss_kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    assert sum(length for _, length in runs) <= rss_kib * 1024
+    memory._map_pages(runs)  # already mapped here: a no-op
+
+
+# A zygote whose children misbehave on request (by seed); it still imports torch and forks as the real one does.
+_FAKE_CHILD = """
+import os, signal, sys, time
+from hwgpt_bench.generation import memory
+
+def child(arch, settings):
+    if settings.seed == 1:
+        sys.stderr.write("child exploded")
+        sys.exit(3)
+    if settings.seed == 2:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if settings.seed == 3:
+        time.sleep(60)
+    if settings.seed == 4:
+        os._exit(0)
+    arch_id = "someone-else" if settings.seed == 5 else arch.arch_id
+    return {"arch_id": arch_id, "peak_memory_mib": 2.0, "memory_baseline_mib": 1.0, "source": "VmHWM"}
+
+memory.memory_child = child
+raise SystemExit(memory.zygote_main())
+"""
+
+
+@pytest.fixture
+def own_zygote(monkeypatch):
+    """The test starts its own zygote (it patches ``_zygote_command``); the shared one is put back afterwards."""
+    monkeypatch.setattr(memory, "_ZYGOTE", None)
+    yield monkeypatch
+    if memory._ZYGOTE is not None:
+        memory._ZYGOTE.close(kill=True)
+
+
+@pytest.fixture(scope="module")
+def fake_zygotes():
+    """Holds the fake zygote between tests (starting one imports torch); stopped at the end of the module."""
+    holder = {"zygote": None}
+    yield holder
+    if holder["zygote"] is not None:
+        holder["zygote"].close()
+
+
+@pytest.fixture
+def fake_zygote(fake_zygotes, monkeypatch):
+    """The memory zygote is the fake one for this test (restarted fake if it dies); the shared one is put back."""
+    monkeypatch.setattr(memory, "_zygote_command", lambda: [sys.executable, "-c", _FAKE_CHILD])
+    monkeypatch.setattr(memory, "_ZYGOTE", fake_zygotes["zygote"])
+    yield
+    fake_zygotes["zygote"] = memory._ZYGOTE
+
+
+@pytest.mark.parametrize("seed, error", [
+    (1, r"failed with exit code 3; stderr:\n(.|\n)*child exploded"),
+    (2, r"was killed by signal SIGSEGV \(11\)"),
+    (4, r"printed no JSON report"),
+    (5, r"reported arch_id 'someone-else'"),
+])
+def test_forked_child_failure_is_a_clear_error(arch, fake_zygote, seed, error):
+    with pytest.raises(RuntimeError, match=rf"memory child (for {arch.arch_id} )?.*{error}"):
+        memory.measure_memory_cpu(arch, _settings(seed=seed))
+    assert memory.measure_memory_cpu(arch, _settings()).peak_memory_mib == 2.0  # the zygote still serves
+
+
+def test_forked_child_past_its_limit_is_killed(arch, fake_zygote):
+    memory.measure_memory_cpu(arch, _settings())
+    zygote = memory._ZYGOTE.proc.pid
+    start = memory.time.monotonic()
+    with pytest.raises(RuntimeError, match=r"ran past its limit of 1 s and was killed"):
+        memory.measure_memory_cpu(arch, _settings(seed=3), timeout_s=1)
+    assert memory.time.monotonic() - start < 30
+    assert memory.measure_memory_cpu(arch, _settings()).peak_memory_mib == 2.0
+    assert memory._ZYGOTE.proc.pid == zygote  # the same zygote serves on
+
+
+def test_a_dead_zygote_is_replaced(arch, fake_zygote):
+    memory.measure_memory_cpu(arch, _settings())
+    old = memory._ZYGOTE.proc
+    old.kill()
+    old.wait()
+    assert memory.measure_memory_cpu(arch, _settings()).peak_memory_mib == 2.0
+    assert memory._ZYGOTE.proc.pid != old.pid
+
+
+def test_shutdown_stops_the_zygote(arch, fake_zygote):
+    memory.measure_memory_cpu(arch, _settings())
+    proc = memory._ZYGOTE.proc
+    memory.shutdown_memory_zygote()
+    assert proc.poll() is not None and memory._ZYGOTE is None
+
+
+def test_a_zygote_that_cannot_start_is_a_clear_error(arch, own_zygote):
+    code = "import sys; sys.stderr.write('no torch here'); sys.exit(2)"
+    own_zygote.setattr(memory, "_zygote_command", lambda: [sys.executable, "-c", code])
+    with pytest.raises(RuntimeError, match=r"exited with code 2 before its ready message(.|\n)*no torch here"):
+        memory.measure_memory_cpu(arch, _settings())
+    assert memory._ZYGOTE is None
+
+
+def test_a_silent_zygote_is_killed(arch, own_zygote):
+    own_zygote.setattr(memory, "ZYGOTE_START_TIMEOUT_S", 1)
+    own_zygote.setattr(memory, "_zygote_command", lambda: [sys.executable, "-c", "import time; time.sleep(60)"])
+    start = memory.time.monotonic()
+    with pytest.raises(RuntimeError, match=r"sent no ready message within 1 s; killed it"):
+        memory.measure_memory_cpu(arch, _settings())
+    assert memory.time.monotonic() - start < 15
+
+
+def test_a_zygote_with_threads_refuses_to_fork(arch, own_zygote):
+    code = "import threading, time; threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+    own_zygote.setattr(memory, "_zygote_command", lambda: [sys.executable, "-c", code + _FAKE_CHILD])
+    with pytest.raises(RuntimeError, match=r"refused to start: the zygote runs 2 threads"):
+        memory.measure_memory_cpu(arch, _settings())
+
+
+def test_fresh_memory_child_failure_is_a_clear_error(arch, monkeypatch):
+    code = "import sys; sys.stderr.write('child exploded'); sys.exit(3)"
+    monkeypatch.setattr(memory, "_child_command", lambda a, s: [sys.executable, "-c", code])
+    with pytest.raises(RuntimeError, match=r"exit code 3(.|\n)*child exploded"):
+        memory.measure_memory_cpu_fresh(arch, _settings())
+
+
+def test_fresh_memory_child_without_a_report_is_a_clear_error(arch, monkeypatch):
+    monkeypatch.setattr(memory, "_child_command", lambda a, s: [sys.executable, "-c", "print('hello')"])
+    with pytest.raises(RuntimeError, match="no JSON report"):
+        memory.measure_memory_cpu_fresh(arch, _settings())
+
+
+def test_memory_child_main_prints_one_json_line(arch, capsys):
+    import json
+
+    assert memory.main(["--memory-child", "--arch", arch.canonical, "--seq-len", "8", "--phase", "decode"]) == 0
+    report = json.loads(capsys.readouterr().out.strip())
+    assert report["arch_id"] == arch.arch_id and report["peak_memory_mib"] >= report["memory_baseline_mib"] > 0
+
+
+def test_peak_rss_reads_vmhwm(tmp_path):
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n")
+    assert memory.peak_rss_mib(status) == (200.0, "VmHWM")
+    value, source = memory.peak_rss_mib(tmp_path / "absent")
+    assert value > 0 and source == "ru_maxrss"
