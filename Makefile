@@ -12,6 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --upgrade pip
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e ".[generation,surrogates,dev]"
+	@# onnxruntime-node for the Node.js example's parity test (skipped when npm is absent); CPU binaries only
+	-command -v npm >/dev/null && cd surrogates_onnx/examples/node && ONNXRUNTIME_NODE_INSTALL=skip npm ci --silent --no-audit --no-fund
 	touch $@
 
 demo: setup

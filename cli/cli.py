@@ -273,6 +273,9 @@ def _add_train_surrogates(sub) -> None:
     p.add_argument("--max-iter", type=int, default=200, help="boosting iterations of each HGB model (default 200)")
     p.add_argument("--learning-rate", type=float, default=0.1, help="HGB learning rate (default 0.1)")
     p.add_argument("--max-leaf-nodes", type=int, default=15, help="HGB leaves per tree (default 15)")
+    p.add_argument("--variant", default="auto", choices=["auto", "quantile", "residual"], help="quantile models of the "
+                   "target, of a point model's residuals, or per target the better of the two on an inner split of "
+                   "the training architectures (default auto)")
     p.add_argument("--threads", type=int, default=1, help="OpenMP threads of the fits (default 1)")
     p.set_defaults(handler=_delegate("hwgpt_bench.surrogates_onnx.pipeline", "train_from_args"))
 

@@ -1,7 +1,7 @@
 """Light runtime of the ONNX surrogates: numpy + onnxruntime (+ the pure-Python search spaces) and nothing else.
 
 Each model is one ``.onnx`` graph with input ``X`` (float32, shape ``(N, n_features)``, the encoding of
-``search_spaces.encode``) and three outputs in the metric's units: ``y_pred`` ``(N,)`` (the point: the predicted
+``search_spaces.encode``) and three float64 outputs in the metric's units: ``y_pred`` ``(N,)`` (the point: the predicted
 median of a single measurement), ``y_lower`` and ``y_upper`` ``(N, n_levels)`` (conformal interval bounds, one
 column per confidence level). ``manifest.json`` next to ``models/`` lists every model with its space, device, metric,
 unit, workload, feature order, levels, what the interval covers, test coverage and the file's sha256, which is

@@ -1,0 +1,308 @@
+"""Train every surrogate of a release into ``<out>/models/*.onnx`` + ``<out>/manifest.json``, and evaluate them.
+
+``hwgpt-bench train-surrogates --dataset dataset --out surrogates_onnx`` runs ``train_surrogates``: per target
+(``data.load_targets``) it splits by architecture, fits the CQR surrogate (``training``), exports one ONNX graph
+(``export``), checks parity of the graph with the MAPIE model on the test architectures (relative difference < 1e-4,
+no coverage flips; else ``RuntimeError``), measures test coverage and widths (``evaluation``) and writes a manifest
+entry. Needs the ``surrogates`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from hwgpt_bench.loaders.io import MANIFEST as DATASET_MANIFEST
+from hwgpt_bench.loaders.io import read_manifest as read_dataset_manifest
+from hwgpt_bench.surrogates_onnx import data, evaluation, export, runtime, training
+from hwgpt_bench.surrogates_onnx.data import Target
+from hwgpt_bench.surrogates_onnx.training import INTERVAL_COVERS, TRANSFORMS, Recipe
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+PARITY_RTOL = 1e-4
+POINT = "median of a single measurement (the 0.5 quantile model)"
+
+
+class _DropMapieSortNotes(logging.Filter):
+    """MAPIE logs 'The predictions are ill-sorted.' on the root logger at every prediction; we count it instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "ill-sorted" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_mapie() -> Iterator[None]:
+    """Drop MAPIE's per-call root-logger notes while the block runs."""
+    flt = _DropMapieSortNotes()
+    logging.getLogger().addFilter(flt)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(flt)
+
+
+def dataset_info(root: str | Path) -> dict:
+    """Version, schema version and sha256 of the release's MANIFEST.json (the dataset the models come from)."""
+    manifest = read_dataset_manifest(root)
+    return {"version": manifest.get("version"), "schema_version": manifest.get("schema_version"),
+            "manifest_sha256": runtime.file_sha256(Path(root) / DATASET_MANIFEST)}
+
+
+def model_stem(target: Target) -> str:
+    """File name stem ``space__device__metric__workload`` with only ``[A-Za-z0-9._=-]`` characters."""
+    text = "__".join([target.space, target.device or "any", target.metric, runtime.workload_text(target.workload)])
+    return re.sub(r"[^A-Za-z0-9._=-]", "_", text)
+
+
+def onnx_metadata(target: Target, recipe: Recipe, dataset: dict) -> dict:
+    """``metadata_props`` of a model's ONNX file (values JSON-encoded by ``export.build_onnx``)."""
+    return {"space": target.space, "device": target.device or "", "metric": target.metric, "unit": target.unit,
+            "workload": target.workload, "feature_names": target.feature_names, "levels": list(recipe.levels),
+            "inputs": "X float32 (N, n_features) in feature_names order (search_spaces.encode)",
+            "outputs": "float64 y_pred (N,) point; y_lower, y_upper (N, n_levels) bounds per level, in `unit`",
+            "point": POINT, "interval_covers": INTERVAL_COVERS, "transform": TRANSFORMS[target.metric],
+            "dataset_version": dataset.get("version") or "", "dataset_manifest_sha256": dataset.get("manifest_sha256")
+            or "", "description": f"HW-GPT-Bench surrogate: {target.metric} ({target.unit}) of {target.space} on "
+            f"{target.device or 'any device'}, workload {runtime.workload_text(target.workload)}"}
+
+
+def parity(reference: tuple[np.ndarray, ...], onnx_out: tuple[np.ndarray, ...], values: list[np.ndarray]) -> dict:
+    """Largest relative difference of each output and the number of (measurement, level) coverage flips."""
+    rel = {name: float(np.max(np.abs(o - r) / np.maximum(np.abs(r), 1e-12), initial=0.0))
+           for name, r, o in zip(runtime.OUTPUTS, reference, onnx_out, strict=True)}
+    flips = 0
+    for i, v in enumerate(values):
+        inside_ref = (v[:, None] >= reference[1][i]) & (v[:, None] <= reference[2][i])
+        inside_onx = (v[:, None] >= onnx_out[1][i]) & (v[:, None] <= onnx_out[2][i])
+        flips += int(np.sum(inside_ref != inside_onx))
+    return {"max_rel_diff": rel, "coverage_flips": flips, "n_archs": len(values)}
+
+
+def check_parity(result: dict, where: str) -> None:
+    """``RuntimeError`` when the ONNX graph departs from the MAPIE model (rtol ``PARITY_RTOL`` or any flip)."""
+    worst = max(result["max_rel_diff"].values())
+    if worst >= PARITY_RTOL or result["coverage_flips"]:
+        raise RuntimeError(f"{where}: ONNX/MAPIE parity failed: {result}")
+
+
+def crossing_share(point: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
+    """Share of architectures whose bounds ``(k, n_levels)`` are not nested across levels or miss the point."""
+    ok = (lower[:, 0] <= point) & (point <= upper[:, 0])
+    ok &= np.all(np.diff(lower, axis=1) <= 0, axis=1) & np.all(np.diff(upper, axis=1) >= 0, axis=1)
+    return float(1.0 - ok.mean()) if len(point) else 0.0
+
+
+def manifest_entry(target: Target, split: training.SplitData, fitted: training.FittedSurrogate, path: Path,
+                   test: dict, parity_result: dict, crossing: float, out: Path, dataset: dict) -> dict:
+    """The manifest entry of one exported model."""
+    return {
+        "dataset_version": dataset.get("version"), "dataset_manifest_sha256": dataset.get("manifest_sha256"),
+        "space": target.space, "device": target.device, "metric": target.metric, "unit": target.unit,
+        "workload": target.workload, "default_workload": False, "file": path.relative_to(out).as_posix(),
+        "sha256": runtime.file_sha256(path), "bytes": path.stat().st_size, "feature_names": target.feature_names,
+        "levels": list(fitted.levels), "point": POINT, "interval_covers": INTERVAL_COVERS,
+        "transform": fitted.transform, "variant": fitted.models.variant,
+        "variant_scores": fitted.selection_scores,
+        "conformal_corrections": {"lower": fitted.corrections_lower.tolist(),
+                                  "upper": fitted.corrections_upper.tolist(),
+                                  "space": f"{fitted.transform} of the metric"},
+        "n_archs": {k: len(v) for k, v in split.ids.items()}, "n_train_rows": int(len(split.y_train)),
+        "repeats_per_arch": {"min": int(target.n_repeats.min()), "median": float(np.median(target.n_repeats)),
+                             "max": int(target.n_repeats.max())},
+        "test": test, "crossing_share_before_rearrangement": crossing, "parity": parity_result,
+    }
+
+
+def train_one(target: Target, recipe: Recipe, out: Path, dataset: dict) -> dict | str:
+    """Train, export and check one target; its manifest entry, or the reason it was skipped."""
+    split = training.split_target(target, recipe)
+    reason = training.skip_reason(split, recipe, TRANSFORMS[target.metric])
+    if reason:
+        return reason
+    started = time.perf_counter()
+    with quiet_mapie():
+        fitted = training.fit_surrogate(split, TRANSFORMS[target.metric], recipe,
+                                        training.target_rng(target, recipe.seed, "variant"))
+        reference = fitted.predict(split.x_test)
+        crossing = crossing_share(*fitted.predict(split.x_test, rearrange=False))
+    model = export.build_onnx(fitted, len(target.feature_names), onnx_metadata(target, recipe, dataset),
+                              model_stem(target))
+    path = export.save_onnx(model, out / "models" / f"{model_stem(target)}.onnx")
+    onnx_out = tuple(runtime.open_session(path).run(list(runtime.OUTPUTS), {"X": split.x_test}))
+    par = parity(reference, onnx_out, split.test_values)
+    check_parity(par, path.name)
+    pred = evaluation.Intervals(*(np.asarray(o, np.float64) for o in onnx_out), tuple(recipe.levels))
+    test = evaluation.interval_metrics(pred, split.test_values) if split.test_values else {}
+    log.info("%s: %d archs, %.1f s, test coverage %s", path.name, len(target.arch_ids), time.perf_counter() - started,
+             {k: round(v, 3) for k, v in test.get("coverage", {}).items()})
+    return manifest_entry(target, split, fitted, path, test, par, crossing, out, dataset)
+
+
+def mark_defaults(entries: list[dict]) -> None:
+    """Per (space, device, metric), flag the workload with the most architectures (ties: forward, smallest batch)."""
+    groups: dict[tuple, list[dict]] = {}
+    for e in entries:
+        groups.setdefault((e["space"], e["device"], e["metric"]), []).append(e)
+    for group in groups.values():
+        def rank(e: dict) -> tuple:
+            wl = e["workload"]
+            return (-sum(e["n_archs"].values()), wl.get("phase") != "forward", wl.get("batch_size", 0),
+                    runtime.workload_text(wl))
+        min(group, key=rank)["default_workload"] = True
+
+
+def remove_stale(out: Path, keep: set[str]) -> None:
+    """Delete ``out/models/*.onnx`` files that the new manifest does not list (they would ship otherwise)."""
+    for path in sorted((out / "models").glob("*.onnx")):
+        if path.relative_to(out).as_posix() not in keep:
+            log.info("removing stale %s", path)
+            path.unlink()
+
+
+def strict_json(obj):
+    """``obj`` with every NaN / infinite float replaced by None (strict JSON, readable from any language)."""
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def write_manifest(out: Path, manifest: dict) -> Path:
+    """Write ``out/manifest.json`` atomically (strict JSON, sorted keys, indented)."""
+    path = out / runtime.MANIFEST
+    tmp = path.with_name(path.name + ".tmp")
+    text = json.dumps(strict_json(manifest), indent=1, sort_keys=True, allow_nan=False)
+    tmp.write_text(text + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def train_targets(targets: list[Target], recipe: Recipe, stage: Path, info: dict) -> tuple[list[dict], list[dict]]:
+    """Train every target into ``stage/models``; (manifest entries, skipped targets with their reason)."""
+    entries, skipped = [], []
+    for target in targets:
+        result = train_one(target, recipe, stage, info)
+        if isinstance(result, str):
+            log.warning("skipping %s: %s", model_stem(target), result)
+            skipped.append({"model": model_stem(target), "reason": result})
+        else:
+            entries.append(result)
+    return entries, skipped
+
+
+def publish_models(stage: Path, out: Path, entries: list[dict]) -> None:
+    """Move the staged model files into ``out/models`` and delete the ones the new manifest does not list."""
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    for entry in entries:
+        os.replace(stage / entry["file"], out / entry["file"])
+    remove_stale(out, {e["file"] for e in entries})
+
+
+def train_surrogates(dataset: str | Path, out: str | Path, recipe: Recipe | None = None, **filters) -> dict:
+    """Train every target of the release ``dataset`` into ``out``; returns the manifest written there.
+
+    ``filters`` go to ``data.load_targets`` (``metrics``, ``spaces``, ``devices``, ``phases``, ``batch_sizes``,
+    ``seq_lens``, ``dtypes``; None = all). Models are trained into a staging folder inside ``out`` and moved into
+    ``out/models`` only when every target succeeded, so a failure leaves the previous models and manifest intact.
+    """
+    from hwgpt_bench import __version__
+
+    out, recipe = Path(out), recipe or Recipe()
+    out.mkdir(parents=True, exist_ok=True)
+    info = dataset_info(dataset)
+    targets = data.load_targets(dataset, **{k: v for k, v in filters.items() if v is not None})
+    stage = out / f".staging-{uuid.uuid4().hex[:8]}"
+    try:
+        entries, skipped = train_targets(targets, recipe, stage, info)
+        mark_defaults(entries)
+        publish_models(stage, out, entries)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    manifest = {"format_version": FORMAT_VERSION, "created_at": created,
+                "package_version": __version__, "dataset": info, "recipe": recipe.to_dict(),
+                "interval_covers": INTERVAL_COVERS, "models": entries, "skipped": skipped}
+    write_manifest(out, manifest)
+    log.info("%d models written to %s (%d skipped)", len(entries), out, len(skipped))
+    return manifest
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    """The ``Recipe`` of the CLI flags (defaults for flags not given)."""
+    return Recipe(seed=args.seed, max_repeats_per_arch=args.max_repeats, max_iter=args.max_iter,
+                  learning_rate=args.learning_rate, max_leaf_nodes=args.max_leaf_nodes, variant=args.variant,
+                  threads=args.threads)
+
+
+def train_from_args(args: argparse.Namespace) -> int:
+    """``hwgpt-bench train-surrogates``."""
+    manifest = train_surrogates(args.dataset, args.out, recipe_from_args(args), metrics=args.metric,
+                                spaces=args.space, devices=args.device, phases=args.phase,
+                                batch_sizes=args.batch_size, seq_lens=args.seq_len, dtypes=args.dtype)
+    print(f"{len(manifest['models'])} models -> {Path(args.out) / runtime.MANIFEST} "
+          f"({len(manifest['skipped'])} skipped)")
+    return 0
+
+
+# ---- evaluation of trained models -----------------------------------------------------------------------------------
+def _target_key(space: str, device: str | None, metric: str, workload: dict) -> tuple:
+    return space, device, metric, runtime.workload_text(workload)
+
+
+def evaluate_entry(entry: dict, target: Target, recipe: Recipe, root: Path) -> dict:
+    """CQR (the ONNX model of ``entry``), baselines and noise ceiling on ``target``'s test architectures."""
+    split = training.split_target(target, recipe)
+    model = runtime.Surrogate.load(entry["space"], entry["device"], entry["metric"], entry["workload"], root=root)
+    res = model.predict_features(split.x_test)
+    cqr = evaluation.Intervals(res.point, res.lower, res.upper, res.levels)
+    with quiet_mapie():
+        methods = evaluation.compare_methods(split, entry["transform"], recipe, cqr, target)
+    return {"label": evaluation.model_label(entry), "space": entry["space"], "device": entry["device"],
+            "metric": entry["metric"], "workload": entry["workload"], "methods": methods}
+
+
+def recipe_of(manifest: dict) -> Recipe:
+    """The ``Recipe`` recorded in a surrogate manifest."""
+    fields = set(Recipe.__dataclass_fields__)
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["recipe"].items() if k in fields}
+    return Recipe(**kwargs)
+
+
+def evaluate_models(dataset: str | Path, models: str | Path) -> tuple[list[dict], dict]:
+    """Evaluate every model of ``models`` (a folder with manifest.json) on the release ``dataset``.
+
+    Returns (one result per model, report header). The models' recipe (fractions, seed) rebuilds their splits.
+    """
+    manifest = runtime.read_manifest(models)
+    recipe, info = recipe_of(manifest), dataset_info(dataset)
+    if info["manifest_sha256"] != manifest["dataset"].get("manifest_sha256"):
+        log.warning("the models were trained on another dataset (manifest sha256 %s, this one %s)",
+                    manifest["dataset"].get("manifest_sha256"), info["manifest_sha256"])
+    targets = {_target_key(t.space, t.device, t.metric, t.workload): t for t in data.load_targets(dataset)}
+    results = []
+    for entry in manifest["models"]:
+        target = targets.get(_target_key(entry["space"], entry["device"], entry["metric"], entry["workload"]))
+        if target is None:
+            log.warning("no data for %s in %s", evaluation.model_label(entry), dataset)
+            continue
+        results.append(evaluate_entry(entry, target, recipe, Path(models)))
+    header = {"dataset_version": info["version"], "manifest_sha256": info["manifest_sha256"], "models": str(models),
+              "fractions": list(recipe.fractions), "seed": recipe.seed, "interval_covers": INTERVAL_COVERS}
+    return results, header

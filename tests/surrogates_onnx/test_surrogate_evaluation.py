@@ -1,0 +1,79 @@
+"""Evaluation figures on hand-made cases, the two baselines, the noise ceiling and the report."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mapie")
+
+from hwgpt_bench.surrogates_onnx import evaluation, pipeline, training  # noqa: E402
+from hwgpt_bench.surrogates_onnx.evaluation import Intervals, interval_metrics  # noqa: E402
+
+
+def test_coverage_width_and_winkler_score_by_hand():
+    values = [np.array([1.0, 2.0, 3.0, 10.0]), np.array([5.0])]
+    pred = Intervals(np.array([2.0, 5.0]), np.array([[1.5], [4.0]]), np.array([[3.0], [6.0]]), (0.8,))
+    m = interval_metrics(pred, values)
+    assert m["coverage"]["0.8"] == pytest.approx((2 / 4 + 1) / 2)  # each architecture weighs the same
+    assert m["width"]["0.8"] == pytest.approx((1.5 + 2.0) / 2)
+    # arch 0: widths 1.5 each; penalties 2/0.2 * 0.5 (y=1) and 2/0.2 * 7 (y=10); arch 1: width 2
+    arch0 = 1.5 + (10 * 0.5 + 10 * 7) / 4
+    assert m["interval_score"]["0.8"] == pytest.approx((arch0 + 2.0) / 2)
+    assert m["rel_interval_score"]["0.8"] == pytest.approx(m["interval_score"]["0.8"] / np.median([2.5, 5.0]))
+
+
+def test_point_metrics_and_worst_quintile():
+    medians = np.arange(1.0, 11.0)
+    perfect = evaluation.point_metrics(medians, medians)
+    assert perfect == pytest.approx({"kendall_tau": 1.0, "r2": 1.0, "within_10pct": 1.0})
+    off = evaluation.point_metrics(medians * 1.2, medians)
+    assert off["kendall_tau"] == pytest.approx(1.0) and off["within_10pct"] == 0.0 and off["r2"] < 1
+    hits = np.array([1.0] * 8 + [0.0, 0.5])  # the two largest points are poorly covered
+    assert evaluation.worst_quintile(np.arange(10.0), hits) == pytest.approx(0.25)
+
+
+def test_meets_goals():
+    good = {"coverage": {"0.5": 0.52, "0.9": 0.89}, "worst_quintile_coverage": 0.86}
+    assert evaluation.meets_goals(good)
+    assert not evaluation.meets_goals({**good, "worst_quintile_coverage": 0.8})
+    assert not evaluation.meets_goals({**good, "coverage": {"0.5": 0.45, "0.9": 0.9}})
+
+
+def test_noise_ceiling_uses_other_repeats():
+    rng = np.random.default_rng(0)
+    values = [np.full(6, 10.0 * (i + 1)) for i in range(5)]  # no noise at all
+    m = evaluation.noise_ceiling(values, (0.5, 0.9), rng)
+    assert m["coverage"] == {"0.5": 1.0, "0.9": 1.0} and m["width"]["0.9"] == 0.0 and m["r2"] == 1.0
+    assert evaluation.noise_ceiling([np.array([1.0])] * 5, (0.9,), rng) is None
+
+
+def test_methods_are_compared_on_the_same_split(make_target):
+    target = make_target(n_archs=300, n_repeats=4, seed=4)
+    recipe = training.Recipe(max_iter=30, max_leaf_nodes=8, variant="quantile")
+    split = training.split_target(target, recipe)
+    with pipeline.quiet_mapie():
+        cqr = Intervals(*training.fit_surrogate(split, "log", recipe).predict(split.x_test), recipe.levels)
+        methods = evaluation.compare_methods(split, "log", recipe, cqr, target)
+    assert set(methods) == set(evaluation.METHODS)
+    for name in ("cqr", "gaussian", "split_conformal", "noise"):
+        assert methods[name]["n_archs"] == len(split.ids["test"])
+        assert set(methods[name]["coverage"]) == {"0.5", "0.8", "0.9", "0.95"}
+    results = [{"label": "gpt-nano / cpu / latency_ms / forward", "methods": methods}]
+    text = evaluation.render_report(results, {"dataset_version": "0.0.1", "fractions": [0.6, 0.2, 0.2]})
+    assert "| gpt-nano / cpu / latency_ms / forward | cqr |" in text and "**best**" in text
+    assert sum(evaluation.win_counts(results).values()) == 1
+
+
+def test_gaussian_baseline_needs_repeats(make_target):
+    target = make_target(n_archs=200, n_repeats=1, seed=5)
+    split = training.split_target(target, training.Recipe())
+    assert evaluation.gaussian_baseline(split, training.Recipe()) is None
+
+
+def test_evaluate_models_on_the_trained_release(trained, synthetic_release):
+    results, header = pipeline.evaluate_models(synthetic_release, trained)
+    assert len(results) == 9 and header["dataset_version"] == "0.0.1"
+    manifest = {pipeline.evaluation.model_label(m): m for m in pipeline.runtime.read_manifest(trained)["models"]}
+    for r in results:  # the report's CQR figures are the manifest's test figures (same split, same ONNX model)
+        assert r["methods"]["cqr"]["coverage"] == pytest.approx(manifest[r["label"]]["test"]["coverage"])
+    ppl = next(r for r in results if r["metric"] == "perplexity")
+    assert ppl["methods"]["gaussian"] is None and ppl["methods"]["noise"] is None  # one value per architecture

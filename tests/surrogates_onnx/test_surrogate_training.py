@@ -1,0 +1,248 @@
+"""Training, export and manifest: splits by architecture, ONNX/MAPIE parity, exact thresholds, manifest fields."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("mapie")
+pytest.importorskip("skl2onnx")
+
+from hwgpt_bench.surrogates_onnx import export, pipeline, runtime, training  # noqa: E402
+
+FAST = training.Recipe(max_iter=30, learning_rate=0.2, max_leaf_nodes=8, min_samples_leaf=10, variant="quantile")
+
+
+def test_recipe_rejects_unknown_values():
+    with pytest.raises(ValueError, match="variant.*allowed values"):
+        training.Recipe(variant="magic")
+    with pytest.raises(ValueError, match="train_on"):
+        training.Recipe(train_on="means")
+    with pytest.raises(ValueError, match="levels"):
+        training.Recipe(levels=(0.9, 0.5))
+
+
+def test_split_is_by_architecture_and_calibration_draws_one_repeat(make_target):
+    target = make_target(n_archs=200, n_repeats=4)
+    split = training.split_target(target, FAST)
+    ids = [set(split.ids[k]) for k in ("train", "calibration", "test")]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert sum(map(len, ids)) == 200
+    assert len(split.y_cal) == len(split.ids["calibration"])
+    assert all(y in v for y, v in zip(split.y_cal, split.cal_values, strict=True))
+    assert len(split.y_train) == 4 * len(split.ids["train"])
+    again = training.split_target(target, FAST)
+    np.testing.assert_array_equal(again.y_cal, split.y_cal)
+
+
+def test_max_repeats_caps_training_rows(make_target):
+    target = make_target(n_archs=100, n_repeats=8)
+    split = training.split_target(target, training.Recipe(max_repeats_per_arch=3))
+    assert len(split.y_train) == 3 * len(split.ids["train"])
+    medians = training.split_target(target, training.Recipe(train_on="medians"))
+    assert len(medians.y_train) == len(medians.ids["train"])
+
+
+def test_too_few_archs_or_non_positive_values_are_skip_reasons(make_target):
+    split = training.split_target(make_target(n_archs=30), FAST)
+    assert "training architectures" in training.skip_reason(split, FAST)
+    target = make_target(n_archs=300)
+    target.values[0] = target.values[0] * 0
+    assert "log space" in training.skip_reason(training.split_target(target, FAST), FAST, "log")
+    assert training.skip_reason(training.split_target(target, FAST), FAST, "identity") is None
+
+
+def test_exported_trees_compute_what_scikit_learn_computes(tmp_path):
+    """Float32 features equal to a float32-rounded threshold and sums of many leaves: exact in the float64 graph."""
+    from onnx import TensorProto, helper
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (2000, 3)).astype(np.float32)
+    y = np.log1p(x[:, 0] * 1000) + rng.normal(0, 0.01, 2000)
+    model = HistGradientBoostingRegressor(max_iter=100, random_state=0).fit(x, y)
+    nodes, inits, out = export.tree_graph(model, 3, "m_")
+    cast = helper.make_node("Cast", ["X"], [export.INPUT_F64], to=TensorProto.DOUBLE)
+    graph = helper.make_graph([cast, *nodes], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 3])],
+                              [helper.make_tensor_value_info(out, TensorProto.DOUBLE, [None, 1])], initializer=inits)
+    onx = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in export.OPSETS.items()])
+    onx.ir_version = export.IR_VERSION
+    thresholds = np.concatenate([p[0].nodes["num_threshold"][~p[0].nodes["is_leaf"].astype(bool)]
+                                 for p in model._predictors])
+    probe = np.repeat(x[:1], len(thresholds), axis=0)
+    probe[:, 0] = thresholds.astype(np.float32)  # features on (rounded) thresholds
+    for data in (x, probe):
+        got = runtime.open_session(export.save_onnx(onx, tmp_path / "t.onnx")).run(None, {"X": data})[0].ravel()
+        np.testing.assert_allclose(got, model.predict(data), rtol=1e-12, atol=1e-12)
+
+
+def _mapie_raw(fitted: training.FittedSurrogate, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """MAPIE's own predict_interval per level, stacked, inverse-transformed (no rearrangement)."""
+    lows, ups = [], []
+    for cqr in fitted.conformalizers:
+        point, bounds = cqr.predict_interval(x)
+        lows.append(bounds[:, 0, 0])
+        ups.append(bounds[:, 1, 0])
+    return tuple(training.inverse(fitted.transform, a) for a in (point, np.stack(lows, 1), np.stack(ups, 1)))
+
+
+@pytest.mark.parametrize("variant", ["quantile", "residual"])
+@pytest.mark.parametrize("rearrange", [True, False])
+def test_onnx_matches_mapie_on_test_architectures(make_target, tmp_path, variant, rearrange):
+    target = make_target(n_archs=260, n_repeats=4, seed=1)
+    recipe = training.Recipe(**{**FAST.__dict__, "variant": variant, "rearrange": rearrange})
+    split = training.split_target(target, recipe)
+    with pipeline.quiet_mapie():
+        fitted = training.fit_surrogate(split, "log", recipe)
+        reference = fitted.predict(split.x_test)
+        raw = _mapie_raw(fitted, split.x_test)
+    model = export.build_onnx(fitted, split.x_test.shape[1], {"unit": "ms"}, "t")
+    path = export.save_onnx(model, tmp_path / "m.onnx")
+    out = runtime.open_session(path).run(list(runtime.OUTPUTS), {"X": split.x_test})
+    assert [o.shape for o in out] == [(len(split.x_test),), (len(split.x_test), 4), (len(split.x_test), 4)]
+    assert all(o.dtype == np.float64 for o in out)
+    result = pipeline.parity(reference, tuple(out), split.test_values)
+    assert max(result["max_rel_diff"].values()) < 1e-9
+    assert result["coverage_flips"] == 0
+    if not rearrange:  # the graph IS MAPIE's output
+        np.testing.assert_allclose(out[1], raw[1], rtol=1e-4)
+        np.testing.assert_allclose(out[2], raw[2], rtol=1e-4)
+    else:  # nested intervals that contain the point
+        assert np.all(np.diff(out[1], axis=1) <= 0) and np.all(np.diff(out[2], axis=1) >= 0)
+        assert np.all(out[1][:, 0] <= out[0]) and np.all(out[0] <= out[2][:, 0])
+    np.testing.assert_allclose(out[0], raw[0], rtol=1e-4)
+
+
+def test_measurements_exactly_on_mapie_bounds_stay_inside(make_target, tmp_path):
+    """Trees are piecewise constant and measurements discretised, so exact ties with a bound happen; the tie margin
+    keeps them inside the graph's interval whatever the summation order, as they are inside MAPIE's (inclusive)."""
+    target = make_target(n_archs=260, n_repeats=4, seed=6)
+    recipe = training.Recipe(**{**FAST.__dict__, "rearrange": False})
+    split = training.split_target(target, recipe)
+    with pipeline.quiet_mapie():
+        fitted = training.fit_surrogate(split, "log", recipe)
+        _, raw_low, raw_up = _mapie_raw(fitted, split.x_test)
+    path = export.save_onnx(export.build_onnx(fitted, split.x_test.shape[1], {}, "t"), tmp_path / "m.onnx")
+    _, low, up = runtime.open_session(path).run(list(runtime.OUTPUTS), {"X": split.x_test})
+    assert np.all(low <= raw_low) and np.all(up >= raw_up)
+    assert np.all(low > raw_low * (1 - 1e-4)) and np.all(up < raw_up * (1 + 1e-4))
+
+
+def test_identity_transform_for_accuracy(make_target, tmp_path):
+    target = make_target(n_archs=200, n_repeats=1, metric="accuracy")
+    target.values = [v / 1000.0 for v in target.values]
+    split = training.split_target(target, FAST)
+    with pipeline.quiet_mapie():
+        fitted = training.fit_surrogate(split, training.TRANSFORMS["accuracy"], FAST)
+    model = export.build_onnx(fitted, split.x_test.shape[1], {}, "acc")
+    assert "Exp" not in {n.op_type for n in model.graph.node}
+    out = runtime.open_session(export.save_onnx(model, tmp_path / "a.onnx")).run(None, {"X": split.x_test})
+    with pipeline.quiet_mapie():
+        np.testing.assert_allclose(out[0], fitted.predict(split.x_test)[0], rtol=1e-4)
+
+
+def test_auto_variant_chooses_on_training_archs_only(make_target):
+    target = make_target(n_archs=260, n_repeats=4, seed=2)
+    recipe = training.Recipe(**{**FAST.__dict__, "variant": "auto"})
+    split = training.split_target(target, recipe)
+    with pipeline.quiet_mapie():
+        fitted = training.fit_surrogate(split, "log", recipe)
+    assert fitted.models.variant in training.VARIANTS
+    assert set(fitted.selection_scores) == set(training.VARIANTS)
+    assert fitted.models.variant == min(fitted.selection_scores, key=fitted.selection_scores.get)
+
+
+@pytest.mark.slow
+def test_coverage_of_single_new_measurements_is_near_nominal(make_target):
+    from hwgpt_bench.surrogates_onnx.evaluation import Intervals, interval_metrics
+
+    target = make_target(n_archs=1500, n_repeats=5, seed=3)
+    recipe = training.Recipe(max_iter=60, max_leaf_nodes=8, variant="quantile")
+    split = training.split_target(target, recipe)
+    with pipeline.quiet_mapie():
+        pred = Intervals(*training.fit_surrogate(split, "log", recipe).predict(split.x_test), recipe.levels)
+    metrics = interval_metrics(pred, split.test_values)
+    for level, coverage in metrics["coverage"].items():
+        assert coverage == pytest.approx(float(level), abs=0.06), metrics["coverage"]
+
+
+# ---- the pipeline on a synthetic release -----------------------------------------------------------------------------
+def test_manifest_lists_every_measured_target_with_its_facts(trained, synthetic_release):
+    manifest = json.loads((trained / "manifest.json").read_text())
+    assert manifest["format_version"] == pipeline.FORMAT_VERSION
+    assert manifest["dataset"]["version"] == "0.0.1"
+    assert manifest["dataset"]["manifest_sha256"] == runtime.file_sha256(synthetic_release / "MANIFEST.json")
+    for key in ("levels", "fractions", "seed", "max_iter", "learning_rate", "variant", "calibration"):
+        assert key in manifest["recipe"]
+    keys = {(m["device"], m["metric"], runtime.workload_text(m["workload"])) for m in manifest["models"]}
+    assert ("cpu-syn-2t", "latency_ms", "forward-b2-s256-float32") in keys
+    assert ("gpu-syn", "energy_mj", "forward-b1-s256-float32") in keys
+    assert ("cpu-syn-2t", "energy_mj", "forward-b1-s256-float32") not in keys  # not measured there
+    assert {m["metric"] for m in manifest["models"] if m["device"] is None} == {"perplexity", "accuracy"}
+    assert len(manifest["models"]) == 9 and manifest["skipped"] == []
+    for m in manifest["models"]:
+        assert m["sha256"] == runtime.file_sha256(trained / m["file"])
+        assert m["feature_names"][:3] == ["embed_dim", "n_layer", "bias"] and m["levels"] == [0.5, 0.8, 0.9, 0.95]
+        assert m["unit"] and "single new measurement" in m["interval_covers"]
+        assert set(m["test"]["coverage"]) == {"0.5", "0.8", "0.9", "0.95"} and "worst_quintile_coverage" in m["test"]
+        assert m["parity"]["coverage_flips"] == 0 and max(m["parity"]["max_rel_diff"].values()) < 1e-4
+        assert m["n_archs"]["calibration"] >= 40
+        assert m["dataset_version"] == "0.0.1"
+        assert m["dataset_manifest_sha256"] == manifest["dataset"]["manifest_sha256"]
+        assert m["variant"] in training.VARIANTS and m["transform"] == training.TRANSFORMS[m["metric"]]
+
+
+def test_one_default_workload_per_space_device_metric(trained):
+    models = runtime.list_models(trained)
+    groups = {}
+    for m in models:
+        groups.setdefault((m["space"], m["device"], m["metric"]), []).append(m["default_workload"])
+    assert all(flags.count(True) == 1 for flags in groups.values())
+    cpu_latency = [m for m in models if (m["device"], m["metric"]) == ("cpu-syn-2t", "latency_ms")]
+    assert [m["workload"]["batch_size"] for m in cpu_latency if m["default_workload"]] == [1]
+
+
+def test_onnx_metadata_describes_the_model(trained):
+    entry = runtime.read_manifest(trained)["models"][0]
+    props = {p.key: p.value for p in onnx.load(str(trained / entry["file"])).metadata_props}
+    assert json.loads(props["feature_names"]) == entry["feature_names"]
+    assert json.loads(props["levels"]) == entry["levels"]
+    assert props["unit"] == entry["unit"] and props["metric"] == entry["metric"]
+    assert props["dataset_version"] == "0.0.1" and len(props["dataset_manifest_sha256"]) == 64
+    assert "single new measurement" in props["interval_covers"]
+
+
+def test_filters_and_too_small_releases_are_skipped_with_a_reason(release, synthetic_release, tmp_path):
+    manifest = pipeline.train_surrogates(release, tmp_path / "tiny", FAST)
+    assert manifest["models"] == [] and manifest["skipped"]
+    assert all("architectures" in s["reason"] for s in manifest["skipped"])
+    only = pipeline.train_surrogates(synthetic_release, tmp_path / "one", FAST, metrics=["latency_ms"],
+                                     devices=["gpu-syn"])
+    assert [(m["device"], m["metric"]) for m in only["models"]] == [("gpu-syn", "latency_ms")]
+    assert sorted(p.name for p in (tmp_path / "one" / "models").iterdir()) == [only["models"][0]["file"][7:]]
+
+
+def test_retraining_removes_stale_model_files(synthetic_release, tmp_path):
+    out = tmp_path / "models"
+    pipeline.train_surrogates(synthetic_release, out, FAST, metrics=["peak_memory_mib"], devices=["gpu-syn"])
+    pipeline.train_surrogates(synthetic_release, out, FAST, metrics=["latency_ms"], devices=["gpu-syn"])
+    assert [p.name for p in (out / "models").glob("*.onnx")] == ["gpt-nano__gpu-syn__latency_ms__forward-b1-s256-"
+                                                                 "float32.onnx"]
+
+
+def test_a_failed_training_leaves_the_previous_models_intact(synthetic_release, tmp_path, monkeypatch):
+    out = tmp_path / "models"
+    pipeline.train_surrogates(synthetic_release, out, FAST, metrics=["latency_ms"], devices=["gpu-syn"])
+    before = (out / "manifest.json").read_text()
+
+    def fail(result, where):
+        raise RuntimeError(f"{where}: parity failed")
+
+    monkeypatch.setattr(pipeline, "check_parity", fail)
+    with pytest.raises(RuntimeError, match="parity failed"):
+        pipeline.train_surrogates(synthetic_release, out, FAST, metrics=["latency_ms"], devices=["gpu-syn"])
+    assert (out / "manifest.json").read_text() == before
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "models"]  # no staging folder left
+    entry = runtime.read_manifest(out)["models"][0]
+    assert runtime.file_sha256(out / entry["file"]) == entry["sha256"]
