@@ -17,7 +17,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from hwgpt_bench.files import file_sha256
 from hwgpt_bench.generation.search_spaces import ArchConfig, encode, feature_names
 
 log = logging.getLogger(__name__)
@@ -93,15 +93,6 @@ def find_entry(manifest: dict, space: str, device: str | None, metric: str, work
     what = "several models match; pass workload= to choose" if found else "no model matches"
     raise ValueError(f"{what} (space={space!r}, device={device!r}, metric={metric!r}, workload={workload}); "
                      f"available (space/device/metric/workload): {have}")
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_file(path: Path, expected_sha256: str) -> None:
