@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -121,3 +123,25 @@ def release_copy(release, tmp_path) -> Path:
 def make_measurement():
     """``measurement_row(arch_id, device_id, batch_size, latency_ms, energy_mj, peak_memory_mib, run_id)``."""
     return measurement_row
+
+
+# ---- the built wheel in a fresh venv with only the base dependencies (shared by packaging and runtime tests) -------
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """The project's wheel, built once per session without build isolation."""
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(repo)],
+                   check=True, capture_output=True, cwd=out)
+    (path,) = out.glob("hw_gpt_bench-*.whl")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fresh_venv(tmp_path_factory, wheel) -> Path:
+    """A new venv with the wheel and its base dependencies only (no torch, scikit-learn or MAPIE)."""
+    venv = tmp_path_factory.mktemp("venv") / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, str(wheel)], check=True, capture_output=True)
+    return venv

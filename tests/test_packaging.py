@@ -1,31 +1,12 @@
 """The built wheel installs into a fresh venv and imports from outside the repository, without torch."""
 
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(REPO)],
-                   check=True, capture_output=True, cwd=out)
-    (path,) = out.glob("hw_gpt_bench-*.whl")
-    return path
-
-
-@pytest.fixture(scope="session")
-def fresh_venv(tmp_path_factory, wheel) -> Path:
-    venv = tmp_path_factory.mktemp("venv") / "env"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, str(wheel)], check=True, capture_output=True)
-    return venv
 
 
 @pytest.mark.slow

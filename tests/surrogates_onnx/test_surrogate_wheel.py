@@ -2,12 +2,11 @@
 
 No models are shipped yet, so the test trains a tiny set from the synthetic release (``trained`` fixture, in this
 environment) and points ``root=`` / ``--models`` at it from the fresh venv. Once shipped models exist, the same
-check runs on them too. The venv is made as in ``tests/test_packaging.py``.
+check runs on them too. The venv is the shared ``fresh_venv`` fixture of ``tests/conftest.py``.
 """
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,24 +16,6 @@ from hwgpt_bench.generation.search_spaces import sample_archs
 from hwgpt_bench.surrogates_onnx.runtime import DEFAULT_ROOT, Surrogate, list_models
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(REPO)],
-                   check=True, capture_output=True, cwd=out)
-    (path,) = out.glob("hw_gpt_bench-*.whl")
-    return path
-
-
-@pytest.fixture(scope="module")
-def base_venv(tmp_path_factory, wheel) -> Path:
-    venv = tmp_path_factory.mktemp("venv") / "env"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, str(wheel)], check=True, capture_output=True)
-    return venv
 
 
 PREDICT = """
@@ -50,8 +31,8 @@ print(json.dumps({"point": r.point.tolist(), "lower": r.lower.tolist(), "heavy":
 
 
 @pytest.mark.slow
-def test_fresh_venv_predicts_from_onnx_files(base_venv, trained, tmp_path):
-    python = str(base_venv / "bin" / "python")
+def test_fresh_venv_predicts_from_onnx_files(fresh_venv, trained, tmp_path):
+    python = str(fresh_venv / "bin" / "python")
     missing = subprocess.run([python, "-c", "import importlib.util as u; print([m for m in ('sklearn', 'mapie', "
                               "'torch') if u.find_spec(m)])"], check=True, capture_output=True, text=True)
     assert missing.stdout.strip() == "[]"  # only the base dependencies
@@ -62,20 +43,20 @@ def test_fresh_venv_predicts_from_onnx_files(base_venv, trained, tmp_path):
     np.testing.assert_allclose(got["point"], ref.point, rtol=1e-6)
     np.testing.assert_allclose(got["lower"], ref.lower, rtol=1e-6)
     assert got["heavy"] == []
-    cli = subprocess.run([str(base_venv / "bin" / "hwgpt-bench"), "predict", "--space", "gpt-nano", "--device",
+    cli = subprocess.run([str(fresh_venv / "bin" / "hwgpt-bench"), "predict", "--space", "gpt-nano", "--device",
                           "cpu-syn-2t", "--metric", "latency_ms", "--models", str(trained), "--sample", "2", "--json"],
                          check=True, capture_output=True, text=True, cwd=tmp_path)
     assert len(cli.stdout.splitlines()) == 2
 
 
 @pytest.mark.slow
-def test_shipped_models_load_in_the_fresh_venv(base_venv, tmp_path):
+def test_shipped_models_load_in_the_fresh_venv(fresh_venv, tmp_path):
     if not list_models():
         pytest.skip(f"no shipped models yet under {DEFAULT_ROOT} (train them with `hwgpt-bench train-surrogates`)")
     first = list_models()[0]
     code = ("from hwgpt_bench.surrogates_onnx.runtime import Surrogate; from hwgpt_bench.generation.search_spaces "
             f"import sample_archs; s = Surrogate.load({first['space']!r}, {first['device']!r}, {first['metric']!r}, "
             f"{first['workload']!r}); print(s.predict(sample_archs({first['space']!r}, 3)).point.shape)")
-    out = subprocess.run([str(base_venv / "bin" / "python"), "-c", code], check=True, capture_output=True, text=True,
+    out = subprocess.run([str(fresh_venv / "bin" / "python"), "-c", code], check=True, capture_output=True, text=True,
                          cwd=tmp_path)
     assert out.stdout.strip() == "(3,)"
