@@ -125,6 +125,12 @@ def make_measurement():
     return measurement_row
 
 
+@pytest.fixture
+def make_perplexity():
+    """``perplexity_row(arch_id, nll)``: one complete ``perplexity`` row."""
+    return perplexity_row
+
+
 # ---- the built wheel in a fresh venv with only the base dependencies (shared by packaging and runtime tests) -------
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory) -> Path:
