@@ -9,26 +9,15 @@ torch = pytest.importorskip("torch")
 
 from hwgpt_bench.generation import memory, profilers  # noqa: E402
 from hwgpt_bench.generation.search_spaces import SPACES  # noqa: E402
-from hwgpt_bench.generation.workload import ProfileSettings  # noqa: E402
 
 NANO = SPACES["gpt-nano"]
-SEQ = 16
-
-
-def _settings(**kw) -> ProfileSettings:
-    base = dict(seq_len=SEQ, n_warmup=1, n_repeats=3, n_energy_samples=2, energy_window_ms=5.0, threads=1)
-    return ProfileSettings(**{**base, **kw})
-
-
-@pytest.fixture(scope="module")
-def arch():
-    return NANO.smallest()
+SEQ = 16  # = conftest.SHORT_SEQ, the short_settings default
 
 
 # ---- measuring in a forked child ---------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_forked_memory_grows_with_the_model():
-    settings = _settings(seq_len=128)
+def test_forked_memory_grows_with_the_model(short_settings):
+    settings = short_settings(seq_len=128)
     small = memory.measure_memory_cpu(NANO.smallest(), settings)
     large = profilers.measure_memory(NANO.largest(), None, settings)
     for result in (small, large):
@@ -43,8 +32,8 @@ def test_forked_memory_grows_with_the_model():
 
 
 @pytest.mark.slow
-def test_forked_memory_agrees_with_a_fresh_process():
-    settings = _settings(seq_len=128)
+def test_forked_memory_agrees_with_a_fresh_process(short_settings):
+    settings = short_settings(seq_len=128)
     forked = memory.measure_memory_cpu(NANO.largest(), settings)
     fresh = memory.measure_memory_cpu_fresh(NANO.largest(), settings)
     assert "of a fresh process after one forward" in fresh.method
@@ -53,8 +42,8 @@ def test_forked_memory_agrees_with_a_fresh_process():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
-def test_forked_memory_of_cached_phases(arch, phase):
-    result = memory.measure_memory_cpu(arch, _settings(phase=phase, dtype="bfloat16"))
+def test_forked_memory_of_cached_phases(arch, phase, short_settings):
+    result = memory.measure_memory_cpu(arch, short_settings(phase=phase, dtype="bfloat16"))
     assert result.peak_memory_mib >= result.memory_baseline_mib > 0
 
 
@@ -125,74 +114,74 @@ def fake_zygote(fake_zygotes, monkeypatch):
     (4, r"printed no JSON report"),
     (5, r"reported arch_id 'someone-else'"),
 ])
-def test_forked_child_failure_is_a_clear_error(arch, fake_zygote, seed, error):
+def test_forked_child_failure_is_a_clear_error(arch, fake_zygote, seed, error, short_settings):
     with pytest.raises(RuntimeError, match=rf"memory child (for {arch.arch_id} )?.*{error}"):
-        memory.measure_memory_cpu(arch, _settings(seed=seed))
-    assert memory.measure_memory_cpu(arch, _settings()).peak_memory_mib == 2.0  # the zygote still serves
+        memory.measure_memory_cpu(arch, short_settings(seed=seed))
+    assert memory.measure_memory_cpu(arch, short_settings()).peak_memory_mib == 2.0  # the zygote still serves
 
 
-def test_forked_child_past_its_limit_is_killed(arch, fake_zygote):
-    memory.measure_memory_cpu(arch, _settings())
+def test_forked_child_past_its_limit_is_killed(arch, fake_zygote, short_settings):
+    memory.measure_memory_cpu(arch, short_settings())
     zygote = memory._ZYGOTE.proc.pid
     start = memory.time.monotonic()
     with pytest.raises(RuntimeError, match=r"ran past its limit of 1 s and was killed"):
-        memory.measure_memory_cpu(arch, _settings(seed=3), timeout_s=1)
+        memory.measure_memory_cpu(arch, short_settings(seed=3), timeout_s=1)
     assert memory.time.monotonic() - start < 30
-    assert memory.measure_memory_cpu(arch, _settings()).peak_memory_mib == 2.0
+    assert memory.measure_memory_cpu(arch, short_settings()).peak_memory_mib == 2.0
     assert memory._ZYGOTE.proc.pid == zygote  # the same zygote serves on
 
 
-def test_a_dead_zygote_is_replaced(arch, fake_zygote):
-    memory.measure_memory_cpu(arch, _settings())
+def test_a_dead_zygote_is_replaced(arch, fake_zygote, short_settings):
+    memory.measure_memory_cpu(arch, short_settings())
     old = memory._ZYGOTE.proc
     old.kill()
     old.wait()
-    assert memory.measure_memory_cpu(arch, _settings()).peak_memory_mib == 2.0
+    assert memory.measure_memory_cpu(arch, short_settings()).peak_memory_mib == 2.0
     assert memory._ZYGOTE.proc.pid != old.pid
 
 
-def test_shutdown_stops_the_zygote(arch, fake_zygote):
-    memory.measure_memory_cpu(arch, _settings())
+def test_shutdown_stops_the_zygote(arch, fake_zygote, short_settings):
+    memory.measure_memory_cpu(arch, short_settings())
     proc = memory._ZYGOTE.proc
     memory.shutdown_memory_zygote()
     assert proc.poll() is not None and memory._ZYGOTE is None
 
 
-def test_a_zygote_that_cannot_start_is_a_clear_error(arch, own_zygote):
+def test_a_zygote_that_cannot_start_is_a_clear_error(arch, own_zygote, short_settings):
     code = "import sys; sys.stderr.write('no torch here'); sys.exit(2)"
     own_zygote.setattr(memory, "_zygote_command", lambda: [sys.executable, "-c", code])
     with pytest.raises(RuntimeError, match=r"exited with code 2 before its ready message(.|\n)*no torch here"):
-        memory.measure_memory_cpu(arch, _settings())
+        memory.measure_memory_cpu(arch, short_settings())
     assert memory._ZYGOTE is None
 
 
-def test_a_silent_zygote_is_killed(arch, own_zygote):
+def test_a_silent_zygote_is_killed(arch, own_zygote, short_settings):
     own_zygote.setattr(memory, "ZYGOTE_START_TIMEOUT_S", 1)
     own_zygote.setattr(memory, "_zygote_command", lambda: [sys.executable, "-c", "import time; time.sleep(60)"])
     start = memory.time.monotonic()
     with pytest.raises(RuntimeError, match=r"sent no ready message within 1 s; killed it"):
-        memory.measure_memory_cpu(arch, _settings())
+        memory.measure_memory_cpu(arch, short_settings())
     assert memory.time.monotonic() - start < 15
 
 
-def test_a_zygote_with_threads_refuses_to_fork(arch, own_zygote):
+def test_a_zygote_with_threads_refuses_to_fork(arch, own_zygote, short_settings):
     code = "import threading, time; threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
     own_zygote.setattr(memory, "_zygote_command", lambda: [sys.executable, "-c", code + _FAKE_CHILD])
     with pytest.raises(RuntimeError, match=r"refused to start: the zygote runs 2 threads"):
-        memory.measure_memory_cpu(arch, _settings())
+        memory.measure_memory_cpu(arch, short_settings())
 
 
-def test_fresh_memory_child_failure_is_a_clear_error(arch, monkeypatch):
+def test_fresh_memory_child_failure_is_a_clear_error(arch, monkeypatch, short_settings):
     code = "import sys; sys.stderr.write('child exploded'); sys.exit(3)"
     monkeypatch.setattr(memory, "_child_command", lambda a, s: [sys.executable, "-c", code])
     with pytest.raises(RuntimeError, match=r"exit code 3(.|\n)*child exploded"):
-        memory.measure_memory_cpu_fresh(arch, _settings())
+        memory.measure_memory_cpu_fresh(arch, short_settings())
 
 
-def test_fresh_memory_child_without_a_report_is_a_clear_error(arch, monkeypatch):
+def test_fresh_memory_child_without_a_report_is_a_clear_error(arch, monkeypatch, short_settings):
     monkeypatch.setattr(memory, "_child_command", lambda a, s: [sys.executable, "-c", "print('hello')"])
     with pytest.raises(RuntimeError, match="no JSON report"):
-        memory.measure_memory_cpu_fresh(arch, _settings())
+        memory.measure_memory_cpu_fresh(arch, short_settings())
 
 
 def test_memory_child_main_prints_one_json_line(arch, capsys):
