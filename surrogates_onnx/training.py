@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -43,6 +44,15 @@ TRANSFORMS = {"latency_ms": "log", "energy_mj": "log", "peak_memory_mib": "log",
               "accuracy": "identity"}
 INTERVAL_COVERS = ("a single new measurement of an unseen architecture (one repeat drawn at random), with probability "
                    "`level` over architectures of the space and repeats; marginal, not per architecture")
+
+
+def smallest_calibration_set(level: float) -> int:
+    """Fewest calibration scores ``n`` whose split-conformal quantile at ``level`` is finite: the smallest ``n`` with
+    ``ceil((n + 1) * level) <= n`` (19 for 0.95, 9 for 0.9)."""
+    n = 1
+    while math.ceil((n + 1) * level - 1e-9) > n:
+        n += 1
+    return n
 
 
 @dataclass(frozen=True)
@@ -69,7 +79,10 @@ class Recipe:
             estimated separately can cross; the rearrangement of Chernozhukov et al. 2010).
         max_iter, learning_rate, max_leaf_nodes, min_samples_leaf, l2_regularization: HGB hyperparameters, the same
             for every quantile model (no early stopping: a random validation split of rows would leak repeats).
-        min_calibration_archs: fewer calibration architectures than this skip the target (the 0.95 level needs 40).
+        min_calibration_archs: fewer calibration architectures than this skip the target; at least
+            ``smallest_calibration_set(max(levels))`` (19 for 0.95), below which the conformal quantile of the top
+            level is infinite. Near that minimum the intervals are valid but conservative (the guarantee is
+            coverage in [level, level + 1 / (n + 1)]) and vary more from one calibration draw to another.
         min_train_archs: fewer training architectures than this skip the target.
         threads: OpenMP threads of the HGB fits.
     """
@@ -88,7 +101,7 @@ class Recipe:
     max_leaf_nodes: int = 15
     min_samples_leaf: int = 20
     l2_regularization: float = 1.0
-    min_calibration_archs: int = 40
+    min_calibration_archs: int = 19
     min_train_archs: int = 20
     threads: int = 1
 
@@ -99,6 +112,10 @@ class Recipe:
             raise ValueError(f"train_on: {self.train_on!r} is not allowed; allowed values: ['repeats', 'medians']")
         if any(not 0 < lv < 1 for lv in self.levels) or list(self.levels) != sorted(self.levels):
             raise ValueError(f"levels: need ascending values in (0, 1), got {self.levels}")
+        needed = smallest_calibration_set(max(self.levels))
+        if self.min_calibration_archs < needed:
+            raise ValueError(f"min_calibration_archs: {self.min_calibration_archs} is too few for level "
+                             f"{max(self.levels)}; allowed values: >= {needed}")
 
     def hgb(self, loss: str = "quantile", quantile: float | None = None) -> HistGradientBoostingRegressor:
         """An unfitted HGB model of this recipe (``loss="quantile"`` with ``quantile``, or ``"squared_error"``)."""
