@@ -122,10 +122,14 @@ def plot_noise_vs_size(frame: pl.DataFrame, path: Path) -> Path:
     """Relative IQR of the repeats (IQR / median) against parameter count, per space, main workload."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    from matplotlib.ticker import PercentFormatter
+
+    floor = 1e-3  # an IQR of 0 (identical repeats) is drawn at 0.1% so that the log axis can show it
     for space, group in main_workload(frame).group_by("space", maintain_order=True):
-        ax.scatter(group["params"], group["rel_iqr"], s=6, alpha=0.5, label=space[0])
-    ax.set(xscale="log", yscale="symlog", xlabel="parameters", ylabel="IQR / median of repeats",
+        ax.scatter(group["params"], group["rel_iqr"].clip(lower_bound=floor), s=6, alpha=0.5, label=space[0])
+    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="IQR / median of repeats (log scale)",
            title="Repeat noise vs model size")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.legend(fontsize=8, markerscale=2)
     return _save(fig, path)
 
