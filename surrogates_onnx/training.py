@@ -46,13 +46,12 @@ INTERVAL_COVERS = ("a single new measurement of an unseen architecture (one repe
                    "`level` over architectures of the space and repeats; marginal, not per architecture")
 
 
-def smallest_calibration_set(level: float) -> int:
-    """Fewest calibration scores ``n`` whose split-conformal quantile at ``level`` is finite: the smallest ``n`` with
-    ``ceil((n + 1) * level) <= n`` (19 for 0.95, 9 for 0.9)."""
-    n = 1
-    while math.ceil((n + 1) * level - 1e-9) > n:
-        n += 1
-    return n
+def smallest_calibration_set(level: float, symmetric: bool = False) -> int:
+    """Fewest calibration architectures that MAPIE's CQR accepts at ``level``: ``n >= 1 / a`` with ``a = 1 - level``
+    for a symmetric correction and ``a = (1 - level) / 2`` per bound for the asymmetric one (40 and 20 at 0.95).
+    Below ``1 / a`` the conformal quantile of the level would be infinite."""
+    a = (1 - level) if symmetric else (1 - level) / 2
+    return math.ceil(max(1 / a, 1 / (1 - a)) - 1e-9)
 
 
 @dataclass(frozen=True)
@@ -80,9 +79,8 @@ class Recipe:
         max_iter, learning_rate, max_leaf_nodes, min_samples_leaf, l2_regularization: HGB hyperparameters, the same
             for every quantile model (no early stopping: a random validation split of rows would leak repeats).
         min_calibration_archs: fewer calibration architectures than this skip the target; at least
-            ``smallest_calibration_set(max(levels))`` (19 for 0.95), below which the conformal quantile of the top
-            level is infinite. Near that minimum the intervals are valid but conservative (the guarantee is
-            coverage in [level, level + 1 / (n + 1)]) and vary more from one calibration draw to another.
+            ``smallest_calibration_set(max(levels), symmetric_correction)`` (40 for 0.95 with one correction per
+            bound), below which the conformal quantile of the top level is infinite.
         min_train_archs: fewer training architectures than this skip the target.
         threads: OpenMP threads of the HGB fits.
     """
@@ -101,7 +99,7 @@ class Recipe:
     max_leaf_nodes: int = 15
     min_samples_leaf: int = 20
     l2_regularization: float = 1.0
-    min_calibration_archs: int = 19
+    min_calibration_archs: int = 40
     min_train_archs: int = 20
     threads: int = 1
 
@@ -112,7 +110,7 @@ class Recipe:
             raise ValueError(f"train_on: {self.train_on!r} is not allowed; allowed values: ['repeats', 'medians']")
         if any(not 0 < lv < 1 for lv in self.levels) or list(self.levels) != sorted(self.levels):
             raise ValueError(f"levels: need ascending values in (0, 1), got {self.levels}")
-        needed = smallest_calibration_set(max(self.levels))
+        needed = smallest_calibration_set(max(self.levels), self.symmetric_correction)
         if self.min_calibration_archs < needed:
             raise ValueError(f"min_calibration_archs: {self.min_calibration_archs} is too few for level "
                              f"{max(self.levels)}; allowed values: >= {needed}")

@@ -1,7 +1,6 @@
 """Training, export and manifest: splits by architecture, ONNX/MAPIE parity, exact thresholds, manifest fields."""
 
 import json
-import math
 
 import numpy as np
 import onnx
@@ -54,15 +53,17 @@ def test_too_few_archs_or_non_positive_values_are_skip_reasons(make_target):
     assert training.skip_reason(training.split_target(target, FAST), FAST, "identity") is None
 
 
-def test_calibration_minimum_is_where_the_top_conformal_quantile_turns_finite(make_target):
-    assert [training.smallest_calibration_set(lv) for lv in (0.5, 0.8, 0.9, 0.95)] == [1, 4, 9, 19]
-    for level in (0.8, 0.9, 0.95):
-        n = training.smallest_calibration_set(level)
-        assert math.ceil((n + 1) * level) <= n and math.ceil(n * level) > n - 1  # n works, n - 1 does not
-    with pytest.raises(ValueError, match=r"min_calibration_archs: 18 .* allowed values: >= 19"):
-        training.Recipe(min_calibration_archs=18)
-    split = training.split_target(make_target(n_archs=100), training.Recipe())  # 20 calibration architectures
-    assert len(split.ids["calibration"]) >= 19 and training.skip_reason(split, training.Recipe()) is None
+def test_calibration_minimum_is_mapies_and_checked(make_target):
+    assert [training.smallest_calibration_set(lv) for lv in (0.5, 0.8, 0.9, 0.95)] == [4, 10, 20, 40]
+    assert training.smallest_calibration_set(0.95, symmetric=True) == 20
+    with pytest.raises(ValueError, match=r"min_calibration_archs: 39 .* allowed values: >= 40"):
+        training.Recipe(min_calibration_archs=39)
+    assert training.Recipe(min_calibration_archs=20, symmetric_correction=True).min_calibration_archs == 20
+    recipe = training.Recipe()
+    small = training.split_target(make_target(n_archs=150), recipe)  # about 30 calibration architectures
+    assert "calibration architectures" in training.skip_reason(small, recipe)
+    large = training.split_target(make_target(n_archs=250), recipe)
+    assert len(large.ids["calibration"]) >= 40 and training.skip_reason(large, recipe) is None
 
 
 def test_exported_trees_compute_what_scikit_learn_computes(tmp_path):
