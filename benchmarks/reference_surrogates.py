@@ -2,11 +2,11 @@
 
     python benchmarks/reference_surrogates.py [--max-archs 3000] [--devices a100 h100] [--metrics latency energy]
 
-Reads ``/work/shared/reference/hwgpt_bench/hwgpt_bench_s.parquet`` (or ``--path``; exits 0 with a message when it
-is absent), builds one ``Target`` per (device, metric) with every raw repeat, and runs the SAME split, CQR training
-and evaluation as ``hwgpt-bench train-surrogates`` / ``evaluate-surrogates`` (``--export`` also exports each model to
-ONNX in a temporary folder and checks parity). Prints the per-device table and the comparison with the paper's
-Gaussian and plain split conformal. Nothing is written into the repository.
+Reads ``../shared/reference/hwgpt_bench/hwgpt_bench_s.parquet`` beside the checkout (or ``--path``; exits 0 with a
+message when it is absent), builds one ``Target`` per (device, metric) with every raw repeat, and runs the SAME split,
+CQR training and evaluation as ``hwgpt-bench train-surrogates`` / ``evaluate-surrogates`` (``--export`` also exports
+each model to ONNX in a temporary folder and checks parity). Prints the per-device table and the comparison with the
+paper's Gaussian and plain split conformal. Nothing is written into the repository.
 
 Reference conventions: energy is converted from Wh to mJ (x 3.6e6); CPU energy (codecarbon, one stored mean of 10
 repeats per architecture, ``n_samples = 1``) is treated as ONE sample, so its noise ceiling is not available; memory
@@ -32,7 +32,8 @@ from hwgpt_bench.surrogates_onnx.data import Target
 
 log = logging.getLogger("reference_surrogates")
 
-REFERENCE = Path("/work/shared/reference/hwgpt_bench/hwgpt_bench_s.parquet")
+#: ``../shared`` beside the code checkout (read in place, never copied)
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "hwgpt_bench" / "hwgpt_bench_s.parquet"
 METRICS = {"latency": ("latency_ms", "ms", 1.0), "energy": ("energy_mj", "mJ", 3.6e6),
            "memory": ("peak_memory_mib", "MB", 1.0), "perplexity": ("perplexity", "1", 1.0),
            "accuracy": ("accuracy", "fraction", 1.0)}
@@ -93,23 +94,17 @@ def run_target(target: Target, recipe: training.Recipe, export_dir: Path | None)
         fitted = training.fit_surrogate(split, transform, recipe, training.target_rng(target, recipe.seed, "variant"))
         point, lower, upper = fitted.predict(split.x_test)
         crossing = pipeline.crossing_share(*fitted.predict(split.x_test, rearrange=False))
-        parity = export_parity(target, fitted, split, point, lower, upper, export_dir) if export_dir else None
+        parity = None
+        if export_dir:
+            path = export_dir / f"{pipeline.model_stem(target)}.onnx"
+            _, parity = pipeline.export_and_compare(fitted, target, split, (point, lower, upper), path,
+                                                    {"metric": target.metric})
         cqr = evaluation.Intervals(point, lower, upper, tuple(recipe.levels))
         methods = evaluation.compare_methods(split, transform, recipe, cqr, target)
     label = f"{target.device or '-'} / {target.metric}"
     return {"label": label, "methods": methods, "parity": parity, "n_archs": len(target.arch_ids),
             "variant": fitted.models.variant, "crossing": crossing,
             "repeats": int(np.median(target.n_repeats))}
-
-
-def export_parity(target, fitted, split, point, lower, upper, export_dir: Path) -> dict:
-    """Export ``fitted`` to ONNX under ``export_dir`` and compare with the MAPIE predictions."""
-    from hwgpt_bench.surrogates_onnx import export, pipeline, runtime
-
-    model = export.build_onnx(fitted, len(target.feature_names), {"metric": target.metric}, "reference")
-    path = export.save_onnx(model, export_dir / f"{pipeline.model_stem(target)}.onnx")
-    out = tuple(runtime.open_session(path).run(list(runtime.OUTPUTS), {"X": split.x_test}))
-    return pipeline.parity((point, lower, upper), out, split.test_values)
 
 
 def print_tables(results: list[dict]) -> None:

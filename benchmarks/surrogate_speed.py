@@ -49,13 +49,11 @@ def synthetic_target(n_archs: int, n_repeats: int = 5, seed: int = 0) -> Target:
 
 
 def train(root: Path, n_archs: int) -> training.FittedSurrogate:
-    """Train and export one model into ``root`` (models/ + manifest.json); returns the Python surrogate."""
+    """Train and export one model into ``root`` (models/ + manifest.json); returns the Python surrogate that the
+    ONNX file was exported from."""
     target, recipe = synthetic_target(n_archs), training.Recipe()
-    split = training.split_target(target, recipe)
-    with pipeline.quiet_mapie():
-        fitted = training.fit_surrogate(split, "log", recipe)
     info = {"version": "synthetic", "schema_version": None, "manifest_sha256": ""}
-    entry = pipeline.train_one(target, recipe, root, info)
+    entry, fitted = pipeline.fit_and_export(target, training.split_target(target, recipe), recipe, root, info)
     pipeline.mark_defaults([entry])
     pipeline.write_manifest(root, {"format_version": 1, "dataset": info, "recipe": recipe.to_dict(),
                                    "models": [entry], "skipped": []})

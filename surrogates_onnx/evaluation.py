@@ -29,7 +29,7 @@ import numpy as np
 from scipy.stats import kendalltau
 from threadpoolctl import threadpool_limits
 
-from hwgpt_bench.surrogates_onnx.training import Recipe, SplitData, forward, inverse, target_rng
+from hwgpt_bench.surrogates_onnx.training import Recipe, SplitData, forward, inverse, target_rng, winkler
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +51,6 @@ class Intervals:
 def _hits(values: list[np.ndarray], lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
     """``(k,)`` per-architecture share of its measurements inside ``[lower, upper]`` (``(k,)`` bounds)."""
     return np.array([np.mean((v >= lo) & (v <= up)) for v, lo, up in zip(values, lower, upper, strict=True)])
-
-
-def _winkler(values: list[np.ndarray], lower: np.ndarray, upper: np.ndarray, level: float) -> np.ndarray:
-    """``(k,)`` per-architecture mean Winkler interval score of its measurements (metric's units)."""
-    a = 1.0 - level
-    return np.array([np.mean((up - lo) + 2 / a * np.maximum(lo - v, 0) + 2 / a * np.maximum(v - up, 0))
-                     for v, lo, up in zip(values, lower, upper, strict=True)])
 
 
 def worst_quintile(point: np.ndarray, hits: np.ndarray, n_bins: int = 5) -> float:
@@ -90,7 +83,7 @@ def interval_metrics(pred: Intervals, values: list[np.ndarray], medians: np.ndar
     for j, level in enumerate(pred.levels):
         key = f"{level:g}"
         hits = _hits(values, pred.lower[:, j], pred.upper[:, j])
-        score = float(np.mean(_winkler(values, pred.lower[:, j], pred.upper[:, j], level)))
+        score = float(np.mean(winkler(values, pred.lower[:, j], pred.upper[:, j], level)))
         out["coverage"][key] = float(hits.mean())
         out["width"][key] = float(np.mean(pred.upper[:, j] - pred.lower[:, j]))
         out["interval_score"][key] = score
@@ -204,14 +197,19 @@ def _mean_rel_is(m: dict) -> float:
     return float(np.mean(list(m["rel_interval_score"].values())))
 
 
+def best_method(result: dict) -> str:
+    """The method of ``result`` with the lowest mean relative interval score (the noise ceiling excluded)."""
+    rivals = {k: v for k, v in result["methods"].items() if v is not None and k != "noise"}
+    return min(rivals, key=lambda k: _mean_rel_is(rivals[k]))
+
+
 def comparison_table(results: list[dict]) -> list[str]:
     """Markdown rows: per model and method, mean |coverage - level|, coverage at 0.9, mean relative interval score;
     ``best`` is the method with the lowest mean relative interval score among cqr, gaussian and split conformal."""
     head = ["model", "method", "mean cov gap", "cov 0.9", "worst-q 0.9", "mean rel. IS", "best (IS)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        rivals = {k: v for k, v in r["methods"].items() if v is not None and k != "noise"}
-        best = min(rivals, key=lambda k: _mean_rel_is(rivals[k]))
+        best = best_method(r)
         for name in METHODS:
             m = r["methods"].get(name)
             if m is None:
@@ -226,8 +224,7 @@ def win_counts(results: list[dict]) -> dict[str, int]:
     """How often each method has the lowest mean relative interval score (noise ceiling excluded)."""
     wins = {k: 0 for k in METHODS if k != "noise"}
     for r in results:
-        rivals = {k: v for k, v in r["methods"].items() if v is not None and k != "noise"}
-        wins[min(rivals, key=lambda k: _mean_rel_is(rivals[k]))] += 1
+        wins[best_method(r)] += 1
     return wins
 
 

@@ -127,29 +127,45 @@ def manifest_entry(target: Target, split: training.SplitData, fitted: training.F
     }
 
 
-def train_one(target: Target, recipe: Recipe, out: Path, dataset: dict) -> dict | str:
-    """Train, export and check one target; its manifest entry, or the reason it was skipped."""
-    split = training.split_target(target, recipe)
-    reason = training.skip_reason(split, recipe, TRANSFORMS[target.metric])
-    if reason:
-        return reason
+def export_and_compare(fitted: training.FittedSurrogate, target: Target, split: training.SplitData,
+                       reference: tuple[np.ndarray, ...], path: Path, metadata: dict) -> tuple[tuple, dict]:
+    """Export ``fitted`` to ``path``, run the graph on the test architectures and compare it with ``reference`` (the
+    Python model's point and bounds there): (ONNX outputs, ``parity`` result)."""
+    model = export.build_onnx(fitted, len(target.feature_names), metadata, path.stem)
+    export.save_onnx(model, path)
+    onnx_out = tuple(runtime.open_session(path).run(list(runtime.OUTPUTS), {"X": split.x_test}))
+    return onnx_out, parity(reference, onnx_out, split.test_values)
+
+
+def fit_and_export(target: Target, split: training.SplitData, recipe: Recipe, out: Path,
+                   dataset: dict) -> tuple[dict, training.FittedSurrogate]:
+    """Fit the CQR surrogate of ``target`` on ``split``, export it into ``out/models`` and check parity: (manifest
+    entry, the Python model). ``RuntimeError`` on a parity failure."""
     started = time.perf_counter()
     with quiet_mapie():
         fitted = training.fit_surrogate(split, TRANSFORMS[target.metric], recipe,
                                         training.target_rng(target, recipe.seed, "variant"))
         reference = fitted.predict(split.x_test)
         crossing = crossing_share(*fitted.predict(split.x_test, rearrange=False))
-    model = export.build_onnx(fitted, len(target.feature_names), onnx_metadata(target, recipe, dataset),
-                              model_stem(target))
-    path = export.save_onnx(model, out / "models" / f"{model_stem(target)}.onnx")
-    onnx_out = tuple(runtime.open_session(path).run(list(runtime.OUTPUTS), {"X": split.x_test}))
-    par = parity(reference, onnx_out, split.test_values)
+    path = out / "models" / f"{model_stem(target)}.onnx"
+    onnx_out, par = export_and_compare(fitted, target, split, reference, path,
+                                       onnx_metadata(target, recipe, dataset))
     check_parity(par, path.name)
     pred = evaluation.Intervals(*(np.asarray(o, np.float64) for o in onnx_out), tuple(recipe.levels))
     test = evaluation.interval_metrics(pred, split.test_values) if split.test_values else {}
     log.info("%s: %d archs, %.1f s, test coverage %s", path.name, len(target.arch_ids), time.perf_counter() - started,
              {k: round(v, 3) for k, v in test.get("coverage", {}).items()})
-    return manifest_entry(target, split, fitted, path, test, par, crossing, out, dataset)
+    return manifest_entry(target, split, fitted, path, test, par, crossing, out, dataset), fitted
+
+
+def train_one(target: Target, recipe: Recipe, out: Path, dataset: dict) -> dict | str:
+    """Train, export and check one target; its manifest entry, or the reason it was skipped."""
+    split = training.split_target(target, recipe)
+    reason = training.skip_reason(split, recipe, TRANSFORMS[target.metric])
+    if reason:
+        return reason
+    entry, _ = fit_and_export(target, split, recipe, out, dataset)
+    return entry
 
 
 def mark_defaults(entries: list[dict]) -> None:

@@ -282,18 +282,20 @@ def fit_quantile_models(x: np.ndarray, z: np.ndarray, recipe: Recipe, variant: s
         return QuantileModels(variant, fit(0.5), lowers, uppers, base)
 
 
+def winkler(values: list[np.ndarray], lower: np.ndarray, upper: np.ndarray, level: float) -> np.ndarray:
+    """``(k,)`` per-architecture mean Winkler interval score ``(u - l) + 2/a (l - y)+ + 2/a (y - u)+`` of its
+    measurements ``values`` (k arrays) against bounds ``lower``/``upper`` ``(k,)``, with ``a = 1 - level``."""
+    a = 1.0 - level
+    return np.array([np.mean((up - lo) + 2 / a * np.maximum(lo - v, 0) + 2 / a * np.maximum(v - up, 0))
+                     for v, lo, up in zip(values, lower, upper, strict=True)])
+
+
 def interval_score(lower: np.ndarray, upper: np.ndarray, values: list[np.ndarray], levels: Sequence[float]) -> float:
     """Mean Winkler score over ``levels`` and architectures (each architecture's repeats averaged first).
 
     ``lower``/``upper`` ``(k, n_levels)`` and ``values`` (k arrays) in the same (transformed) space.
     """
-    scores = []
-    for j, level in enumerate(levels):
-        a = 1.0 - level
-        per_arch = [np.mean(u - lo + 2 / a * np.maximum(lo - v, 0) + 2 / a * np.maximum(v - u, 0))
-                    for v, lo, u in zip(values, lower[:, j], upper[:, j], strict=True)]
-        scores.append(np.mean(per_arch))
-    return float(np.mean(scores))
+    return float(np.mean([winkler(values, lower[:, j], upper[:, j], lv).mean() for j, lv in enumerate(levels)]))
 
 
 def split_corrections(lower: np.ndarray, upper: np.ndarray, z: np.ndarray, levels: Sequence[float]

@@ -134,3 +134,18 @@ def heteroscedastic_target(n_archs: int = 300, n_repeats: int = 5, seed: int = 0
 def make_target():
     """``heteroscedastic_target(n_archs, n_repeats, seed, metric)``."""
     return heteroscedastic_target
+
+
+def _fit_cqr_intervals(split, recipe, transform: str = "log"):
+    """The CQR surrogate fitted on ``split`` and its ``Intervals`` on the test architectures."""
+    from hwgpt_bench.surrogates_onnx import pipeline, training
+    from hwgpt_bench.surrogates_onnx.evaluation import Intervals
+
+    with pipeline.quiet_mapie():
+        return Intervals(*training.fit_surrogate(split, transform, recipe).predict(split.x_test), recipe.levels)
+
+
+@pytest.fixture
+def cqr_intervals():
+    """``(split, recipe, transform="log") -> Intervals`` of a freshly fitted CQR surrogate on the test split."""
+    return _fit_cqr_intervals

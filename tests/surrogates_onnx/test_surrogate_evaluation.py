@@ -46,12 +46,12 @@ def test_noise_ceiling_uses_other_repeats():
     assert evaluation.noise_ceiling([np.array([1.0])] * 5, (0.9,), rng) is None
 
 
-def test_methods_are_compared_on_the_same_split(make_target):
+def test_methods_are_compared_on_the_same_split(make_target, cqr_intervals):
     target = make_target(n_archs=300, n_repeats=4, seed=4)
     recipe = training.Recipe(max_iter=30, max_leaf_nodes=8, variant="quantile")
     split = training.split_target(target, recipe)
+    cqr = cqr_intervals(split, recipe)
     with pipeline.quiet_mapie():
-        cqr = Intervals(*training.fit_surrogate(split, "log", recipe).predict(split.x_test), recipe.levels)
         methods = evaluation.compare_methods(split, "log", recipe, cqr, target)
     assert set(methods) == set(evaluation.METHODS)
     for name in ("cqr", "gaussian", "split_conformal", "noise"):

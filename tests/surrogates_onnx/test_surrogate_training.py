@@ -167,14 +167,13 @@ def test_auto_variant_chooses_on_training_archs_only(make_target):
 
 
 @pytest.mark.slow
-def test_coverage_of_single_new_measurements_is_near_nominal(make_target):
-    from hwgpt_bench.surrogates_onnx.evaluation import Intervals, interval_metrics
+def test_coverage_of_single_new_measurements_is_near_nominal(make_target, cqr_intervals):
+    from hwgpt_bench.surrogates_onnx.evaluation import interval_metrics
 
     target = make_target(n_archs=1500, n_repeats=5, seed=3)
     recipe = training.Recipe(max_iter=60, max_leaf_nodes=8, variant="quantile")
     split = training.split_target(target, recipe)
-    with pipeline.quiet_mapie():
-        pred = Intervals(*training.fit_surrogate(split, "log", recipe).predict(split.x_test), recipe.levels)
+    pred = cqr_intervals(split, recipe)
     metrics = interval_metrics(pred, split.test_values)
     for level, coverage in metrics["coverage"].items():
         assert coverage == pytest.approx(float(level), abs=0.06), metrics["coverage"]
