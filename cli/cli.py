@@ -275,7 +275,13 @@ def _add_train_surrogates(sub) -> None:
     p.add_argument("--max-leaf-nodes", type=int, default=15, help="HGB leaves per tree (default 15)")
     p.add_argument("--variant", default="auto", choices=["auto", "quantile", "residual"], help="quantile models of the "
                    "target, of a point model's residuals, or per target the better of the two on an inner split of "
-                   "the training architectures (default auto)")
+                   "the fitting architectures (default auto)")
+    p.add_argument("--calibration", default="cross", choices=["cross", "split"], help="cross: fit on training + "
+                   "calibration architectures and conformalize their out-of-fold predictions; split: fit on training, "
+                   "conformalize on calibration (default cross)")
+    p.add_argument("--folds", type=int, default=5, help="architecture folds of the cross calibration (default 5)")
+    p.add_argument("--mondrian-bins", type=int, default=1, help="bins of calibration architectures by prediction, "
+                   "each with its own corrections, at most (default 1: none)")
     p.add_argument("--threads", type=int, default=1, help="OpenMP threads of the fits (default 1)")
     p.set_defaults(handler=_delegate("hwgpt_bench.surrogates_onnx.pipeline", "train_from_args"))
 
@@ -283,8 +289,9 @@ def _add_train_surrogates(sub) -> None:
 def _add_evaluate_surrogates(sub) -> None:
     p = sub.add_parser("evaluate-surrogates", help="evaluate trained surrogates on held-out architectures",
                        description="Coverage, width, interval score, worst-quintile coverage, Kendall tau, R^2 and "
-                       "+-10%% share of every model on its test architectures, the noise ceiling and two baselines "
-                       "(the paper's Gaussian, split conformal); writes a markdown report.")
+                       "+-10%% share of every model on its test architectures, the noise ceiling, two baselines "
+                       "(the paper's Gaussian, split conformal) and two alternatives of the CQR (split calibration, "
+                       "Mondrian bins) on the same splits; writes a markdown report.")
     p.add_argument("--dataset", default="dataset", help="release folder (default: dataset)")
     p.add_argument("--models", default="surrogates_onnx", help="folder with manifest.json and models/ (default: "
                    "surrogates_onnx)")

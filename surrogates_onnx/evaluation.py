@@ -7,11 +7,17 @@ Figures per model (all on the TEST architectures of the grouped split, units of 
 * ``width``: mean interval width; ``interval_score``: mean Winkler score ``(u - l) + 2/a (l - y)+ + 2/a (y - u)+``
   with ``a = 1 - level``; ``rel_interval_score``: the same divided by the median of the architectures' medians;
 * ``worst_quintile_coverage``: coverage at 0.9 in the worst of five bins of architectures by predicted point;
+* ``coverage_se``, ``worst_quintile_se``: standard errors of those estimates under exact calibration,
+  ``sqrt(level (1 - level) / n)`` for n architectures (an upper bound: several repeats per architecture only lower
+  it): a test set of 100 architectures cannot resolve a 0.03 coverage gap, so the report says both whether a model
+  meets the goals and whether its miss is within sampling error;
 * ``kendall_tau``, ``r2``, ``within_10pct`` (nn-Meter): the point against each architecture's median.
 
 Baselines fitted on the same splits: ``gaussian`` (the HW-GPT-Bench paper's approach: HGB models of each
 architecture's mean and log-std of repeats, interval ``mean +- z * std``) and ``split_conformal`` (an HGB point model
 in the same transformed space, absolute residuals on the same calibration draws, MAPIE ``SplitConformalRegressor``).
+Alternatives of the shipped CQR on the same splits: ``cqr_split`` (split instead of cross calibration) and
+``cqr_mondrian`` (5 Mondrian bins by prediction, at least ``min_bin_archs`` architectures each).
 ``noise`` is the ceiling: one held-out repeat per architecture predicted by the architecture's OTHER repeats (point:
 their median; interval: their empirical quantiles). Needs the ``surrogates`` extra (scikit-learn, scipy, MAPIE).
 """
@@ -19,6 +25,7 @@ their median; interval: their empirical quantiles). Needs the ``surrogates`` ext
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,13 +36,27 @@ import numpy as np
 from scipy.stats import kendalltau
 from threadpoolctl import threadpool_limits
 
-from hwgpt_bench.surrogates_onnx.training import Recipe, SplitData, forward, inverse, target_rng, winkler
+from hwgpt_bench.surrogates_onnx.training import (
+    Recipe,
+    SplitData,
+    fit_surrogate,
+    forward,
+    inverse,
+    skip_reason,
+    target_rng,
+    winkler,
+)
 
 log = logging.getLogger(__name__)
 
 GOAL_COVERAGE_GAP = 0.03  # |coverage - level| at every level
 GOAL_WORST_QUINTILE = 0.85  # worst-quintile coverage at 0.9
-METHODS = ("cqr", "gaussian", "split_conformal", "noise")
+#: z of the sampling-error allowance: family-wise 90% over the 4 levels (two-sided) and over the 5 quintiles (one-sided)
+Z_LEVELS = NormalDist().inv_cdf(1 - 0.1 / (2 * 4))
+Z_QUINTILES = NormalDist().inv_cdf(1 - 0.1 / 5)
+METHODS = ("cqr", "cqr_split", "cqr_mondrian", "gaussian", "split_conformal", "noise")
+#: the shipped recipe changed as each alternative of the CQR changes it
+ALTERNATIVES = {"cqr_split": {"calibration": "split"}, "cqr_mondrian": {"mondrian_bins": 5}}
 
 
 @dataclass
@@ -53,12 +74,21 @@ def _hits(values: list[np.ndarray], lower: np.ndarray, upper: np.ndarray) -> np.
     return np.array([np.mean((v >= lo) & (v <= up)) for v, lo, up in zip(values, lower, upper, strict=True)])
 
 
-def worst_quintile(point: np.ndarray, hits: np.ndarray, n_bins: int = 5) -> float:
-    """Lowest mean of ``hits`` over ``n_bins`` equal-count bins of architectures sorted by ``point``."""
+def null_standard_error(level: float, n_archs: int) -> float:
+    """Standard error of a coverage estimate from ``n_archs`` architectures under exact calibration at ``level``:
+    ``sqrt(level (1 - level) / n)``, the Bernoulli bound (each architecture's hit rate lies in [0, 1] with mean
+    ``level``; several repeats per architecture only lower it). nan without architectures."""
+    return float(np.sqrt(level * (1 - level) / n_archs)) if n_archs else float("nan")
+
+
+def worst_quintile(point: np.ndarray, hits: np.ndarray, n_bins: int = 5) -> tuple[float, int]:
+    """(lowest mean of ``hits``, architectures in that bin) over ``n_bins`` equal-count bins of architectures sorted
+    by ``point``."""
     if len(point) < n_bins:
-        return float("nan")
+        return float("nan"), 0
     bins = np.array_split(np.argsort(point, kind="stable"), n_bins)
-    return float(min(hits[b].mean() for b in bins))
+    worst = min(bins, key=lambda b: hits[b].mean())
+    return float(hits[worst].mean()), len(worst)
 
 
 def point_metrics(point: np.ndarray, medians: np.ndarray) -> dict[str, float]:
@@ -79,25 +109,36 @@ def interval_metrics(pred: Intervals, values: list[np.ndarray], medians: np.ndar
     """
     medians = np.array([np.median(v) for v in values]) if medians is None else medians
     scale = float(np.median(medians)) if len(medians) else float("nan")
-    out: dict = {"n_archs": len(values), "coverage": {}, "width": {}, "interval_score": {}, "rel_interval_score": {}}
+    out: dict = {"n_archs": len(values), "coverage": {}, "coverage_se": {}, "width": {}, "interval_score": {},
+                 "rel_interval_score": {}}
     for j, level in enumerate(pred.levels):
         key = f"{level:g}"
         hits = _hits(values, pred.lower[:, j], pred.upper[:, j])
         score = float(np.mean(winkler(values, pred.lower[:, j], pred.upper[:, j], level)))
         out["coverage"][key] = float(hits.mean())
+        out["coverage_se"][key] = null_standard_error(level, len(values))
         out["width"][key] = float(np.mean(pred.upper[:, j] - pred.lower[:, j]))
         out["interval_score"][key] = score
         out["rel_interval_score"][key] = score / scale if scale else float("nan")
         if abs(level - 0.9) < 1e-9:
-            out["worst_quintile_coverage"] = worst_quintile(pred.point, hits)
+            out["worst_quintile_coverage"], n_worst = worst_quintile(pred.point, hits)
+            out["worst_quintile_se"] = null_standard_error(level, n_worst)
     out.update(point_metrics(pred.point, medians))
     return out
 
 
-def meets_goals(metrics: dict) -> bool:
-    """Coverage within ``GOAL_COVERAGE_GAP`` of nominal at every level and worst quintile >= ``GOAL_WORST_QUINTILE``."""
-    gaps = [abs(c - float(level)) for level, c in metrics["coverage"].items()]
-    return max(gaps) <= GOAL_COVERAGE_GAP and metrics.get("worst_quintile_coverage", 1.0) >= GOAL_WORST_QUINTILE
+def meets_goals(metrics: dict, within_sampling_error: bool = False) -> bool:
+    """Coverage within ``GOAL_COVERAGE_GAP`` of nominal at every level and worst quintile >= ``GOAL_WORST_QUINTILE``;
+    with ``within_sampling_error``, each goal loosened by ``Z_LEVELS`` / ``Z_QUINTILES`` standard errors of its
+    estimate (a miss that the test set's size cannot tell from chance)."""
+    def allowance(z: float, se: float | None) -> float:
+        return z * se if within_sampling_error and se is not None and np.isfinite(se) else 0.0
+
+    se = metrics.get("coverage_se", {})
+    gaps_ok = all(abs(c - float(level)) <= GOAL_COVERAGE_GAP + allowance(Z_LEVELS, se.get(level))
+                  for level, c in metrics["coverage"].items())
+    worst = metrics.get("worst_quintile_coverage", 1.0)
+    return gaps_ok and worst >= GOAL_WORST_QUINTILE - allowance(Z_QUINTILES, metrics.get("worst_quintile_se"))
 
 
 # ---- baselines ------------------------------------------------------------------------------------------------------
@@ -150,9 +191,22 @@ def noise_ceiling(values: list[np.ndarray], levels: Sequence[float], rng: np.ran
     return interval_metrics(pred, held, medians=np.array([np.median(r) for r in rest]))
 
 
+def alternative_cqr(split: SplitData, transform: str, recipe: Recipe, target, changes: dict) -> Intervals | None:
+    """The CQR surrogate of ``recipe`` with ``changes`` fitted on the same split, on the test architectures; None
+    when the changes are no change or leave too few calibration architectures."""
+    alternative = dataclasses.replace(recipe, **changes)
+    if alternative == recipe or skip_reason(split, alternative, transform):
+        return None
+    fitted = fit_surrogate(split, transform, alternative, target_rng(target, recipe.seed, "variant"))
+    return Intervals(*fitted.predict(split.x_test), tuple(recipe.levels))
+
+
 def compare_methods(split: SplitData, transform: str, recipe: Recipe, cqr: Intervals, target) -> dict[str, dict]:
     """Figures of every method of ``METHODS`` on the test architectures of ``split`` (None where not applicable)."""
     out = {"cqr": interval_metrics(cqr, split.test_values)}
+    for name, changes in ALTERNATIVES.items():
+        pred = alternative_cqr(split, transform, recipe, target, changes)
+        out[name] = None if pred is None else interval_metrics(pred, split.test_values)
     gauss = gaussian_baseline(split, recipe)
     out["gaussian"] = None if gauss is None else interval_metrics(gauss, split.test_values)
     out["split_conformal"] = interval_metrics(split_conformal_baseline(split, transform, recipe), split.test_values)
@@ -175,16 +229,18 @@ def model_label(entry: dict) -> str:
 def coverage_table(results: list[dict], method: str = "cqr") -> list[str]:
     """Markdown rows: per model, coverage at each level, worst quintile, width and interval score at 0.9, point."""
     levels = sorted({lv for r in results for lv in r["methods"]["cqr"]["coverage"]}, key=float)
-    head = ["model", *[f"cov {lv}" for lv in levels], "worst-q cov 0.9", "width 0.9", "rel. IS 0.9", "tau", "R^2",
-            "+-10%", "goals"]
+    head = ["model", "test archs", *[f"cov {lv}" for lv in levels], "worst-q cov 0.9", "width 0.9", "rel. IS 0.9",
+            "tau", "R^2", "+-10%", "goals", "goals within sampling error"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         m = r["methods"][method]
         if m is None:
             continue
-        cells = [r["label"], *[_fmt(m["coverage"].get(lv)) for lv in levels], _fmt(m.get("worst_quintile_coverage")),
+        cells = [r["label"], str(m["n_archs"]), *[_fmt(m["coverage"].get(lv)) for lv in levels],
+                 _fmt(m.get("worst_quintile_coverage")),
                  _fmt(m["width"].get("0.9"), ".4g"), _fmt(m["rel_interval_score"].get("0.9")),
-                 _fmt(m["kendall_tau"]), _fmt(m["r2"]), _fmt(m["within_10pct"]), "yes" if meets_goals(m) else "no"]
+                 _fmt(m["kendall_tau"]), _fmt(m["r2"]), _fmt(m["within_10pct"]), "yes" if meets_goals(m) else "no",
+                 "yes" if meets_goals(m, within_sampling_error=True) else "no"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -235,16 +291,22 @@ def render_report(results: list[dict], header: dict) -> str:
              f"models from `{header.get('models')}`; split fractions {header.get('fractions')}, seed "
              f"{header.get('seed')}. Every figure is on the held-out TEST architectures.", "",
              f"Intervals cover {header.get('interval_covers')}. Goals: coverage within {GOAL_COVERAGE_GAP} of nominal "
-             f"at every level and worst-quintile coverage at 0.9 >= {GOAL_WORST_QUINTILE}.", "",
+             f"at every level and worst-quintile coverage at 0.9 >= {GOAL_WORST_QUINTILE}. `goals within sampling "
+             f"error` loosens each by {Z_LEVELS:.2f} (levels) / {Z_QUINTILES:.2f} (worst quintile) standard errors "
+             "of its estimate under exact calibration, sqrt(level (1 - level) / n) for n test architectures "
+             "(family-wise 90%; an upper bound, since several repeats per architecture lower it): a miss within that "
+             "allowance cannot be told from chance on a test set of this size.", "",
              "## Shipped models (CQR, ONNX)", "", *coverage_table(results), "",
              "## Noise ceiling (one held-out repeat predicted by the same architecture's other repeats)", "",
              "Read its point figures and widths: the empirical interval of a handful of repeats undercovers by "
              "construction, so its coverage (and `goals`) is not a target.", "",
              *coverage_table(results, "noise"), "",
              "## Method comparison on the same splits", "",
-             "gaussian = the paper's approach (HGB on mean and log-std of repeats, mean +- z std); split_conformal = "
-             "HGB point model + absolute residuals; rel. IS = Winkler interval score / median of the test "
-             "architectures' medians, averaged over levels.", "",
+             "cqr = the shipped models (cross-conformal CQR); cqr_split = the same with split calibration (fit on "
+             "the training architectures only, conformalize on the calibration ones); cqr_mondrian = the shipped "
+             "recipe with up to 5 Mondrian bins by prediction; gaussian = the paper's approach (HGB on mean and "
+             "log-std of repeats, mean +- z std); split_conformal = HGB point model + absolute residuals; rel. IS = "
+             "Winkler interval score / median of the test architectures' medians, averaged over levels.", "",
              *comparison_table(results), "", f"Wins on mean relative interval score: {win_counts(results)}", ""]
     return "\n".join(lines)
 

@@ -4,8 +4,9 @@ Each HGB model is converted with skl2onnx; its tree structure is then written as
 (ai.onnx.ml opset 5, onnxruntime >= 1.20) with scikit-learn's float64 thresholds and leaf values, so the graph
 computes what scikit-learn does (a float32 graph moves bounds by ~1e-7 relative, enough to flip the coverage of
 measurements that sit that close to a bound). The graph casts ``X`` to float64, concatenates the lower / upper
-quantile models, adds the point model in the ``residual`` variant, subtracts / adds the per-level conformal
-corrections (constants), optionally rearranges the bounds and applies ``exp`` for log-space metrics.
+quantile models, adds the point model in the ``residual`` variant, looks up the Mondrian bin of the point (the
+number of bin edges below it) and subtracts / adds that bin's per-level conformal corrections (constants),
+optionally rearranges the bounds and applies ``exp`` for log-space metrics.
 Input ``X`` float32 ``(N, n_features)``; outputs (float64) ``y_pred`` ``(N,)``, ``y_lower`` and ``y_upper``
 ``(N, n_levels)`` in the metric's units. Needs the ``surrogates`` extra (skl2onnx, onnx).
 """
@@ -154,30 +155,50 @@ def _identity_nodes() -> tuple[list, list]:
             helper.make_node("Identity", ["z_upper_c"], ["z_upper"], name="keep_upper")], []
 
 
+def _correction_nodes(fitted: FittedSurrogate, point: str) -> tuple[list, list, tuple[str, str]]:
+    """The per-level corrections of each row's Mondrian bin: (nodes, constants, names of the ``(N, n_levels)`` or
+    ``(n_levels,)`` lower / upper corrections). One bin: constants; several: ``bin = sum(point > edges)`` and a
+    ``Gather`` of that row of the ``(n_bins, n_levels)`` tables."""
+    if len(fitted.edges) == 0:
+        return [], [_const("conformal_correction_lower", fitted.corrections_lower[0]),
+                    _const("conformal_correction_upper", fitted.corrections_upper[0])], \
+            ("conformal_correction_lower", "conformal_correction_upper")
+    inits = [_const("bin_edges", np.asarray(fitted.edges).reshape(1, -1)),
+             _const("conformal_correction_lower", fitted.corrections_lower),
+             _const("conformal_correction_upper", fitted.corrections_upper),
+             numpy_helper.from_array(np.array([1], dtype=np.int64), "bin_axis")]
+    nodes = [helper.make_node("Greater", [point, "bin_edges"], ["above_edges"], name="compare_edges"),
+             helper.make_node("Cast", ["above_edges"], ["above_edges_i"], to=TensorProto.INT64, name="count_edges"),
+             helper.make_node("ReduceSum", ["above_edges_i", "bin_axis"], ["bin"], keepdims=0, name="bin_of_point"),
+             helper.make_node("Gather", ["conformal_correction_lower", "bin"], ["bin_correction_lower"], axis=0,
+                              name="lower_correction_of_bin"),
+             helper.make_node("Gather", ["conformal_correction_upper", "bin"], ["bin_correction_upper"], axis=0,
+                              name="upper_correction_of_bin")]
+    return nodes, inits, ("bin_correction_lower", "bin_correction_upper")
+
+
 def head_nodes(fitted: FittedSurrogate, point: str, lowers: list[str], uppers: list[str],
                base: str | None = None) -> tuple[list, list]:
-    """Nodes and constants after the trees: concat per level, (base offset), conformal shift, (rearrangement),
-    reshape, inverse transform."""
-    inits = [_const("conformal_correction_lower", fitted.corrections_lower),
-             _const("conformal_correction_upper", fitted.corrections_upper),
-             numpy_helper.from_array(np.array([-1], dtype=np.int64), "shape_flat")]
+    """Nodes and constants after the trees: concat per level, (base offset), Mondrian bin lookup, conformal shift,
+    (rearrangement), reshape, inverse transform."""
+    inits = [numpy_helper.from_array(np.array([-1], dtype=np.int64), "shape_flat")]
     offset, names = _offset_nodes(base, point)
+    lookup, corr_inits, (c_lower, c_upper) = _correction_nodes(fitted, names["point"])
     order, consts = _rearrange_nodes(names["point"], len(fitted.levels)) if fitted.rearrange else _identity_nodes()
     nodes = [
         helper.make_node("Concat", lowers, ["r_lower"], axis=1, name="concat_lower"),
         helper.make_node("Concat", uppers, ["r_upper"], axis=1, name="concat_upper"),
         *offset,
-        helper.make_node("Sub", [names["lower"], "conformal_correction_lower"], ["z_lower_c"],
-                         name="conformal_lower"),
-        helper.make_node("Add", [names["upper"], "conformal_correction_upper"], ["z_upper_c"],
-                         name="conformal_upper"),
+        *lookup,
+        helper.make_node("Sub", [names["lower"], c_lower], ["z_lower_c"], name="conformal_lower"),
+        helper.make_node("Add", [names["upper"], c_upper], ["z_upper_c"], name="conformal_upper"),
         *order,
         helper.make_node("Reshape", [names["point"], "shape_flat"], ["z_pred"], name="flatten_point"),
         *_maybe_exp(fitted.transform, "z_pred", "y_pred"),
         *_maybe_exp(fitted.transform, "z_lower", "y_lower"),
         *_maybe_exp(fitted.transform, "z_upper", "y_upper"),
     ]
-    return nodes, inits + consts
+    return nodes, inits + corr_inits + consts
 
 
 def build_onnx(fitted: FittedSurrogate, n_features: int, metadata: dict[str, object], name: str) -> onnx.ModelProto:

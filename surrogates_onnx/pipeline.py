@@ -118,9 +118,12 @@ def manifest_entry(target: Target, split: training.SplitData, fitted: training.F
         "transform": fitted.transform, "variant": fitted.models.variant,
         "variant_scores": fitted.selection_scores,
         "conformal_corrections": {"lower": fitted.corrections_lower.tolist(),
-                                  "upper": fitted.corrections_upper.tolist(),
-                                  "space": f"{fitted.transform} of the metric"},
-        "n_archs": {k: len(v) for k, v in split.ids.items()}, "n_train_rows": int(len(split.y_train)),
+                                  "upper": fitted.corrections_upper.tolist(), "bin_edges": fitted.edges.tolist(),
+                                  "shape": "[bin][level]; bin = number of bin_edges below the point",
+                                  "space": f"{fitted.transform} of the metric",
+                                  "calibration": fitted.calibration, "n_calibration_archs": fitted.n_calibration,
+                                  "symmetric": fitted.symmetric_correction},
+        "n_archs": {k: len(v) for k, v in split.ids.items()}, "n_train_rows": fitted.n_fit_rows,
         "repeats_per_arch": {"min": int(target.n_repeats.min()), "median": float(np.median(target.n_repeats)),
                              "max": int(target.n_repeats.max())},
         "test": test, "crossing_share_before_rearrangement": crossing, "parity": parity_result,
@@ -264,6 +267,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     """The ``Recipe`` of the CLI flags (defaults for flags not given)."""
     return Recipe(seed=args.seed, max_repeats_per_arch=args.max_repeats, max_iter=args.max_iter,
                   learning_rate=args.learning_rate, max_leaf_nodes=args.max_leaf_nodes, variant=args.variant,
+                  calibration=args.calibration, folds=args.folds, mondrian_bins=args.mondrian_bins,
                   threads=args.threads)
 
 

@@ -97,7 +97,8 @@ def small_recipe():
     """A fast recipe for tests (few boosting iterations)."""
     from hwgpt_bench.surrogates_onnx.training import Recipe
 
-    return Recipe(max_iter=40, learning_rate=0.15, max_leaf_nodes=8, min_samples_leaf=10, max_repeats_per_arch=5)
+    return Recipe(max_iter=40, learning_rate=0.15, max_leaf_nodes=8, min_samples_leaf=10, max_repeats_per_arch=5,
+                  folds=3)
 
 
 @pytest.fixture(scope="session")

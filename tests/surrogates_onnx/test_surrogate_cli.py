@@ -64,11 +64,17 @@ def test_predict_without_models_says_how_to_get_them(tmp_path, capsys):
 def test_train_and_evaluate_commands(synthetic_release, tmp_path, capsys):
     out = tmp_path / "surrogates"
     args = ["train-surrogates", "--dataset", str(synthetic_release), "--out", str(out), "--metric", "latency_ms",
-            "perplexity", "--device", "gpu-syn", "--max-iter", "30", "--max-leaf-nodes", "8"]
+            "perplexity", "--device", "gpu-syn", "--max-iter", "30", "--max-leaf-nodes", "8", "--folds", "3",
+            "--mondrian-bins", "2"]
     assert main(args) == 0
     assert "2 models" in capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["recipe"]["max_iter"] == 30
+    assert (manifest["recipe"]["calibration"], manifest["recipe"]["folds"], manifest["recipe"]["mondrian_bins"]) == (
+        "cross", 3, 2)
+    with pytest.raises(SystemExit):
+        main([*args[:-4], "--calibration", "magic"])
+    assert "argument --calibration: invalid choice: 'magic'" in capsys.readouterr().err
     report = tmp_path / "REPORT.md"
     assert main(["evaluate-surrogates", "--dataset", str(synthetic_release), "--models", str(out), "--report",
                  str(report)]) == 0

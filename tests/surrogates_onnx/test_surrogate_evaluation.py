@@ -28,7 +28,8 @@ def test_point_metrics_and_worst_quintile():
     off = evaluation.point_metrics(medians * 1.2, medians)
     assert off["kendall_tau"] == pytest.approx(1.0) and off["within_10pct"] == 0.0 and off["r2"] < 1
     hits = np.array([1.0] * 8 + [0.0, 0.5])  # the two largest points are poorly covered
-    assert evaluation.worst_quintile(np.arange(10.0), hits) == pytest.approx(0.25)
+    assert evaluation.worst_quintile(np.arange(10.0), hits) == (pytest.approx(0.25), 2)
+    assert evaluation.null_standard_error(0.9, 100) == pytest.approx(0.03)
 
 
 def test_meets_goals():
@@ -36,6 +37,11 @@ def test_meets_goals():
     assert evaluation.meets_goals(good)
     assert not evaluation.meets_goals({**good, "worst_quintile_coverage": 0.8})
     assert not evaluation.meets_goals({**good, "coverage": {"0.5": 0.45, "0.9": 0.9}})
+    noisy = {"coverage": {"0.5": 0.60, "0.9": 0.89}, "coverage_se": {"0.5": 0.05, "0.9": 0.03},
+             "worst_quintile_coverage": 0.75, "worst_quintile_se": 0.06}
+    assert not evaluation.meets_goals(noisy)
+    assert evaluation.meets_goals(noisy, within_sampling_error=True)  # 0.07 <= 0.03 + 2.24 * 0.05, 0.75 >= 0.85 - 0.12
+    assert not evaluation.meets_goals({**noisy, "worst_quintile_se": 0.04}, within_sampling_error=True)
 
 
 def test_noise_ceiling_uses_other_repeats():
@@ -48,13 +54,16 @@ def test_noise_ceiling_uses_other_repeats():
 
 def test_methods_are_compared_on_the_same_split(make_target, cqr_intervals):
     target = make_target(n_archs=300, n_repeats=4, seed=4)
-    recipe = training.Recipe(max_iter=30, max_leaf_nodes=8, variant="quantile")
+    recipe = training.Recipe(max_iter=30, max_leaf_nodes=8, variant="quantile", folds=3)
     split = training.split_target(target, recipe)
     cqr = cqr_intervals(split, recipe)
     with pipeline.quiet_mapie():
         methods = evaluation.compare_methods(split, "log", recipe, cqr, target)
     assert set(methods) == set(evaluation.METHODS)
-    for name in ("cqr", "gaussian", "split_conformal", "noise"):
+    assert methods["cqr_split"] != methods["cqr"] and methods["cqr_mondrian"] != methods["cqr"]
+    split_recipe = training.Recipe(**{**recipe.__dict__, "calibration": "split"})
+    assert evaluation.alternative_cqr(split, "log", split_recipe, target, {"calibration": "split"}) is None  # same
+    for name in evaluation.METHODS:
         assert methods[name]["n_archs"] == len(split.ids["test"])
         assert set(methods[name]["coverage"]) == {"0.5", "0.8", "0.9", "0.95"}
     results = [{"label": "gpt-nano / cpu / latency_ms / forward", "methods": methods}]

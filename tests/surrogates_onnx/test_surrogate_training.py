@@ -11,7 +11,13 @@ pytest.importorskip("skl2onnx")
 
 from hwgpt_bench.surrogates_onnx import export, pipeline, runtime, training  # noqa: E402
 
-FAST = training.Recipe(max_iter=30, learning_rate=0.2, max_leaf_nodes=8, min_samples_leaf=10, variant="quantile")
+FAST = training.Recipe(max_iter=30, learning_rate=0.2, max_leaf_nodes=8, min_samples_leaf=10, variant="quantile",
+                       folds=3)
+
+
+def recipe(**changes) -> training.Recipe:
+    """``FAST`` with ``changes``."""
+    return training.Recipe(**{**FAST.__dict__, **changes})
 
 
 def test_recipe_rejects_unknown_values():
@@ -21,6 +27,14 @@ def test_recipe_rejects_unknown_values():
         training.Recipe(train_on="means")
     with pytest.raises(ValueError, match="levels"):
         training.Recipe(levels=(0.9, 0.5))
+    with pytest.raises(ValueError, match=r"calibration: 'jackknife' is not allowed; allowed values: \['cross'"):
+        training.Recipe(calibration="jackknife")
+    with pytest.raises(ValueError, match="folds: 1 .* >= 2"):
+        training.Recipe(folds=1)
+    with pytest.raises(ValueError, match="mondrian_bins: 0 .* >= 1"):
+        training.Recipe(mondrian_bins=0)
+    with pytest.raises(ValueError, match="min_bin_archs: 30 .* >= 40"):
+        training.Recipe(min_bin_archs=30)
 
 
 def test_split_is_by_architecture_and_calibration_draws_one_repeat(make_target):
@@ -45,8 +59,8 @@ def test_max_repeats_caps_training_rows(make_target):
 
 
 def test_too_few_archs_or_non_positive_values_are_skip_reasons(make_target):
-    split = training.split_target(make_target(n_archs=30), FAST)
-    assert "training architectures" in training.skip_reason(split, FAST)
+    split = training.split_target(make_target(n_archs=20), FAST)
+    assert "fitting architectures" in training.skip_reason(split, FAST)
     target = make_target(n_archs=300)
     target.values[0] = target.values[0] * 0
     assert "log space" in training.skip_reason(training.split_target(target, FAST), FAST, "log")
@@ -56,14 +70,56 @@ def test_too_few_archs_or_non_positive_values_are_skip_reasons(make_target):
 def test_calibration_minimum_is_mapies_and_checked(make_target):
     assert [training.smallest_calibration_set(lv) for lv in (0.5, 0.8, 0.9, 0.95)] == [4, 10, 20, 40]
     assert training.smallest_calibration_set(0.95, symmetric=True) == 20
+    with pytest.raises(ValueError, match=r"min_calibration_archs: 19 .* allowed values: >= 20"):
+        training.Recipe(min_calibration_archs=19)
     with pytest.raises(ValueError, match=r"min_calibration_archs: 39 .* allowed values: >= 40"):
-        training.Recipe(min_calibration_archs=39)
-    assert training.Recipe(min_calibration_archs=20, symmetric_correction=True).min_calibration_archs == 20
-    recipe = training.Recipe()
-    small = training.split_target(make_target(n_archs=150), recipe)  # about 30 calibration architectures
-    assert "calibration architectures" in training.skip_reason(small, recipe)
-    large = training.split_target(make_target(n_archs=250), recipe)
-    assert len(large.ids["calibration"]) >= 40 and training.skip_reason(large, recipe) is None
+        training.Recipe(symmetric_fallback=False, min_calibration_archs=39)
+    split_only = recipe(calibration="split", symmetric_fallback=False, min_calibration_archs=40)
+    small = training.split_target(make_target(n_archs=150), split_only)  # about 30 calibration architectures
+    assert "calibration architectures" in training.skip_reason(small, split_only)
+    assert training.skip_reason(small, FAST) is None  # cross: training + calibration architectures calibrate
+
+
+def test_too_few_calibration_archs_for_two_corrections_fall_back_to_a_symmetric_one(make_target):
+    small = training.split_target(make_target(n_archs=36, seed=4), FAST)
+    n_cal = small.n_calibration("cross")
+    assert 20 <= n_cal < 40 and training.skip_reason(small, FAST) is None
+    with pipeline.quiet_mapie():
+        fitted = training.fit_surrogate(small, "log", FAST)
+        large = training.fit_surrogate(training.split_target(make_target(n_archs=80, seed=4), FAST), "log", FAST)
+    assert fitted.symmetric_correction and fitted.n_calibration == n_cal
+    np.testing.assert_allclose(fitted.corrections_lower, fitted.corrections_upper)  # one correction, both bounds
+    assert not large.symmetric_correction and large.n_calibration >= 40
+
+
+def test_folds_are_stable_balanced_and_exclude_the_scored_architecture(make_target):
+    ids = [f"a{i}" for i in range(1000)]
+    folds = training.fold_of(ids, 5, seed=0)
+    assert set(folds) == set(range(5)) and np.bincount(folds).min() > 150
+    np.testing.assert_array_equal(training.fold_of(ids[:100], 5, seed=0), folds[:100])  # adding archs moves none
+    assert not np.array_equal(training.fold_of(ids, 5, seed=1), folds)
+    target = make_target(n_archs=200, n_repeats=4, seed=5)
+    split = training.split_target(target, FAST)
+    cal = training.cross_calibration(split, "log", FAST, "quantile", np.random.default_rng(0))
+    x_archs, values, ids, draws = split.fitting_archs("cross")
+    assert len(cal.z) == len(ids) == len(split.ids["train"]) + len(split.ids["calibration"])
+    np.testing.assert_allclose(cal.z, np.log(draws))
+    # out of fold: the scored architectures were never fitted, so their errors exceed the in-sample errors
+    x, y = training.training_rows(x_archs, values, FAST, np.random.default_rng(0))
+    in_sample = training.fit_quantile_models(x, np.log(y), FAST, "quantile").predict(x_archs)[0]
+    medians = np.log([np.median(v) for v in values])
+    assert np.mean(np.abs(cal.point - medians)) > 1.1 * np.mean(np.abs(in_sample - medians))
+
+
+def test_bin_edges_lie_between_distinct_points():
+    point = np.array([1.0, 1.0, 1.0, 2.0, 2.0, 3.0, 4.0, 5.0, 5.0, 6.0])
+    edges = training.bin_edges(point, 3)
+    assert len(edges) == 2 and not np.isin(edges, point).any() and np.all(np.diff(edges) > 0)
+    np.testing.assert_array_equal(training.bin_index(np.array([0.0, 1.0, 2.5, 9.0]), np.array([1.5, 4.5])),
+                                  [0, 0, 1, 2])
+    assert training.bin_edges(np.ones(10), 5).size == 0  # no distinct neighbours: one bin
+    assert training.Recipe(mondrian_bins=5, min_bin_archs=80).n_bins(250) == 3
+    assert training.Recipe(mondrian_bins=5).n_bins(40) == 1
 
 
 def test_exported_trees_compute_what_scikit_learn_computes(tmp_path):
@@ -91,25 +147,33 @@ def test_exported_trees_compute_what_scikit_learn_computes(tmp_path):
 
 
 def _mapie_raw(fitted: training.FittedSurrogate, x: np.ndarray) -> tuple[np.ndarray, ...]:
-    """MAPIE's own predict_interval per level, stacked, inverse-transformed (no rearrangement)."""
-    lows, ups = [], []
-    for cqr in fitted.conformalizers:
-        point, bounds = cqr.predict_interval(x)
-        lows.append(bounds[:, 0, 0])
-        ups.append(bounds[:, 1, 0])
-    return tuple(training.inverse(fitted.transform, a) for a in (point, np.stack(lows, 1), np.stack(ups, 1)))
+    """MAPIE's own predict_interval per level on each row's bin, stacked, inverse-transformed (no rearrangement)."""
+    point, lows, ups = fitted.models.predict(x)
+    bins = training.bin_index(point, fitted.edges)
+    lower, upper = np.zeros_like(lows), np.zeros_like(ups)
+    for i, b in enumerate(bins):
+        for j, cqr in enumerate(fitted.conformalizers[b]):
+            _, bounds = cqr.predict_interval(training.quantile_columns(point[i:i + 1], lows[i:i + 1], ups[i:i + 1], j),
+                                             symmetric_correction=fitted.symmetric_correction)
+            lower[i, j], upper[i, j] = bounds[0, 0, 0], bounds[0, 1, 0]
+    return tuple(training.inverse(fitted.transform, a) for a in (point, lower, upper))
 
 
-@pytest.mark.parametrize("variant", ["quantile", "residual"])
-@pytest.mark.parametrize("rearrange", [True, False])
-def test_onnx_matches_mapie_on_test_architectures(make_target, tmp_path, variant, rearrange):
+@pytest.mark.parametrize(("variant", "rearrange", "calibration", "bins"), [
+    ("quantile", True, "cross", 1), ("residual", False, "cross", 1), ("residual", True, "split", 1),
+    ("quantile", False, "cross", 3), ("residual", True, "cross", 3)])
+def test_onnx_matches_mapie_on_test_architectures(make_target, tmp_path, variant, rearrange, calibration, bins):
     target = make_target(n_archs=260, n_repeats=4, seed=1)
-    recipe = training.Recipe(**{**FAST.__dict__, "variant": variant, "rearrange": rearrange})
-    split = training.split_target(target, recipe)
+    fast = recipe(variant=variant, rearrange=rearrange, calibration=calibration, mondrian_bins=bins, min_bin_archs=40)
+    split = training.split_target(target, fast)
     with pipeline.quiet_mapie():
-        fitted = training.fit_surrogate(split, "log", recipe)
+        fitted = training.fit_surrogate(split, "log", fast)
         reference = fitted.predict(split.x_test)
         raw = _mapie_raw(fitted, split.x_test)
+    assert len(fitted.edges) == bins - 1 and fitted.corrections_lower.shape == (bins, 4)
+    if bins > 1:  # the bins get their own corrections and the test architectures fall in every bin
+        assert np.ptp(fitted.corrections_upper[:, -1]) > 0
+        assert set(training.bin_index(np.log(reference[0]), fitted.edges)) == set(range(bins))
     model = export.build_onnx(fitted, split.x_test.shape[1], {"unit": "ms"}, "t")
     path = export.save_onnx(model, tmp_path / "m.onnx")
     out = runtime.open_session(path).run(list(runtime.OUTPUTS), {"X": split.x_test})
@@ -131,10 +195,10 @@ def test_measurements_exactly_on_mapie_bounds_stay_inside(make_target, tmp_path)
     """Trees are piecewise constant and measurements discretised, so exact ties with a bound happen; the tie margin
     keeps them inside the graph's interval whatever the summation order, as they are inside MAPIE's (inclusive)."""
     target = make_target(n_archs=260, n_repeats=4, seed=6)
-    recipe = training.Recipe(**{**FAST.__dict__, "rearrange": False})
-    split = training.split_target(target, recipe)
+    exact = recipe(rearrange=False)
+    split = training.split_target(target, exact)
     with pipeline.quiet_mapie():
-        fitted = training.fit_surrogate(split, "log", recipe)
+        fitted = training.fit_surrogate(split, "log", exact)
         _, raw_low, raw_up = _mapie_raw(fitted, split.x_test)
     path = export.save_onnx(export.build_onnx(fitted, split.x_test.shape[1], {}, "t"), tmp_path / "m.onnx")
     _, low, up = runtime.open_session(path).run(list(runtime.OUTPUTS), {"X": split.x_test})
@@ -155,12 +219,12 @@ def test_identity_transform_for_accuracy(make_target, tmp_path):
         np.testing.assert_allclose(out[0], fitted.predict(split.x_test)[0], rtol=1e-4)
 
 
-def test_auto_variant_chooses_on_training_archs_only(make_target):
+def test_auto_variant_chooses_on_fitting_archs_only(make_target):
     target = make_target(n_archs=260, n_repeats=4, seed=2)
-    recipe = training.Recipe(**{**FAST.__dict__, "variant": "auto"})
-    split = training.split_target(target, recipe)
+    auto = recipe(variant="auto")
+    split = training.split_target(target, auto)
     with pipeline.quiet_mapie():
-        fitted = training.fit_surrogate(split, "log", recipe)
+        fitted = training.fit_surrogate(split, "log", auto)
     assert fitted.models.variant in training.VARIANTS
     assert set(fitted.selection_scores) == set(training.VARIANTS)
     assert fitted.models.variant == min(fitted.selection_scores, key=fitted.selection_scores.get)
@@ -171,9 +235,9 @@ def test_coverage_of_single_new_measurements_is_near_nominal(make_target, cqr_in
     from hwgpt_bench.surrogates_onnx.evaluation import interval_metrics
 
     target = make_target(n_archs=1500, n_repeats=5, seed=3)
-    recipe = training.Recipe(max_iter=60, max_leaf_nodes=8, variant="quantile")
-    split = training.split_target(target, recipe)
-    pred = cqr_intervals(split, recipe)
+    slow = training.Recipe(max_iter=60, max_leaf_nodes=8, variant="quantile")
+    split = training.split_target(target, slow)
+    pred = cqr_intervals(split, slow)
     metrics = interval_metrics(pred, split.test_values)
     for level, coverage in metrics["coverage"].items():
         assert coverage == pytest.approx(float(level), abs=0.06), metrics["coverage"]
@@ -199,7 +263,9 @@ def test_manifest_lists_every_measured_target_with_its_facts(trained, synthetic_
         assert m["unit"] and "single new measurement" in m["interval_covers"]
         assert set(m["test"]["coverage"]) == {"0.5", "0.8", "0.9", "0.95"} and "worst_quintile_coverage" in m["test"]
         assert m["parity"]["coverage_flips"] == 0 and max(m["parity"]["max_rel_diff"].values()) < 1e-4
-        assert m["n_archs"]["calibration"] >= 40
+        corrections = m["conformal_corrections"]
+        assert corrections["calibration"] == "cross" and corrections["n_calibration_archs"] >= 40
+        assert np.shape(corrections["lower"]) == (len(corrections["bin_edges"]) + 1, 4)
         assert m["dataset_version"] == "0.0.1"
         assert m["dataset_manifest_sha256"] == manifest["dataset"]["manifest_sha256"]
         assert m["variant"] in training.VARIANTS and m["transform"] == training.TRANSFORMS[m["metric"]]
