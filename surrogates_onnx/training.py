@@ -270,9 +270,10 @@ def split_target(target: Target, recipe: Recipe) -> SplitData:
 
 def skip_reason(split: SplitData, recipe: Recipe, transform: str = "identity") -> str | None:
     """Why a target cannot be trained (too few architectures, non-positive values in log space), or None."""
-    _, values, ids, _ = split.fitting_archs(recipe.calibration)
+    ids = split.fitting_archs(recipe.calibration)[2]
     n_cal = split.n_calibration(recipe.calibration)
-    if transform == "log" and any(len(v) and np.min(v) <= 0 for v in [*values, *split.test_values]):
+    values = [*split.train_values, *split.cal_values, *split.test_values]  # every split: all are transformed
+    if transform == "log" and any(len(v) and np.min(v) <= 0 for v in values):
         return "values <= 0 cannot be fitted in log space"
     if len(ids) < recipe.min_train_archs:
         return f"{len(ids)} fitting architectures (< {recipe.min_train_archs})"
@@ -409,10 +410,10 @@ def bin_edges(point: np.ndarray, n_bins: int) -> np.ndarray:
     """``(n_bins - 1,)`` edges of equal-count bins of the calibration points ``(k,)``: midpoints between neighbouring
     DISTINCT sorted points (so no point sits on an edge), ascending, without duplicates."""
     s = np.sort(point)
+    distinct = np.flatnonzero(s[1:] > s[:-1]) + 1  # positions c with s[c - 1] < s[c]
     edges = []
     for b in range(1, n_bins):
         c = round(len(s) * b / n_bins)
-        distinct = np.flatnonzero(s[1:] > s[:-1]) + 1  # positions c with s[c - 1] < s[c]
         if len(distinct):
             c = distinct[np.argmin(np.abs(distinct - c))]
             edges.append((s[c - 1] + s[c]) / 2)

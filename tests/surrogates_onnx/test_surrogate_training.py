@@ -65,6 +65,11 @@ def test_too_few_archs_or_non_positive_values_are_skip_reasons(make_target):
     target.values[0] = target.values[0] * 0
     assert "log space" in training.skip_reason(training.split_target(target, FAST), FAST, "log")
     assert training.skip_reason(training.split_target(target, FAST), FAST, "identity") is None
+    split_only = recipe(calibration="split")
+    target = make_target(n_archs=300)
+    calibration_arch = training.split_target(target, split_only).ids["calibration"][0]
+    target.values[target.arch_ids.index(calibration_arch)] *= 0  # split: calibration values are transformed too
+    assert "log space" in training.skip_reason(training.split_target(target, split_only), split_only, "log")
 
 
 def test_calibration_minimum_is_mapies_and_checked(make_target):
