@@ -32,16 +32,19 @@ def per_arch_latency(root: str | Path = "dataset") -> pl.DataFrame:
 
 
 def main_workload(frame: pl.DataFrame) -> pl.DataFrame:
-    """Rows of the most-measured forward workload per (space, device): the comparable core of the release."""
+    """Rows of the most-measured forward workload per (space, device): the comparable core of the release (ties go
+    to the smaller batch, then the shorter sequence, then the dtype's name)."""
     counts = (frame.filter(pl.col("phase") == MAIN_PHASE)
               .group_by("space", "device_id", "batch_size", "seq_len", "dtype").len()
-              .sort("len", descending=True).unique(["space", "device_id"], keep="first", maintain_order=True))
+              .sort(["len", "batch_size", "seq_len", "dtype"], descending=[True, False, False, False])
+              .unique(["space", "device_id"], keep="first", maintain_order=True))
     return frame.join(counts.drop("len"), on=["space", "device_id", "batch_size", "seq_len", "dtype"], how="semi")\
         .filter(pl.col("phase") == MAIN_PHASE)
 
 
 def space_device_summary(frame: pl.DataFrame) -> pl.DataFrame:
-    """Per (space, device) on the main workload: archs, latency quantiles (ms), median relative IQR, memory (MiB)."""
+    """Per (space, device) on the main workload: archs, latency quantiles (ms), median and 90th percentile of the
+    relative IQR of the repeats (unitless), median peak memory (MiB)."""
     workload = pl.format("b{} s{} {}", "batch_size", "seq_len", "dtype").alias("workload")
     return (main_workload(frame).group_by("space", "device_id", workload)
             .agg(pl.len().alias("archs"),
@@ -49,8 +52,32 @@ def space_device_summary(frame: pl.DataFrame) -> pl.DataFrame:
                  pl.col("latency_ms_median").median().alias("lat_p50_ms"),
                  pl.col("latency_ms_median").quantile(0.9).alias("lat_p90_ms"),
                  pl.col("rel_iqr").median().alias("rel_iqr_p50"),
+                 pl.col("rel_iqr").quantile(0.9).alias("rel_iqr_p90"),
                  pl.col("peak_memory_mib").median().alias("mem_p50_mib"))
             .sort("device_id", "space"))
+
+
+def workload_scaling(frame: pl.DataFrame) -> pl.DataFrame:
+    """How latency scales with the workload, on the architectures measured in more than one workload.
+
+    One row per (space, device, phase, batch_size, seq_len, dtype) with: ``archs``; ``lat_p50_ms``, the median over
+    those architectures of their median latency (ms); ``ms_per_token``, the same per token processed (ms; batch x
+    seq_len tokens for ``forward`` and ``prefill``, batch_size for ``decode``: one new token per sequence); and
+    ``ratio_to_main``, the median of each architecture's latency divided by its own main-workload latency (unitless).
+    Empty when no architecture has more than one workload.
+    """
+    keys = ["space", "device_id", "phase", "batch_size", "seq_len", "dtype"]
+    main = main_workload(frame).select("arch_id", "device_id", pl.col("latency_ms_median").alias("main_ms"))
+    several = frame.group_by("arch_id", "device_id").len().filter(pl.col("len") > 1).drop("len")
+    tokens = pl.when(pl.col("phase") == "decode").then(pl.col("batch_size")) \
+        .otherwise(pl.col("batch_size") * pl.col("seq_len"))
+    return (frame.join(several, on=["arch_id", "device_id"], how="semi")
+            .join(main, on=["arch_id", "device_id"], how="inner")
+            .group_by(keys)
+            .agg(pl.len().alias("archs"), pl.col("latency_ms_median").median().alias("lat_p50_ms"),
+                 (pl.col("latency_ms_median") / tokens).median().alias("ms_per_token"),
+                 (pl.col("latency_ms_median") / pl.col("main_ms")).median().alias("ratio_to_main"))
+            .sort(keys))
 
 
 def pareto_front(frame: pl.DataFrame, x: str, y: str) -> pl.DataFrame:
@@ -134,6 +161,21 @@ def plot_noise_vs_size(frame: pl.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_workload_scaling(scaling: pl.DataFrame, path: Path) -> Path:
+    """Median latency against sequence length, one line per (space, device, phase, batch size), log-log axes."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, group in scaling.group_by("space", "device_id", "phase", "batch_size", maintain_order=True):
+        space, device, phase, batch = key
+        group = group.sort("seq_len")
+        ax.plot(group["seq_len"], group["lat_p50_ms"], marker="o", ms=3,
+                label=f"{space} {device} {phase} b{batch} ({group['archs'].min()} archs)")
+    ax.set(xscale="log", yscale="log", xlabel="sequence length (tokens)", ylabel="median latency (ms)",
+           title="Latency vs workload (architectures measured in several workloads)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,11 +187,15 @@ def _save(fig, path: Path) -> Path:
 
 
 def write_figures(root: str | Path, out: str | Path) -> list[Path]:
-    """The release figures: latency distribution, repeat noise vs size, perplexity-latency Pareto front."""
+    """The release figures: latency distribution, repeat noise vs size, latency vs workload (where architectures
+    have several workloads), perplexity-latency Pareto front (where the release has perplexity)."""
     frame = per_arch_latency(root)
     out = Path(out)
     paths = [plot_latency_distribution(frame, out / "latency_distribution.png"),
              plot_noise_vs_size(frame, out / "noise_vs_size.png")]
+    scaling = workload_scaling(frame)
+    if scaling.height:
+        paths.append(plot_workload_scaling(scaling, out / "workload_scaling.png"))
     ppl = perplexity_latency(root)
     if ppl.height:
         paths.append(plot_pareto(ppl, out / "pareto_gpt_nano.png"))
@@ -170,6 +216,11 @@ def demo_from_args(args: argparse.Namespace) -> int:
         print(f"# Per space and device (main workload: {MAIN_PHASE}, per-architecture medians of the repeats)")
         print(space_device_summary(frame))
         print(f"wrote {plot_latency_distribution(frame, Path(args.out) / 'latency_distribution.png')}")
+        scaling = workload_scaling(frame)
+        if scaling.height:
+            print("\n# Latency vs workload (architectures measured in several workloads; medians over them; "
+                  "ratio to each architecture's main workload)")
+            print(scaling)
         ppl = perplexity_latency(args.dataset)
         if not ppl.height:
             print("no perplexity rows in this release yet: no perplexity-latency Pareto front")

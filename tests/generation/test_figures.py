@@ -4,7 +4,14 @@ import polars as pl
 import pytest
 
 from hwgpt_bench.cli import main
-from hwgpt_bench.generation.figures import pareto_front, per_arch_latency, space_device_summary, write_figures
+from hwgpt_bench.generation.figures import (
+    main_workload,
+    pareto_front,
+    per_arch_latency,
+    space_device_summary,
+    workload_scaling,
+    write_figures,
+)
 
 pytest.importorskip("matplotlib")
 
@@ -20,11 +27,27 @@ def test_summary_counts_architectures_per_space_and_device(release):
     assert table["archs"].to_list() == [5, 5]
     assert (table["lat_p10_ms"] <= table["lat_p50_ms"]).all()
     assert (table["lat_p50_ms"] <= table["lat_p90_ms"]).all()
+    assert (table["rel_iqr_p50"] <= table["rel_iqr_p90"]).all()
+
+
+def test_workload_scaling_compares_each_architecture_with_its_main_workload(release):
+    frame = per_arch_latency(release)
+    scaling = workload_scaling(frame)
+    # the synthetic release measures every architecture at batch 1 and 2 on each device: a tie, which goes to the
+    # smaller batch, so batch 1 is the main workload and its ratio is 1
+    assert scaling.height == 4 and set(scaling["batch_size"]) == {1, 2} and (scaling["archs"] == 5).all()
+    assert (scaling.filter(pl.col("batch_size") == 1)["ratio_to_main"] == 1.0).all()
+    one = frame.filter(pl.col("batch_size") == 2, pl.col("device_id") == scaling["device_id"][0])
+    expected = (one["latency_ms_median"] / (2 * 256)).median()
+    got = scaling.filter(pl.col("batch_size") == 2, pl.col("device_id") == scaling["device_id"][0])["ms_per_token"]
+    assert got.item() == pytest.approx(expected)
+    assert workload_scaling(main_workload(frame)).height == 0  # one workload per architecture: nothing to compare
 
 
 def test_figures_are_written_as_png(release, tmp_path):
     paths = write_figures(release, tmp_path)
-    assert [p.name for p in paths] == ["latency_distribution.png", "noise_vs_size.png", "pareto_gpt_nano.png"]
+    assert [p.name for p in paths] == ["latency_distribution.png", "noise_vs_size.png", "workload_scaling.png",
+                                       "pareto_gpt_nano.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
 
 
