@@ -280,8 +280,9 @@ def _add_train_surrogates(sub) -> None:
                    "calibration architectures and conformalize their out-of-fold predictions; split: fit on training, "
                    "conformalize on calibration (default cross)")
     p.add_argument("--folds", type=int, default=5, help="architecture folds of the cross calibration (default 5)")
-    p.add_argument("--mondrian-bins", type=int, default=1, help="bins of calibration architectures by prediction, "
-                   "each with its own corrections, at most (default 1: none)")
+    p.add_argument("--mondrian-bins", type=int, default=5, help="bins of calibration architectures by prediction, "
+                   "each with its own corrections, at most; fewer where a bin would hold fewer architectures than the "
+                   "recipe's min_bin_archs (default 5; 1: one correction for the whole space)")
     p.add_argument("--threads", type=int, default=1, help="OpenMP threads of the fits (default 1)")
     p.set_defaults(handler=_delegate("hwgpt_bench.surrogates_onnx.pipeline", "train_from_args"))
 

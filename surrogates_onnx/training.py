@@ -118,8 +118,8 @@ class Recipe:
     train_on: str = "repeats"
     calibration: str = "cross"
     folds: int = 5
-    mondrian_bins: int = 1
-    min_bin_archs: int = 80
+    mondrian_bins: int = 5
+    min_bin_archs: int = 150
     symmetric_correction: bool = False
     symmetric_fallback: bool = True
     rearrange: bool = True

@@ -54,15 +54,18 @@ def test_noise_ceiling_uses_other_repeats():
 
 def test_methods_are_compared_on_the_same_split(make_target, cqr_intervals):
     target = make_target(n_archs=300, n_repeats=4, seed=4)
-    recipe = training.Recipe(max_iter=30, max_leaf_nodes=8, variant="quantile", folds=3)
+    recipe = training.Recipe(max_iter=30, max_leaf_nodes=8, variant="quantile", folds=3, min_bin_archs=80)
     split = training.split_target(target, recipe)
     cqr = cqr_intervals(split, recipe)
     with pipeline.quiet_mapie():
         methods = evaluation.compare_methods(split, "log", recipe, cqr, target)
     assert set(methods) == set(evaluation.METHODS)
-    assert methods["cqr_split"] != methods["cqr"] and methods["cqr_mondrian"] != methods["cqr"]
+    assert methods["cqr_split"] != methods["cqr"] and methods["cqr_pooled"] != methods["cqr"]
     split_recipe = training.Recipe(**{**recipe.__dict__, "calibration": "split"})
     assert evaluation.alternative_cqr(split, "log", split_recipe, target, {"calibration": "split"}) is None  # same
+    # 240 calibration architectures make one bin of at least 150: pooling changes nothing, so it is not refitted
+    one_bin = training.Recipe(**{**recipe.__dict__, "min_bin_archs": 150})
+    assert evaluation.alternative_cqr(split, "log", one_bin, target, {"mondrian_bins": 1}) is None
     for name in evaluation.METHODS:
         assert methods[name]["n_archs"] == len(split.ids["test"])
         assert set(methods[name]["coverage"]) == {"0.5", "0.8", "0.9", "0.95"}

@@ -125,6 +125,8 @@ def test_bin_edges_lie_between_distinct_points():
     assert training.bin_edges(np.ones(10), 5).size == 0  # no distinct neighbours: one bin
     assert training.Recipe(mondrian_bins=5, min_bin_archs=80).n_bins(250) == 3
     assert training.Recipe(mondrian_bins=5).n_bins(40) == 1
+    # the default: up to 5 bins of at least 150 calibration architectures
+    assert [training.Recipe().n_bins(n) for n in (240, 400, 1600)] == [1, 2, 5]
 
 
 def test_exported_trees_compute_what_scikit_learn_computes(tmp_path):
