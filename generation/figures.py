@@ -170,8 +170,12 @@ def plot_workload_scaling(scaling: pl.DataFrame, path: Path) -> Path:
         group = group.sort("seq_len")
         ax.plot(group["seq_len"], group["lat_p50_ms"], marker="o", ms=3,
                 label=f"{space} {device} {phase} b{batch} ({group['archs'].min()} archs)")
-    ax.set(xscale="log", yscale="log", xlabel="sequence length (tokens)", ylabel="median latency (ms)",
+    ax.set(yscale="log", xlabel="sequence length (tokens)", ylabel="median latency (ms)",
            title="Latency vs workload (architectures measured in several workloads)")
+    ax.set_xscale("log", base=2)
+    seq_lens = sorted(set(scaling["seq_len"].to_list()))
+    ax.set_xticks(seq_lens, [str(v) for v in seq_lens])
+    ax.xaxis.set_minor_locator(_plt().NullLocator())
     ax.legend(fontsize=7)
     return _save(fig, path)
 
