@@ -21,10 +21,11 @@ Needs the ``surrogates`` extra (scikit-learn, MAPIE). Per target (space, device,
      would give (0.8 instead of 0.2 of the space), which matters for the small spaces;
    * ``split``: models fitted on the training architectures, scored on the calibration ones (plain split CQR).
 
-   The calibration architectures are optionally binned by their point prediction (Mondrian conformal prediction,
-   ``mondrian_bins``): each bin gets its own corrections, so that coverage holds per range of the metric and not only
-   on average. Too few calibration architectures for one correction per bound (``n < 2 / (1 - level)``) fall back
-   to one symmetric correction (``n >= 1 / (1 - level)``).
+   The calibration architectures are binned by their point prediction (Mondrian conformal prediction,
+   ``mondrian_bins``, by default up to 5 bins of at least ``min_bin_archs`` = 150): each bin gets its own
+   corrections, so that coverage holds per range of the metric and not only on average. Too few calibration
+   architectures for one correction per bound (``n < 2 / (1 - level)``) fall back to one symmetric correction
+   (``n >= 1 / (1 - level)``).
 
 The conformal corrections are constants per (bin, level); ``export`` bakes them, the bin edges and the inverse
 transform into one ONNX graph. ``FittedSurrogate.predict`` is the Python (MAPIE) reference that the graph must
