@@ -292,7 +292,7 @@ def _add_evaluate_surrogates(sub) -> None:
                        description="Coverage, width, interval score, worst-quintile coverage, Kendall tau, R^2 and "
                        "+-10%% share of every model on its test architectures, the noise ceiling, two baselines "
                        "(the paper's Gaussian, split conformal) and two alternatives of the CQR (split calibration, "
-                       "Mondrian bins) on the same splits; writes a markdown report.")
+                       "one pooled correction instead of Mondrian bins) on the same splits; writes a markdown report.")
     p.add_argument("--dataset", default="dataset", help="release folder (default: dataset)")
     p.add_argument("--models", default="surrogates_onnx", help="folder with manifest.json and models/ (default: "
                    "surrogates_onnx)")
