@@ -15,7 +15,8 @@ Figures per model (all on the TEST architectures of the grouped split, units of 
 
 Baselines fitted on the same splits: ``gaussian`` (the HW-GPT-Bench paper's approach: HGB models of each
 architecture's mean and log-std of repeats, interval ``mean +- z * std``) and ``split_conformal`` (an HGB point model
-in the same transformed space, absolute residuals on the same calibration draws, MAPIE ``SplitConformalRegressor``).
+in the same transformed space, absolute residuals on the same calibration draws, MAPIE ``SplitConformalRegressor``;
+n/a where the split leaves fewer calibration architectures than the top level needs).
 Alternatives of the shipped CQR on the same splits: ``cqr_split`` (split instead of cross calibration) and
 ``cqr_pooled`` (one correction for the whole space instead of Mondrian bins by prediction; only where the shipped
 recipe uses more than one bin).
@@ -44,6 +45,7 @@ from hwgpt_bench.surrogates_onnx.training import (
     forward,
     inverse,
     skip_reason,
+    smallest_calibration_set,
     target_rng,
     winkler,
 )
@@ -162,10 +164,17 @@ def gaussian_baseline(split: SplitData, recipe: Recipe) -> Intervals | None:
     return Intervals(mu, mu[:, None] - z * sd[:, None], mu[:, None] + z * sd[:, None], tuple(recipe.levels))
 
 
-def split_conformal_baseline(split: SplitData, transform: str, recipe: Recipe) -> Intervals:
+def split_conformal_baseline(split: SplitData, transform: str, recipe: Recipe) -> Intervals | None:
     """Plain split conformal: HGB point model (squared error, transformed space, same training rows as CQR) and
-    absolute residuals of the same calibration draws (MAPIE ``SplitConformalRegressor``, prefit)."""
+    absolute residuals of the same calibration draws (MAPIE ``SplitConformalRegressor``, prefit); None when the
+    split has fewer calibration architectures than MAPIE needs for the top level (``1 / (1 - level)``, 20 at 0.95)."""
     from mapie.regression import SplitConformalRegressor
+
+    needed = smallest_calibration_set(max(recipe.levels), symmetric=True)
+    if len(split.cal_values) < needed:
+        log.info("split_conformal: %d calibration architectures (< %d for level %g): n/a", len(split.cal_values),
+                 needed, max(recipe.levels))
+        return None
 
     with threadpool_limits(limits=recipe.threads):
         model = recipe.hgb("squared_error").fit(split.x_train, forward(transform, split.y_train))
@@ -218,7 +227,8 @@ def compare_methods(split: SplitData, transform: str, recipe: Recipe, cqr: Inter
         out[name] = None if pred is None else interval_metrics(pred, split.test_values)
     gauss = gaussian_baseline(split, recipe)
     out["gaussian"] = None if gauss is None else interval_metrics(gauss, split.test_values)
-    out["split_conformal"] = interval_metrics(split_conformal_baseline(split, transform, recipe), split.test_values)
+    plain = split_conformal_baseline(split, transform, recipe)
+    out["split_conformal"] = None if plain is None else interval_metrics(plain, split.test_values)
     out["noise"] = noise_ceiling(split.test_values, recipe.levels, target_rng(target, recipe.seed, "noise"))
     return out
 
@@ -315,8 +325,9 @@ def render_report(results: list[dict], header: dict) -> str:
              "with split calibration (fit on the training architectures only, conformalize on the calibration ones); "
              "cqr_pooled = the same with one correction for the whole space instead of Mondrian bins (n/a where the "
              "shipped model has one bin); gaussian = the paper's approach (HGB on mean and log-std of repeats, "
-             "mean +- z std); split_conformal = HGB point model + absolute residuals; rel. IS = Winkler interval "
-             "score / median of the test architectures' medians, averaged over levels.", "",
+             "mean +- z std); split_conformal = HGB point model + absolute residuals; cqr_split and split_conformal "
+             "are n/a where the split leaves too few calibration architectures for the top level; rel. IS = Winkler "
+             "interval score / median of the test architectures' medians, averaged over levels.", "",
              *comparison_table(results), "", f"Wins on mean relative interval score: {win_counts(results)}", ""]
     return "\n".join(lines)
 

@@ -75,6 +75,19 @@ def test_methods_are_compared_on_the_same_split(make_target, cqr_intervals):
     assert sum(evaluation.win_counts(results).values()) == 1
 
 
+def test_split_baselines_need_enough_calibration_architectures(make_target, cqr_intervals):
+    target = make_target(n_archs=50, n_repeats=3, seed=6)  # 10 calibration architectures: too few for 0.95
+    recipe = training.Recipe(max_iter=30, max_leaf_nodes=8, variant="quantile", folds=3)
+    split = training.split_target(target, recipe)
+    needed = training.smallest_calibration_set(0.95, symmetric=True)
+    assert len(split.cal_values) < needed <= split.n_calibration("cross")
+    assert evaluation.split_conformal_baseline(split, "log", recipe) is None
+    with pipeline.quiet_mapie():
+        methods = evaluation.compare_methods(split, "log", recipe, cqr_intervals(split, recipe), target)
+    assert methods["split_conformal"] is None and methods["cqr_split"] is None
+    assert methods["cqr"]["n_archs"] == len(split.ids["test"]) and methods["gaussian"] is not None
+
+
 def test_gaussian_baseline_needs_repeats(make_target):
     target = make_target(n_archs=200, n_repeats=1, seed=5)
     split = training.split_target(target, training.Recipe())
