@@ -156,8 +156,8 @@ def gaussian_baseline(split: SplitData, recipe: Recipe) -> Intervals | None:
     means = np.array([v.mean() for v in values])
     stds = np.array([max(v.std(ddof=1), 1e-6 * abs(v.mean())) if len(v) >= 2 else np.nan for v in values])
     with threadpool_limits(limits=recipe.threads):
-        mean_model = recipe.hgb("squared_error").fit(features, means)
-        std_model = recipe.hgb("squared_error").fit(features[multi], np.log(stds[multi]))
+        mean_model = recipe.hgb("squared_error", n_rows=len(features)).fit(features, means)
+        std_model = recipe.hgb("squared_error", n_rows=int(multi.sum())).fit(features[multi], np.log(stds[multi]))
     mu = mean_model.predict(split.x_test)
     sd = np.exp(std_model.predict(split.x_test))
     z = np.array([NormalDist().inv_cdf((1 + lv) / 2) for lv in recipe.levels])
@@ -177,7 +177,8 @@ def split_conformal_baseline(split: SplitData, transform: str, recipe: Recipe) -
         return None
 
     with threadpool_limits(limits=recipe.threads):
-        model = recipe.hgb("squared_error").fit(split.x_train, forward(transform, split.y_train))
+        model = recipe.hgb("squared_error", n_rows=len(split.x_train)).fit(split.x_train,
+                                                                           forward(transform, split.y_train))
     scr = SplitConformalRegressor(model, confidence_level=list(recipe.levels), prefit=True)
     scr.conformalize(split.x_cal, forward(transform, split.y_cal))
     point, bounds = scr.predict_interval(split.x_test)

@@ -104,6 +104,9 @@ class Recipe:
             estimated separately can cross; the rearrangement of Chernozhukov et al. 2010).
         max_iter, learning_rate, max_leaf_nodes, min_samples_leaf, l2_regularization: HGB hyperparameters, the same
             for every quantile model (no early stopping: a random validation split of rows would leak repeats).
+        leaf_share: ``min_samples_leaf`` is capped at this share of a fit's rows (at least 2; 0 = no cap), so that a
+            target with few rows (one memory value per architecture of a 30-architecture space: 23 rows) can still
+            split instead of predicting a constant.
         min_calibration_archs: fewer calibration architectures (training + calibration ones with ``cross``) than
             this skip the target; at least ``smallest_calibration_set(max(levels), symmetric)`` with the symmetric
             minimum (20 at 0.95) where a symmetric correction is allowed, else the asymmetric one (40 at 0.95).
@@ -129,6 +132,7 @@ class Recipe:
     learning_rate: float = 0.1
     max_leaf_nodes: int = 15
     min_samples_leaf: int = 20
+    leaf_share: float = 0.125
     l2_regularization: float = 1.0
     min_calibration_archs: int = 20
     min_train_archs: int = 20
@@ -164,11 +168,21 @@ class Recipe:
         architectures each, at least 1."""
         return max(1, min(self.mondrian_bins, n_calibration // self.min_bin_archs))
 
-    def hgb(self, loss: str = "quantile", quantile: float | None = None) -> HistGradientBoostingRegressor:
-        """An unfitted HGB model of this recipe (``loss="quantile"`` with ``quantile``, or ``"squared_error"``)."""
+    def leaf_rows(self, n_rows: int) -> int:
+        """``min_samples_leaf`` of a fit on ``n_rows`` rows: the recipe's, capped at ``leaf_share`` of the rows (at
+        least 2; no cap with ``leaf_share=0``)."""
+        if self.leaf_share <= 0:
+            return self.min_samples_leaf
+        return max(2, min(self.min_samples_leaf, int(self.leaf_share * n_rows)))
+
+    def hgb(self, loss: str = "quantile", quantile: float | None = None,
+            n_rows: int | None = None) -> HistGradientBoostingRegressor:
+        """An unfitted HGB model of this recipe (``loss="quantile"`` with ``quantile``, or ``"squared_error"``) for a
+        fit on ``n_rows`` rows (None: the recipe's ``min_samples_leaf`` uncapped)."""
+        leaf = self.min_samples_leaf if n_rows is None else self.leaf_rows(n_rows)
         return HistGradientBoostingRegressor(
             loss=loss, quantile=quantile, max_iter=self.max_iter, learning_rate=self.learning_rate,
-            max_leaf_nodes=self.max_leaf_nodes, min_samples_leaf=self.min_samples_leaf,
+            max_leaf_nodes=self.max_leaf_nodes, min_samples_leaf=leaf,
             l2_regularization=self.l2_regularization, early_stopping=False, categorical_features=None,
             random_state=self.seed)
 
@@ -310,11 +324,11 @@ class QuantileModels:
 def fit_quantile_models(x: np.ndarray, z: np.ndarray, recipe: Recipe, variant: str) -> QuantileModels:
     """Fit ``variant`` (``quantile`` or ``residual``) on rows ``x`` ``(m, F)`` and transformed targets ``z``."""
     with threadpool_limits(limits=recipe.threads):
-        base = recipe.hgb("squared_error").fit(x, z) if variant == "residual" else None
+        base = recipe.hgb("squared_error", n_rows=len(x)).fit(x, z) if variant == "residual" else None
         y = z if base is None else z - base.predict(x)
 
         def fit(q: float) -> HistGradientBoostingRegressor:
-            return recipe.hgb("quantile", q).fit(x, y)
+            return recipe.hgb("quantile", q, n_rows=len(x)).fit(x, y)
 
         lowers = [fit((1 - lv) / 2) for lv in recipe.levels]
         uppers = [fit((1 + lv) / 2) for lv in recipe.levels]

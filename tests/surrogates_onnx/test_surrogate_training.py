@@ -37,6 +37,26 @@ def test_recipe_rejects_unknown_values():
         training.Recipe(min_bin_archs=30)
 
 
+def test_leaf_size_is_capped_by_the_rows_of_a_fit():
+    default = training.Recipe()
+    assert [default.leaf_rows(n) for n in (10, 23, 118, 160, 1601)] == [2, 2, 14, 20, 20]
+    assert training.Recipe(leaf_share=0).leaf_rows(23) == 20
+    assert default.hgb(n_rows=23).min_samples_leaf == 2 and default.hgb().min_samples_leaf == 20
+
+
+def test_few_rows_still_split(make_target):
+    """One value per architecture of a small space (memory of gpt-xl-wide: 23 training rows): with the recipe's
+    20-row leaves the trees cannot split and predict a constant; the capped leaves follow the architectures."""
+    target = make_target(n_archs=40, n_repeats=1, seed=7)
+    split = training.split_target(target, training.Recipe())
+    x, z = split.x_train, np.log(split.y_train)
+    assert len(x) < 2 * training.Recipe().min_samples_leaf
+    uncapped = training.fit_quantile_models(x, z, training.Recipe(leaf_share=0), "quantile").predict(x)[0]
+    capped = training.fit_quantile_models(x, z, training.Recipe(), "quantile").predict(x)[0]
+    assert np.ptp(uncapped) == 0
+    assert np.corrcoef(capped, z)[0, 1] > 0.9
+
+
 def test_split_is_by_architecture_and_calibration_draws_one_repeat(make_target):
     target = make_target(n_archs=200, n_repeats=4)
     split = training.split_target(target, FAST)
