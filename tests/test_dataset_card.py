@@ -1,5 +1,6 @@
 """The shipped release: valid, loadable offline, and the card's copy-paste examples run against it."""
 
+import json
 import os
 import re
 from pathlib import Path
@@ -34,3 +35,20 @@ def test_card_python_examples_run_on_the_shipped_release(index, monkeypatch):
     namespace: dict = {}
     exec(compile(blocks[index], f"DATASET_CARD.md example {index}", "exec"), namespace)  # noqa: S102
     assert os.getcwd() == str(REPO)
+
+
+def test_shipped_surrogates_come_from_the_shipped_release_and_the_docs_count_them():
+    from hwgpt_bench.surrogates_onnx.runtime import file_sha256
+
+    manifest = json.loads((REPO / "surrogates_onnx" / "manifest.json").read_text())
+    release = json.loads((DATASET / "MANIFEST.json").read_text())
+    sha = file_sha256(DATASET / "MANIFEST.json")
+    assert manifest["dataset"]["version"] == release["version"]
+    assert manifest["dataset"]["manifest_sha256"] == sha, "retrain: hwgpt-bench train-surrogates"
+    assert sha in (REPO / "surrogates_onnx" / "REPORT.md").read_text(), "re-run hwgpt-bench evaluate-surrogates"
+    n_models = len(manifest["models"])
+    card = re.search(r"trained on this release: (\d+) models", (REPO / "DATASET_CARD.md").read_text())
+    readme = re.search(r"The shipped models \((\d+), trained on the shipped release ([^:]+):",
+                       (REPO / "README.md").read_text())
+    assert card and int(card.group(1)) == n_models
+    assert readme and int(readme.group(1)) == n_models and readme.group(2) == release["version"]
