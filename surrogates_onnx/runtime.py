@@ -88,11 +88,13 @@ def find_entry(manifest: dict, space: str, device: str | None, metric: str, work
         found = [m for m in found if m.get("default_workload")] or found
     if len(found) == 1:
         return found[0]
+    same = [m for m in manifest["models"] if m["space"] == space and m["metric"] == metric]
     have = sorted({f"{m['space']}/{m['device']}/{m['metric']}/{workload_text(m['workload'])}"
-                   for m in manifest["models"]})
+                   for m in same or manifest["models"]})
     what = "several models match; pass workload= to choose" if found else "no model matches"
+    scope = f"for {space} {metric}" if same else "(space/device/metric/workload)"
     raise ValueError(f"{what} (space={space!r}, device={device!r}, metric={metric!r}, workload={workload}); "
-                     f"available (space/device/metric/workload): {have}")
+                     f"available {scope}: {have}")
 
 
 def check_file(path: Path, expected_sha256: str) -> None:

@@ -77,8 +77,10 @@ def test_workload_choice_default_and_errors(trained):
     assert batch2.predict(arch).point[0] > default.predict(arch).point[0]
     with pytest.raises(ValueError, match="no model matches.*available"):
         Surrogate.load(SPACE, CPU, "energy_mj", root=trained)
-    with pytest.raises(ValueError, match="no model matches"):
+    with pytest.raises(ValueError, match="no model matches") as err:
         Surrogate.load(SPACE, CPU, "latency_ms", {"batch_size": 64}, root=trained)
+    listed = str(err.value).split("available", 1)[1]  # only the workloads of this space and metric
+    assert f"for {SPACE} latency_ms" in listed and "/latency_ms/" in listed and "perplexity" not in listed
 
 
 def test_device_free_metrics_load_with_or_without_a_device(trained):
