@@ -175,7 +175,7 @@ def plot_workload_scaling(scaling: pl.DataFrame, path: Path) -> Path:
     ax.set_xscale("log", base=2)
     seq_lens = sorted(set(scaling["seq_len"].to_list()))
     ax.set_xticks(seq_lens, [str(v) for v in seq_lens])
-    ax.xaxis.set_minor_locator(_plt().NullLocator())
+    ax.xaxis.set_minor_locator(plt.NullLocator())
     ax.legend(fontsize=7)
     return _save(fig, path)
 
