@@ -47,8 +47,8 @@ def perplexity_rate(checkpoint: str | None, n: int, eval_tokens: int, workdir: P
     import torch
 
     from hwgpt_bench.generation.perplexity import evaluate_perplexity
-    from hwgpt_bench.generation.search_spaces import sample_archs
     from hwgpt_bench.generation.supernet import SuperGPT, load_supernet
+    from hwgpt_bench.search_spaces import sample_archs
 
     torch.manual_seed(0)
     supernet = load_supernet(checkpoint) if checkpoint else SuperGPT("gpt-nano")

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from hwgpt_bench.generation.search_spaces import ArchConfig, encode
+from hwgpt_bench.metrics import TRANSFORMS
+from hwgpt_bench.search_spaces import ArchConfig, encode
 from hwgpt_bench.surrogates_onnx import evaluation, training
 from hwgpt_bench.surrogates_onnx.data import Target
 
@@ -89,7 +90,7 @@ def run_target(target: Target, recipe: training.Recipe, export_dir: Path | None)
     from hwgpt_bench.surrogates_onnx import pipeline
 
     split = training.split_target(target, recipe)
-    transform = training.TRANSFORMS[target.metric]
+    transform = TRANSFORMS[target.metric]
     with pipeline.quiet_mapie():
         fitted = training.fit_surrogate(split, transform, recipe, training.target_rng(target, recipe.seed, "variant"))
         point, lower, upper = fitted.predict(split.x_test)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hwgpt_bench.generation.search_spaces import encode, sample_archs
+from hwgpt_bench.search_spaces import encode, sample_archs
 from hwgpt_bench.surrogates_onnx import pipeline, runtime, training
 from hwgpt_bench.surrogates_onnx.data import Target
 
@@ -76,11 +76,11 @@ def cold_start(code: str, repeats: int) -> float:
                    repeats)
 
 
-LIGHT = ("from hwgpt_bench.surrogates_onnx.runtime import Surrogate; from hwgpt_bench.generation.search_spaces import "
+LIGHT = ("from hwgpt_bench.surrogates_onnx.runtime import Surrogate; from hwgpt_bench.search_spaces import "
          "sample_archs; s = Surrogate.load('gpt-s', 'cpu-synthetic', 'latency_ms', root={root!r}); "
          "s.predict(sample_archs('gpt-s', 1))")
 HEAVY = ("import joblib, sklearn, mapie; import numpy as np; from hwgpt_bench.surrogates_onnx.runtime import "
-         "encode_archs; from hwgpt_bench.generation.search_spaces import sample_archs; m = joblib.load({path!r}); "
+         "encode_archs; from hwgpt_bench.search_spaces import sample_archs; m = joblib.load({path!r}); "
          "m.predict(encode_archs(sample_archs('gpt-s', 1), 'gpt-s'))")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hwgpt_bench.generation.search_spaces import ArchConfig, get_space, sample_archs
+from hwgpt_bench.search_spaces import ArchConfig, get_space, sample_archs
 
 
 def architecture_row(arch: ArchConfig, sample_seed: int, sample_index: int) -> dict:

@@ -13,10 +13,10 @@ from pathlib import Path
 import polars as pl
 
 from hwgpt_bench.loaders.io import load_table, read_manifest
+from hwgpt_bench.metrics import MAIN_PHASE
 
 log = logging.getLogger(__name__)
 
-MAIN_PHASE = "forward"  # the paper's workload: one full-sequence forward
 
 
 def per_arch_latency(root: str | Path = "dataset") -> pl.DataFrame:

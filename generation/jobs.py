@@ -21,8 +21,8 @@ from tqdm import tqdm
 from hwgpt_bench.files import file_sha256
 from hwgpt_bench.generation.architectures import sample_with_rows
 from hwgpt_bench.generation.runs import PartWriter, Shard, merge_parts, write_parquet_atomic
-from hwgpt_bench.generation.search_spaces import ArchConfig, get_space
 from hwgpt_bench.loaders.schema import PRIMARY_KEYS, TABLES
+from hwgpt_bench.search_spaces import ArchConfig, get_space
 
 log = logging.getLogger(__name__)
 

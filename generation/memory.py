@@ -44,9 +44,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hwgpt_bench.metrics import DTYPES, PHASES
+from hwgpt_bench.search_spaces import ArchConfig
+
 from .model import build_model
-from .search_spaces import ArchConfig
-from .workload import DTYPES, PHASES, ProfileSettings, Workload, compute_context
+from .workload import ProfileSettings, Workload, compute_context
 
 _MIB = 2**20
 CHILD_TIMEOUT_S = 900  # wall-clock limit of one memory measurement's process (seconds)

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .search_spaces import ArchConfig
+from hwgpt_bench.search_spaces import ArchConfig
 
 ROPE_BASE = 10_000  # RoPE frequency base, as in GPT-NeoX and litgpt
 INIT_STD = 0.02  # std of the normal initialisation of embeddings and linear weights (GPT-2 / nanoGPT)

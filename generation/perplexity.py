@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .search_spaces import ArchConfig
+from hwgpt_bench.search_spaces import ArchConfig
 
 ModelFn = Callable[[Tensor], Tensor]  # token ids (B, T) long -> logits (B, T, V)
 

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import torch
 
+from hwgpt_bench.search_spaces import ArchConfig
+
 from .environment import POWERCAP_ROOT, CpuBusyMeter, energy_source, gpu_sm_clock_mhz, host_load_1m, is_cuda
 from .memory import MemoryResult, measure_memory_cpu
 from .model import GPT, KVCache, build_model
-from .search_spaces import ArchConfig
 from .workload import ProfileSettings, Workload, compute_context
 
 log = logging.getLogger(__name__)

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from hwgpt_bench.files import atomic_output
+from hwgpt_bench.search_spaces import SPACES, ArchConfig, SearchSpace, get_space
 
 from .model import (
     GPT,
@@ -42,7 +43,6 @@ from .model import (
     rope_heads,
     split_heads,
 )
-from .search_spaces import SPACES, ArchConfig, SearchSpace, get_space
 
 CHECKPOINT_FORMAT = "hwgpt-bench-supernet/1"  # ``format`` entry of the safetensors metadata
 

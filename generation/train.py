@@ -44,10 +44,10 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hwgpt_bench.files import atomic_output, file_sha256, write_json_atomic
+from hwgpt_bench.search_spaces import ArchConfig, SearchSpace, get_space, random_arch
 
 from .corpus import load_tokens
 from .perplexity import evaluate_perplexity
-from .search_spaces import ArchConfig, SearchSpace, get_space, random_arch
 from .supernet import SuperGPT, save_supernet
 
 log = logging.getLogger(__name__)

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hwgpt_bench.metrics import DTYPES, PHASES
+from hwgpt_bench.search_spaces import ArchConfig
+
 from .environment import is_cuda
 from .model import GPT, KVCache
-from .search_spaces import ArchConfig
 
-PHASES = ("forward", "prefill", "decode")
-DTYPES = ("float32", "bfloat16")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _WEIGHTS = re.compile(r"^(random-init|supernet:[0-9a-f]{12})$")
 

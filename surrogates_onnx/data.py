@@ -16,17 +16,20 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from hwgpt_bench.generation.search_spaces import archs_from_dicts, encode, feature_names
 from hwgpt_bench.loaders.io import data_files, load_table
-from hwgpt_bench.surrogates_onnx.runtime import DEVICE_FREE_METRICS, WORKLOAD_KEYS
+from hwgpt_bench.metrics import (
+    DEVICE_FREE_METRICS,
+    DEVICE_METRICS,
+    METRIC_NAMES,
+    PERPLEXITY_WORKLOAD,
+    UNITS,
+    WORKLOAD_KEYS,
+)
+from hwgpt_bench.search_spaces import archs_from_dicts, encode, feature_names
 
 log = logging.getLogger(__name__)
 
-#: unit of each metric column (units live in the column names; perplexity is dimensionless)
-UNITS = {"latency_ms": "ms", "energy_mj": "mJ", "peak_memory_mib": "MiB", "perplexity": "1", "accuracy": "fraction"}
-DEVICE_METRICS = ("latency_ms", "peak_memory_mib", "energy_mj")
-METRICS = (*DEVICE_METRICS, *DEVICE_FREE_METRICS)
-PERPLEXITY_WORKLOAD = ("checkpoint_sha256", "eval_split")
+METRICS = METRIC_NAMES
 
 
 @dataclass

@@ -38,6 +38,7 @@ import numpy as np
 from scipy.stats import kendalltau
 from threadpoolctl import threadpool_limits
 
+from hwgpt_bench.metrics import workload_text
 from hwgpt_bench.surrogates_onnx.training import (
     Recipe,
     SplitData,
@@ -241,7 +242,6 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 
 def model_label(entry: dict) -> str:
     """``space / device / metric / workload`` of a manifest entry or result."""
-    from hwgpt_bench.surrogates_onnx.runtime import workload_text
 
     return f"{entry['space']} / {entry['device'] or '-'} / {entry['metric']} / {workload_text(entry['workload'])}"
 

@@ -26,9 +26,10 @@ import numpy as np
 
 from hwgpt_bench.loaders.io import MANIFEST as DATASET_MANIFEST
 from hwgpt_bench.loaders.io import read_manifest as read_dataset_manifest
+from hwgpt_bench.metrics import TRANSFORMS, workload_text
 from hwgpt_bench.surrogates_onnx import data, evaluation, export, runtime, training
 from hwgpt_bench.surrogates_onnx.data import Target
-from hwgpt_bench.surrogates_onnx.training import INTERVAL_COVERS, TRANSFORMS, Recipe
+from hwgpt_bench.surrogates_onnx.training import INTERVAL_COVERS, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def dataset_info(root: str | Path) -> dict:
 
 def model_stem(target: Target) -> str:
     """File name stem ``space__device__metric__workload`` with only ``[A-Za-z0-9._=-]`` characters."""
-    text = "__".join([target.space, target.device or "any", target.metric, runtime.workload_text(target.workload)])
+    text = "__".join([target.space, target.device or "any", target.metric, workload_text(target.workload)])
     return re.sub(r"[^A-Za-z0-9._=-]", "_", text)
 
 
@@ -77,7 +78,7 @@ def onnx_metadata(target: Target, recipe: Recipe, dataset: dict) -> dict:
             "point": POINT, "interval_covers": INTERVAL_COVERS, "transform": TRANSFORMS[target.metric],
             "dataset_version": dataset.get("version") or "", "dataset_manifest_sha256": dataset.get("manifest_sha256")
             or "", "description": f"HW-GPT-Bench surrogate: {target.metric} ({target.unit}) of {target.space} on "
-            f"{target.device or 'any device'}, workload {runtime.workload_text(target.workload)}"}
+            f"{target.device or 'any device'}, workload {workload_text(target.workload)}"}
 
 
 def parity(reference: tuple[np.ndarray, ...], onnx_out: tuple[np.ndarray, ...], values: list[np.ndarray]) -> dict:
@@ -180,7 +181,7 @@ def mark_defaults(entries: list[dict]) -> None:
         def rank(e: dict) -> tuple:
             wl = e["workload"]
             return (-sum(e["n_archs"].values()), wl.get("phase") != "forward", wl.get("batch_size", 0),
-                    runtime.workload_text(wl))
+                    workload_text(wl))
         min(group, key=rank)["default_workload"] = True
 
 
@@ -283,7 +284,7 @@ def train_from_args(args: argparse.Namespace) -> int:
 
 # ---- evaluation of trained models -----------------------------------------------------------------------------------
 def _target_key(space: str, device: str | None, metric: str, workload: dict) -> tuple:
-    return space, device, metric, runtime.workload_text(workload)
+    return space, device, metric, workload_text(workload)
 
 
 def evaluate_entry(entry: dict, target: Target, recipe: Recipe, root: Path) -> dict:

@@ -7,8 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from hwgpt_bench.generation.search_spaces import ARCH_FIELDS, ArchConfig, sample_archs
-from hwgpt_bench.surrogates_onnx.runtime import WORKLOAD_KEYS, Prediction, Surrogate, to_arch, workload_text
+from hwgpt_bench.metrics import WORKLOAD_KEYS, workload_text
+from hwgpt_bench.search_spaces import ARCH_FIELDS, ArchConfig, sample_archs
+from hwgpt_bench.surrogates_onnx.runtime import Prediction, Surrogate, to_arch
 
 
 def _arch_fields(row: dict, where: str) -> dict:

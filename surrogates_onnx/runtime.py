@@ -27,16 +27,14 @@ import numpy as np
 import onnxruntime as ort
 
 from hwgpt_bench.files import file_sha256
-from hwgpt_bench.generation.search_spaces import ArchConfig, encode, feature_names
+from hwgpt_bench.metrics import workload_text
+from hwgpt_bench.search_spaces import ArchConfig, encode, feature_names
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 DEFAULT_ROOT = Path(__file__).resolve().parent
 OUTPUTS = ("y_pred", "y_lower", "y_upper")
-WORKLOAD_KEYS = ("phase", "batch_size", "seq_len", "dtype")  # workload of device metrics
-#: metrics measured once per architecture, not per device (their models have ``device: null``)
-DEVICE_FREE_METRICS = ("perplexity", "accuracy")
 
 
 def _root(root: str | Path | None) -> Path:
@@ -62,13 +60,6 @@ def list_models(root: str | Path | None = None) -> list[dict]:
         return []
     keys = ("space", "device", "metric", "unit", "workload", "default_workload", "levels", "file")
     return [{k: m.get(k) for k in keys} for m in read_manifest(root)["models"]]
-
-
-def workload_text(workload: Mapping) -> str:
-    """Short stable text of a workload dict, e.g. ``forward-b1-s256-float32``."""
-    if all(k in workload for k in WORKLOAD_KEYS):
-        return f"{workload['phase']}-b{workload['batch_size']}-s{workload['seq_len']}-{workload['dtype']}"
-    return "-".join(f"{k}={workload[k]}" for k in sorted(workload))
 
 
 def _matches(entry: dict, space: str, device: str | None, metric: str, workload: Mapping | None) -> bool:

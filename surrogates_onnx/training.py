@@ -55,9 +55,6 @@ LEVELS = (0.5, 0.8, 0.9, 0.95)
 VARIANTS = ("quantile", "residual")
 CALIBRATIONS = ("cross", "split")
 FOLD_SEED_OFFSET = 7919  # folds hash arch ids with seed + this, independently of the outer split
-#: transform fitted in, per metric: ``log`` for positive metrics (relative errors, exp in the graph), else identity
-TRANSFORMS = {"latency_ms": "log", "energy_mj": "log", "peak_memory_mib": "log", "perplexity": "log",
-              "accuracy": "identity"}
 INTERVAL_COVERS = ("a single new measurement of an unseen architecture (one repeat drawn at random), with probability "
                    "`level` over architectures of the space and repeats; marginal, not per architecture")
 

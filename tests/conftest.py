@@ -17,7 +17,7 @@ import pytest
 
 from hwgpt_bench.generation.architectures import architecture_row
 from hwgpt_bench.generation.runs import PartWriter
-from hwgpt_bench.generation.search_spaces import sample_archs
+from hwgpt_bench.search_spaces import sample_archs
 
 SPACE = "gpt-nano"
 N_ARCHS = 7  # 0-4 measured on both devices, 0-5 have perplexity, 6 has nothing (pruned from a release)

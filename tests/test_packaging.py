@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_wheel_maps_top_level_folders_into_one_namespace(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("hwgpt_bench/cli.py", "hwgpt_bench/loaders/schema.py", "hwgpt_bench/generation/search_spaces.py",
+    for module in ("hwgpt_bench/cli.py", "hwgpt_bench/loaders/schema.py", "hwgpt_bench/search_spaces.py",
                    "hwgpt_bench/surrogates_onnx/__init__.py"):
         assert module in names
     assert not [n for n in names if n.startswith(("loaders/", "generation/", "tests/"))]
@@ -21,7 +21,7 @@ def test_wheel_maps_top_level_folders_into_one_namespace(wheel):
 @pytest.mark.slow
 def test_fresh_venv_imports_light_path_outside_repo(fresh_venv, tmp_path):
     code = (
-        "import sys, hwgpt_bench, hwgpt_bench.loaders.schema as s, hwgpt_bench.generation.search_spaces as sp;"
+        "import sys, hwgpt_bench, hwgpt_bench.loaders.schema as s, hwgpt_bench.search_spaces as sp;"
         "assert 'site-packages' in hwgpt_bench.__file__, hwgpt_bench.__file__;"
         "import importlib.util as u; assert u.find_spec('torch') is None;"
         "print(s.SCHEMA_VERSION, sp.get_space('gpt-s').largest().arch_id)"

@@ -10,7 +10,7 @@ SHORT_SEQ = 16  # tokens: short enough that a profile of gpt-nano takes millisec
 @pytest.fixture(scope="module")
 def arch():
     """The smallest gpt-nano architecture."""
-    from hwgpt_bench.generation.search_spaces import SPACES
+    from hwgpt_bench.search_spaces import SPACES
 
     return SPACES["gpt-nano"].smallest()
 

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from hwgpt_bench.generation import memory, profilers  # noqa: E402
-from hwgpt_bench.generation.search_spaces import SPACES  # noqa: E402
+from hwgpt_bench.search_spaces import SPACES  # noqa: E402
 
 NANO = SPACES["gpt-nano"]
 SEQ = 16  # = conftest.SHORT_SEQ, the short_settings default

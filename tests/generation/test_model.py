@@ -15,7 +15,7 @@ from hwgpt_bench.generation.model import (  # noqa: E402
     build_rope_cache,
     rope_heads,
 )
-from hwgpt_bench.generation.search_spaces import SPACES, ArchConfig, random_arch  # noqa: E402
+from hwgpt_bench.search_spaces import SPACES, ArchConfig, random_arch  # noqa: E402
 
 NANO = SPACES["gpt-nano"]
 

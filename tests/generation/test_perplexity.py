@@ -14,7 +14,7 @@ from hwgpt_bench.generation.perplexity import (  # noqa: E402
     select_windows,
     windows,
 )
-from hwgpt_bench.generation.search_spaces import SPACES, SearchSpace, sample_archs  # noqa: E402
+from hwgpt_bench.search_spaces import SPACES, SearchSpace, sample_archs  # noqa: E402
 
 VOCAB = 11
 

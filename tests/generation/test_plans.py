@@ -6,7 +6,7 @@ import pytest
 
 from hwgpt_bench.cli import build_parser
 from hwgpt_bench.generation.plans import entry_argv, load_plan
-from hwgpt_bench.generation.search_spaces import get_space
+from hwgpt_bench.search_spaces import get_space
 
 PLANS = sorted((Path(__file__).resolve().parents[2] / "plans").glob("*.toml"))
 

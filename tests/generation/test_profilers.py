@@ -11,9 +11,9 @@ torch = pytest.importorskip("torch")
 
 from hwgpt_bench.generation import environment, memory, profilers  # noqa: E402
 from hwgpt_bench.generation.model import build_model  # noqa: E402
-from hwgpt_bench.generation.search_spaces import SPACES  # noqa: E402
 from hwgpt_bench.generation.workload import PHASES, ProfileSettings, Workload, compute_context  # noqa: E402
 from hwgpt_bench.loaders.schema import SCHEMAS, check_table, table_from_rows  # noqa: E402
+from hwgpt_bench.search_spaces import SPACES  # noqa: E402
 
 NANO = SPACES["gpt-nano"]
 SEQ = 16  # = conftest.SHORT_SEQ, the short_settings default

@@ -10,13 +10,13 @@ pytest.importorskip("safetensors")
 from safetensors import safe_open  # noqa: E402
 
 from hwgpt_bench.generation.model import GPT  # noqa: E402
-from hwgpt_bench.generation.search_spaces import SPACES, ArchConfig, SearchSpace, random_arch  # noqa: E402
 from hwgpt_bench.generation.supernet import (  # noqa: E402
     SuperGPT,
     extract_subnet,
     load_supernet,
     save_supernet,
 )
+from hwgpt_bench.search_spaces import SPACES, ArchConfig, SearchSpace, random_arch  # noqa: E402
 
 NANO = SPACES["gpt-nano"]
 TINY = SearchSpace("tiny-test", embed_dims=(16, 32), n_layers=(1, 2), n_heads=(1, 2), mlp_ratios=(1, 2), head_size=8,

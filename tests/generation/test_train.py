@@ -13,7 +13,6 @@ import numpy as np  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from hwgpt_bench.generation import train  # noqa: E402
-from hwgpt_bench.generation.search_spaces import SPACES, SearchSpace  # noqa: E402
 from hwgpt_bench.generation.train import (  # noqa: E402
     TrainConfig,
     build_optimizer,
@@ -27,6 +26,7 @@ from hwgpt_bench.generation.train import (  # noqa: E402
     step_batches,
     train_supernet,
 )
+from hwgpt_bench.search_spaces import SPACES, SearchSpace  # noqa: E402
 
 TINY = SearchSpace("test-tiny-train", (16, 32), (1, 2), (1, 2), (1, 2), head_size=8, block_size=16, vocab_size=64)
 

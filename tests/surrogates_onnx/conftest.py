@@ -16,8 +16,8 @@ import pytest
 
 from hwgpt_bench.generation.architectures import architecture_row
 from hwgpt_bench.generation.runs import PartWriter
-from hwgpt_bench.generation.search_spaces import encode, sample_archs
 from hwgpt_bench.loaders.schema import SCHEMAS
+from hwgpt_bench.search_spaces import encode, sample_archs
 
 SPACE = "gpt-nano"
 N_ARCHS = 260
@@ -120,7 +120,8 @@ def trained(tmp_path_factory, synthetic_release) -> Path:
 
 def heteroscedastic_target(n_archs: int = 300, n_repeats: int = 5, seed: int = 0, metric: str = "latency_ms"):
     """A ``Target`` generated in memory (no release): log-normal repeats whose spread grows with the layer count."""
-    from hwgpt_bench.surrogates_onnx.data import UNITS, Target
+    from hwgpt_bench.metrics import UNITS
+    from hwgpt_bench.surrogates_onnx.data import Target
 
     rng = np.random.default_rng(seed)
     archs = sample_archs(SPACE, n_archs, seed=seed)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from hwgpt_bench.cli import main
-from hwgpt_bench.generation.search_spaces import sample_archs
+from hwgpt_bench.search_spaces import sample_archs
 
 SPACE, CPU = "gpt-nano", "cpu-syn-2t"
 

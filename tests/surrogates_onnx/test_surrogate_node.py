@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hwgpt_bench.generation.search_spaces import sample_archs
+from hwgpt_bench.search_spaces import sample_archs
 from hwgpt_bench.surrogates_onnx.runtime import Surrogate, encode_archs
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "surrogates_onnx" / "examples" / "node"

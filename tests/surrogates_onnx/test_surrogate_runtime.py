@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from hwgpt_bench.generation.search_spaces import ArchConfig, sample_archs
+from hwgpt_bench.search_spaces import ArchConfig, sample_archs
 from hwgpt_bench.surrogates_onnx.runtime import Prediction, Surrogate, encode_archs, list_models, read_manifest
 
 SPACE, CPU, GPU = "gpt-nano", "cpu-syn-2t", "gpu-syn"
@@ -137,7 +137,7 @@ def test_threads_are_set_explicitly(trained):
 def test_runtime_imports_no_heavy_packages(trained):
     code = (
         "import sys; from hwgpt_bench.surrogates_onnx.runtime import Surrogate;"
-        "from hwgpt_bench.generation.search_spaces import sample_archs;"
+        "from hwgpt_bench.search_spaces import sample_archs;"
         f"s = Surrogate.load('gpt-nano', 'cpu-syn-2t', 'latency_ms', root={str(trained)!r});"
         "r = s.predict([a.to_dict() for a in sample_archs('gpt-nano', 5, seed=1)]); assert r.point.shape == (5,);"
         "heavy = sorted(m for m in ('torch', 'sklearn', 'mapie', 'skl2onnx', 'scipy', 'polars') if m in sys.modules);"

@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("mapie")
 pytest.importorskip("skl2onnx")
 
+from hwgpt_bench.metrics import TRANSFORMS  # noqa: E402
 from hwgpt_bench.surrogates_onnx import export, pipeline, runtime, training  # noqa: E402
 
 FAST = training.Recipe(max_iter=30, learning_rate=0.2, max_leaf_nodes=8, min_samples_leaf=10, variant="quantile",
@@ -238,7 +239,7 @@ def test_identity_transform_for_accuracy(make_target, tmp_path):
     target.values = [v / 1000.0 for v in target.values]
     split = training.split_target(target, FAST)
     with pipeline.quiet_mapie():
-        fitted = training.fit_surrogate(split, training.TRANSFORMS["accuracy"], FAST)
+        fitted = training.fit_surrogate(split, TRANSFORMS["accuracy"], FAST)
     model = export.build_onnx(fitted, split.x_test.shape[1], {}, "acc")
     assert "Exp" not in {n.op_type for n in model.graph.node}
     out = runtime.open_session(export.save_onnx(model, tmp_path / "a.onnx")).run(None, {"X": split.x_test})
@@ -295,7 +296,7 @@ def test_manifest_lists_every_measured_target_with_its_facts(trained, synthetic_
         assert np.shape(corrections["lower"]) == (len(corrections["bin_edges"]) + 1, 4)
         assert m["dataset_version"] == "0.0.1"
         assert m["dataset_manifest_sha256"] == manifest["dataset"]["manifest_sha256"]
-        assert m["variant"] in training.VARIANTS and m["transform"] == training.TRANSFORMS[m["metric"]]
+        assert m["variant"] in training.VARIANTS and m["transform"] == TRANSFORMS[m["metric"]]
 
 
 def test_one_default_workload_per_space_device_metric(trained):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hwgpt_bench.generation.search_spaces import sample_archs
+from hwgpt_bench.search_spaces import sample_archs
 from hwgpt_bench.surrogates_onnx.runtime import DEFAULT_ROOT, Surrogate, list_models
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 PREDICT = """
 import json, sys
 from hwgpt_bench.surrogates_onnx.runtime import Surrogate, list_models
-from hwgpt_bench.generation.search_spaces import sample_archs
+from hwgpt_bench.search_spaces import sample_archs
 root = sys.argv[1] if len(sys.argv) > 1 else None
 s = Surrogate.load("gpt-nano", "cpu-syn-2t", "latency_ms", root=root)
 r = s.predict([a.to_dict() for a in sample_archs("gpt-nano", 4, seed=3)])
@@ -54,7 +54,7 @@ def test_shipped_models_load_in_the_fresh_venv(fresh_venv, tmp_path):
     if not list_models():
         pytest.skip(f"no shipped models yet under {DEFAULT_ROOT} (train them with `hwgpt-bench train-surrogates`)")
     first = list_models()[0]
-    code = ("from hwgpt_bench.surrogates_onnx.runtime import Surrogate; from hwgpt_bench.generation.search_spaces "
+    code = ("from hwgpt_bench.surrogates_onnx.runtime import Surrogate; from hwgpt_bench.search_spaces "
             f"import sample_archs; s = Surrogate.load({first['space']!r}, {first['device']!r}, {first['metric']!r}, "
             f"{first['workload']!r}); print(s.predict(sample_archs({first['space']!r}, 3)).point.shape)")
     out = subprocess.run([str(fresh_venv / "bin" / "python"), "-c", code], check=True, capture_output=True, text=True,

@@ -13,11 +13,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from hwgpt_bench.metrics import DTYPES, METRIC_NAMES, PHASES
+
 log = logging.getLogger("hwgpt_bench")
 
 
 def _cmd_spaces(args: argparse.Namespace) -> int:
-    from hwgpt_bench.generation.search_spaces import SPACES
+    from hwgpt_bench.search_spaces import SPACES
 
     if args.json:
         print(json.dumps({name: sp.to_dict() for name, sp in SPACES.items()}, indent=2))
@@ -90,9 +92,9 @@ def _add_profile(sub) -> None:
     p.add_argument("--device", default="cpu", help="torch device: 'cpu' or 'cuda' (default cpu)")
     p.add_argument("--device-id", default=None, help="device identifier for the tables (default: derived from the "
                    "CPU/GPU model and thread count, e.g. cpu-amd-epyc-2t)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES),
                    help="compute dtype; bfloat16 runs under torch.autocast")
-    p.add_argument("--phase", nargs="+", default=["forward"], choices=["forward", "prefill", "decode"],
+    p.add_argument("--phase", nargs="+", default=["forward"], choices=list(PHASES),
                    help="workload phases (default forward: the full-sequence forward of the paper)")
     p.add_argument("--batch-size", nargs="+", type=int, default=[1], help="batch sizes (default 1)")
     p.add_argument("--seq-len", nargs="+", type=int, default=None,
@@ -219,14 +221,14 @@ def _add_workload_filters(p: argparse.ArgumentParser, many: bool) -> None:
     nargs = {"nargs": "+"} if many else {}
     what = "only these" if many else "the model's"
     default = "all" if many else "the default workload"
-    p.add_argument("--phase", default=None, choices=["forward", "prefill", "decode"],
+    p.add_argument("--phase", default=None, choices=list(PHASES),
                    help=f"{what} workload phase(s) (default: {default})", **nargs)
     p.add_argument("--batch-size", type=int, default=None, help=f"{what} batch size(s)", **nargs)
     p.add_argument("--seq-len", type=int, default=None, help=f"{what} sequence length(s) in tokens", **nargs)
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help=f"{what} compute dtype(s)", **nargs)
+    p.add_argument("--dtype", default=None, choices=list(DTYPES), help=f"{what} compute dtype(s)", **nargs)
 
 
-_METRICS = ["latency_ms", "energy_mj", "peak_memory_mib", "perplexity", "accuracy"]
+_METRICS = list(METRIC_NAMES)
 
 
 def _add_predict(sub) -> None:

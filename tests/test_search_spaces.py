@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from hwgpt_bench.generation.search_spaces import (
+from hwgpt_bench.search_spaces import (
     SPACES,
     ArchConfig,
     archs_from_dicts,
