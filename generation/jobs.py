@@ -6,13 +6,13 @@ not yet on disk, flushing atomic parts as it goes (see ``runs``).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import itertools
 import logging
 import os
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,24 +43,101 @@ def _threads(requested: int | None) -> int:
 
 
 # ---- profile ------------------------------------------------------------------------------------------------------
-def profile_settings_grid(args: argparse.Namespace, block_size: int) -> list:
-    """Every (phase, batch size, sequence length) combination asked for, as ``ProfileSettings``.
+@dataclass(frozen=True)
+class ProfileRequest:
+    """What one ``profile`` call measures: a seeded sample of a space on one device, every workload combination.
 
-    Without ``--seq-len`` the full block is used: ``block_size`` tokens for forward and prefill, and a cache of
-    ``block_size - 1`` tokens for decode (the new token must still fit in the block).
+    Field names are those of the ``hwgpt-bench profile`` flags and of a plan's ``[[profile]]`` keys. Validated on
+    construction (``ValueError`` naming the field and the allowed values), before anything is written.
+
+    Attributes:
+        space, n, seed: the seeded sample (``n`` distinct architectures, smallest and largest first).
+        shard: ``"i/n"``: measure only architectures with ``int(arch_id, 16) % n == i``.
+        device, device_id, dtype: torch device (``cpu``, ``cuda``, ``cuda:N``), its id (default: derived) and dtype.
+        phase, batch_size, seq_len: the workload axes; every combination is measured (``seq_len`` None: the block).
+        warmup, repeats: untimed runs, recorded latency repeats.
+        energy_samples, energy_window_ms: energy samples where a counter exists, each at least this long (ms).
+        threads: torch intra-op threads (None: all logical cores).
+        no_memory: skip the peak-memory measurement.
+        flush_every: seconds between atomic part writes; limit: stop after this many new architectures.
     """
-    from hwgpt_bench.generation.workload import ProfileSettings
 
-    def default_seq_lens(phase: str) -> list[int]:
-        return args.seq_len or [block_size - 1 if phase == "decode" else block_size]
+    space: str
+    n: int
+    seed: int = 0
+    shard: str = "0/1"
+    device: str = "cpu"
+    device_id: str | None = None
+    dtype: str = "float32"
+    phase: tuple[str, ...] = ("forward",)
+    batch_size: tuple[int, ...] = (1,)
+    seq_len: tuple[int, ...] | None = None
+    warmup: int = 2
+    repeats: int = 10
+    energy_samples: int = 5
+    energy_window_ms: float = 1000.0
+    threads: int | None = None
+    no_memory: bool = False
+    flush_every: float = 30.0
+    limit: int | None = None
 
-    return [
-        ProfileSettings(device=args.device, dtype=args.dtype, batch_size=b, seq_len=t, phase=phase,
-                        n_warmup=args.warmup, n_repeats=args.repeats, n_energy_samples=args.energy_samples,
-                        energy_window_ms=args.energy_window_ms, threads=_threads(args.threads))
-        for phase in args.phase
-        for b, t in itertools.product(args.batch_size, default_seq_lens(phase))
-    ]
+    def __post_init__(self) -> None:
+        for name in ("phase", "batch_size", "seq_len"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        space = get_space(self.space)
+        _check_int("n", self.n, 1, f"1..{space.size()} (architectures of {space.name})")
+        if self.n > space.size():
+            raise ValueError(f"n: {self.n} exceeds the {space.size()} architectures of {space.name}")
+        _check_int("seed", self.seed, 0)
+        Shard.parse(self.shard)
+        for name in ("limit", "threads"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+        if not isinstance(self.flush_every, (int, float)) or isinstance(self.flush_every, bool) \
+                or not self.flush_every >= 0:
+            raise ValueError(f"flush_every: must be a number of seconds >= 0 (0: after every row), got "
+                             f"{self.flush_every!r}")
+        if not isinstance(self.no_memory, bool):
+            raise ValueError(f"no_memory: must be true or false, got {self.no_memory!r}")
+        for name in ("phase", "batch_size"):
+            if not getattr(self, name):
+                raise ValueError(f"{name}: needs at least one value")
+        if self.seq_len is not None and not self.seq_len:
+            raise ValueError("seq_len: needs at least one value (or leave it out for the space's block size)")
+
+    @property
+    def n_threads(self) -> int:
+        """The torch threads actually used: ``threads``, or all logical cores."""
+        return _threads(self.threads)
+
+    def settings_grid(self) -> list:
+        """Every (phase, batch size, sequence length) combination, as validated ``ProfileSettings``.
+
+        Without ``seq_len`` the full block is used: ``block_size`` tokens for forward and prefill, and a cache of
+        ``block_size - 1`` tokens for decode (the new token must still fit in the block). ``ValueError`` (naming the
+        field) for a combination that is not allowed or does not fit the space.
+        """
+        from hwgpt_bench.generation.workload import ProfileSettings
+
+        space = get_space(self.space)
+
+        def seq_lens(phase: str) -> tuple[int, ...]:
+            return self.seq_len or (space.block_size - 1 if phase == "decode" else space.block_size,)
+
+        grid = [ProfileSettings(device=self.device, dtype=self.dtype, batch_size=b, seq_len=t, phase=phase,
+                                n_warmup=self.warmup, n_repeats=self.repeats, n_energy_samples=self.energy_samples,
+                                energy_window_ms=self.energy_window_ms, threads=self.n_threads)
+                for phase in self.phase for b, t in itertools.product(self.batch_size, seq_lens(phase))]
+        for settings in grid:
+            settings.check_fits(space.smallest())
+        return grid
+
+
+def _check_int(name: str, value, low: int, allowed: str | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}: must be an integer >= {low}{f' ({allowed})' if allowed else ''}, got {value!r}")
 
 
 def measurement_key(arch: ArchConfig, settings, device_id: str) -> tuple:
@@ -71,28 +148,31 @@ def measurement_key(arch: ArchConfig, settings, device_id: str) -> tuple:
     return tuple(values[k] for k in PRIMARY_KEYS["measurements"])
 
 
-def profile_from_args(args: argparse.Namespace) -> int:
-    """``hwgpt-bench profile``: measure the sample on one device, resuming from the parts already written."""
+def profile(request: ProfileRequest, out: str | Path) -> int:
+    """Measure ``request`` into the run directory ``out``, resuming from the parts already there.
+
+    Every argument is checked (the request, the workload grid, the device) before anything is written. Returns the
+    number of measurements written by this call.
+    """
     from hwgpt_bench.generation import environment, profilers
 
-    space = get_space(args.space)
-    shard = Shard.parse(args.shard)
-    grid = profile_settings_grid(args, space.block_size)
-    facts = environment.device_facts(args.device, _threads(args.threads), device_id=args.device_id)
-    archs, rows = sample_with_rows(space.name, args.n, args.seed)
-    run_dir = Path(args.out)
+    grid = request.settings_grid()
+    shard = Shard.parse(request.shard)
+    facts = environment.device_facts(request.device, request.n_threads, device_id=request.device_id)
+    archs, rows = sample_with_rows(request.space, request.n, request.seed)
+    run_dir = Path(out)
     write_architectures(run_dir, rows, shard)
-    _write_device(run_dir, args, facts, shard)
+    _write_device(run_dir, request, facts, shard)
     run_id = new_run_id()
-    with PartWriter(run_dir, "measurements", args.flush_every, shard) as writer:
+    with PartWriter(run_dir, "measurements", request.flush_every, shard) as writer:
         todo = [(a, s) for a in archs if shard.owns(a.arch_id) for s in grid
                 if measurement_key(a, s, facts["device_id"]) not in writer.done_keys]
-        log.info("%s: %d measurements to do on %s (shard %s), %d already on disk", space.name, len(todo),
+        log.info("%s: %d measurements to do on %s (shard %s), %d already on disk", request.space, len(todo),
                  facts["device_id"], shard, len(writer.done_keys))
-        for arch, settings in tqdm(_limited(todo, args.limit), desc=f"profile {space.name}", unit="meas"):
-            row = profilers.profile_arch(arch, settings, run_id, facts, measure_memory=not args.no_memory)
-            writer.add([row])
-    return 0
+        todo = _limited(todo, request.limit)
+        for arch, settings in tqdm(todo, desc=f"profile {request.space}", unit="meas"):
+            writer.add([profilers.profile_arch(arch, settings, run_id, facts, measure_memory=not request.no_memory)])
+    return len(todo)
 
 
 def _limited(todo: list, limit: int | None) -> list:
@@ -103,43 +183,65 @@ def _limited(todo: list, limit: int | None) -> list:
     return [(a, s) for a, s in todo if a.arch_id in keep]
 
 
-def _write_device(run_dir: Path, args: argparse.Namespace, facts: dict, shard: Shard) -> None:
+def _write_device(run_dir: Path, request: ProfileRequest, facts: dict, shard: Shard) -> None:
     from hwgpt_bench.generation import environment
 
-    row = environment.device_row(args.device, _threads(args.threads), device_id=facts["device_id"])
+    row = environment.device_row(request.device, request.n_threads, device_id=facts["device_id"])
     with PartWriter(run_dir, "devices", shard=shard) as writer:
         if (row["device_id"],) not in writer.done_keys:
             writer.add([row])
 
 
 # ---- perplexity ---------------------------------------------------------------------------------------------------
-def eval_perplexity_from_args(args: argparse.Namespace) -> int:
-    """``hwgpt-bench eval-perplexity``: evaluate the sample's subnets, resuming from the parts already written."""
+def _check_perplexity_inputs(space: str, n: int, checkpoint: Path, heldout: Path, batch_size: int,
+                             eval_tokens: int | None, limit: int | None) -> None:
+    size = get_space(space).size()
+    _check_int("n", n, 1, f"1..{size}")
+    _check_int("batch_size", batch_size, 1)
+    for name, value in (("eval_tokens", eval_tokens), ("limit", limit)):
+        if value is not None:
+            _check_int(name, value, 1)
+    if not checkpoint.is_file():
+        raise ValueError(f"checkpoint: {checkpoint} not found (a .safetensors file from train-supernet)")
+    if not heldout.is_file():
+        raise ValueError(f"data_dir: {heldout} not found (build the corpus with `hwgpt-bench prepare-corpus`)")
+
+
+def eval_perplexity(space: str, n: int, out: str | Path, checkpoint: str | Path, data_dir: str | Path, *,
+                    seed: int = 0, shard: str = "0/1", eval_tokens: int | None = None, batch_size: int = 8,
+                    threads: int | None = None, flush_every: float = 30.0, limit: int | None = None) -> int:
+    """Evaluate perplexity and accuracy of the seeded sample's subnets into ``out`` (resumable, shardable).
+
+    ``checkpoint``: supernet ``.safetensors``; ``data_dir``: corpus folder with ``heldout.bin``; ``eval_tokens``:
+    held-out tokens per architecture at most (None: all); ``batch_size``: windows per forward. Arguments are checked
+    before anything is written. Returns the number of architectures evaluated by this call.
+    """
     import torch
 
     from hwgpt_bench.generation import perplexity
     from hwgpt_bench.generation.corpus import load_tokens
     from hwgpt_bench.generation.supernet import load_supernet
 
-    torch.set_num_threads(_threads(args.threads))
-    shard = Shard.parse(args.shard)
-    archs, rows = sample_with_rows(args.space, args.n, args.seed)
-    run_dir = Path(args.out)
-    write_architectures(run_dir, rows, shard)
-    supernet = load_supernet(args.checkpoint, space=args.space)
-    ckpt_sha = file_sha256(args.checkpoint)[:12]
-    tokens = load_tokens(Path(args.data_dir) / "heldout.bin")
-    tokenizer = f"gpt-nano-bpe-{get_space(args.space).vocab_size}"
+    checkpoint, heldout = Path(checkpoint), Path(data_dir) / "heldout.bin"
+    _check_perplexity_inputs(space, n, checkpoint, heldout, batch_size, eval_tokens, limit)
+    shard_ = Shard.parse(shard)
+    supernet = load_supernet(checkpoint, space=space)
+    torch.set_num_threads(_threads(threads))
+    archs, rows = sample_with_rows(space, n, seed)
+    run_dir = Path(out)
+    write_architectures(run_dir, rows, shard_)
+    ckpt_sha, tokens = file_sha256(checkpoint)[:12], load_tokens(heldout)
+    tokenizer, block = f"gpt-nano-bpe-{get_space(space).vocab_size}", get_space(space).block_size
     run_id = new_run_id()
-    with PartWriter(run_dir, "perplexity", args.flush_every, shard) as writer:
-        todo = [a for a in archs if shard.owns(a.arch_id) and (a.arch_id, ckpt_sha, "heldout") not in writer.done_keys]
-        log.info("%s: %d architectures to evaluate (shard %s)", args.space, len(todo), shard)
-        for arch in tqdm(todo[: args.limit] if args.limit else todo, desc=f"perplexity {args.space}", unit="arch"):
-            result = perplexity.evaluate_perplexity(functools.partial(supernet, arch=arch), tokens,
-                                                    block_size=get_space(args.space).block_size,
-                                                    batch_size=args.batch_size, max_tokens=args.eval_tokens)
+    with PartWriter(run_dir, "perplexity", flush_every, shard_) as writer:
+        todo = [a for a in archs if shard_.owns(a.arch_id) and (a.arch_id, ckpt_sha, "heldout") not in writer.done_keys]
+        log.info("%s: %d architectures to evaluate (shard %s)", space, len(todo), shard_)
+        todo = todo[:limit] if limit else todo
+        for arch in tqdm(todo, desc=f"perplexity {space}", unit="arch"):
+            result = perplexity.evaluate_perplexity(functools.partial(supernet, arch=arch), tokens, block_size=block,
+                                                    batch_size=batch_size, max_tokens=eval_tokens)
             writer.add([_perplexity_row(arch, result, ckpt_sha, tokenizer, run_id)])
-    return 0
+    return len(todo)
 
 
 def _perplexity_row(arch: ArchConfig, result, ckpt_sha: str, tokenizer: str, run_id: str) -> dict:
@@ -160,11 +262,3 @@ def merge_runs(run_dirs: Iterable[Path], out_dir: Path, tables: Sequence[str] = 
             write_parquet_atomic(data, Path(out_dir) / table / "part-merged.parquet")
         counts[table] = data.num_rows
     return counts
-
-
-def merge_from_args(args: argparse.Namespace) -> int:
-    """``hwgpt-bench merge``: combine run directories into ``--out``."""
-    counts = merge_runs(args.runs, Path(args.out), tables=[t for t in TABLES if t != "summary"])
-    for table, n in counts.items():
-        print(f"{table:<14} {n:>8} rows")
-    return 0

@@ -7,9 +7,10 @@ profiles any machine into its own run directory.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -33,31 +34,39 @@ def load_plan(path: str | Path) -> list[dict]:
     return entries
 
 
-def entry_argv(entry: dict, out: str) -> list[str]:
-    """``hwgpt-bench profile`` arguments for one plan entry."""
-    argv = ["profile", "--out", out]
-    for key, value in entry.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value is not False:
-            argv += [flag, *map(str, value if isinstance(value, list) else [value])]
-    return argv
+def entry_request(entry: dict, shard: str | None = None):
+    """The ``ProfileRequest`` of one plan entry (``shard`` overrides the entry's); ``ValueError`` naming a bad key."""
+    from hwgpt_bench.generation.jobs import ProfileRequest
+
+    allowed = [f.name for f in dataclasses.fields(ProfileRequest)]
+    unknown = sorted(set(entry) - set(allowed))
+    if unknown:
+        raise ValueError(f"plan entry for {entry.get('space')!r}: unknown key(s) {unknown}; allowed: "
+                         f"{', '.join(allowed)}")
+    return ProfileRequest(**(entry | ({"shard": shard} if shard else {})))
 
 
-def run_plan_from_args(args: argparse.Namespace) -> int:
-    """``hwgpt-bench run-plan``: run every entry (optionally only those of ``--space``) into ``--out``."""
-    from hwgpt_bench.cli import main
+def plan_requests(path: str | Path, spaces: Sequence[str] | None = None, shard: str | None = None) -> list:
+    """Every entry of the plan at ``path`` (only those of ``spaces`` if given) as a validated ``ProfileRequest``.
 
-    entries = load_plan(args.plan)
-    for i, entry in enumerate(entries):
-        if args.space and entry.get("space") not in args.space:
-            continue
-        argv = entry_argv(entry, args.out)
-        if args.shard:
-            argv += ["--shard", args.shard]
-        log.info("plan entry %d/%d: hwgpt-bench %s", i + 1, len(entries), " ".join(argv))
-        status = main(argv)
-        if status:
-            return status
-    return 0
+    Each request's workload grid is checked too, so a bad entry anywhere stops the plan before anything is measured.
+    """
+    requests = [entry_request(e, shard) for e in load_plan(path) if not spaces or e.get("space") in spaces]
+    for request in requests:
+        request.settings_grid()
+    return requests
+
+
+def run_plan(path: str | Path, out: str | Path, spaces: Sequence[str] | None = None, shard: str | None = None) -> int:
+    """Run the plan at ``path`` into the run directory ``out``, entry by entry (each resumable).
+
+    Returns the number of measurements written by this call.
+    """
+    from hwgpt_bench.generation.jobs import profile
+
+    requests = plan_requests(path, spaces, shard)
+    written = 0
+    for i, request in enumerate(requests):
+        log.info("plan entry %d/%d: %s", i + 1, len(requests), request)
+        written += profile(request, out)
+    return written

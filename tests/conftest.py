@@ -134,20 +134,34 @@ def make_perplexity():
 # ---- the built wheel in a fresh venv with only the base dependencies (shared by packaging and runtime tests) -------
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory) -> Path:
-    """The project's wheel, built once per session without build isolation."""
+    """The project's wheel, built once per session without build isolation, from the sdist (so that no stale
+    ``build/`` folder of the checkout can slip a deleted module into it)."""
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(repo)],
+    subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(repo)],
                    check=True, capture_output=True, cwd=out)
     (path,) = out.glob("hw_gpt_bench-*.whl")
     return path
 
 
+def new_venv(folder: Path, *installs: list[str]) -> Path:
+    """A new venv at ``folder/env`` with one ``pip install`` per list of arguments in ``installs``, in order."""
+    venv = folder / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    for args in installs:
+        subprocess.run([*pip, *args], check=True, capture_output=True)
+    return venv
+
+
 @pytest.fixture(scope="session")
 def fresh_venv(tmp_path_factory, wheel) -> Path:
     """A new venv with the wheel and its base dependencies only (no torch, scikit-learn or MAPIE)."""
-    venv = tmp_path_factory.mktemp("venv") / "env"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, str(wheel)], check=True, capture_output=True)
-    return venv
+    return new_venv(tmp_path_factory.mktemp("venv"), [str(wheel)])
+
+
+@pytest.fixture(scope="session")
+def runtime_venv(tmp_path_factory, wheel) -> Path:
+    """A new venv with numpy and onnxruntime only (and what they depend on), then the wheel with ``--no-deps``:
+    the surrogate runtime's own requirements, without the dataset stack (polars, pyarrow, datasets)."""
+    return new_venv(tmp_path_factory.mktemp("runtime-venv"), ["numpy", "onnxruntime"], ["--no-deps", str(wheel)])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hwgpt_bench.generation.release import validate_release
+from hwgpt_bench.loaders.validate import validate_release
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = REPO / "dataset"

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import random
+import re
 
 import pytest
 
@@ -124,3 +125,120 @@ def test_encoding_fixed_width_and_names(name):
 def test_space_dict_is_json_ready():
     out = json.loads(json.dumps({n: s.to_dict() for n, s in SPACES.items()}))
     assert out["gpt-nano"]["vocab_size"] == 8192 and out["gpt-s"]["n_architectures"] == SPACES["gpt-s"].size()
+
+
+# ---- strict types: a wrong type is an error, never another architecture --------------------------------------------
+GPT_S = {"space": "gpt-s", "embed_dim": 384, "n_layer": 10, "n_head": [4] * 10, "mlp_ratio": [2] * 10, "bias": False}
+INT_ALLOWED = {"embed_dim": r"\[192, 384, 768\]", "n_layer": r"\[10, 11, 12\]", "n_head": r"\[4, 8, 12\]",
+               "mlp_ratio": r"\[2, 3, 4\]"}
+
+
+@pytest.mark.parametrize("value", ["false", "true", "0", "1", 0, 1, 2, None, 0.0, [], "no"])
+def test_bias_must_be_a_real_bool(value):
+    message = (rf"^bias: {re.escape(repr(value))} is not allowed: expected a JSON boolean true/false, got "
+               rf"{re.escape(repr(value))} \({type(value).__name__}\)$")
+    with pytest.raises(ValueError, match=message):
+        ArchConfig.from_dict({**GPT_S, "bias": value})
+    with pytest.raises(ValueError, match=message):
+        ArchConfig(**{**GPT_S, "bias": value})
+    with pytest.raises(ValueError, match=message):
+        archs_from_dicts([{**GPT_S, "bias": value, "params": 1}])
+
+
+def test_bias_false_string_message_is_exact():
+    with pytest.raises(ValueError) as err:
+        ArchConfig.from_dict({**GPT_S, "bias": "false"})
+    assert str(err.value) == "bias: 'false' is not allowed: expected a JSON boolean true/false, got 'false' (str)"
+
+
+@pytest.mark.parametrize("field", ["embed_dim", "n_layer"])
+@pytest.mark.parametrize("value", [384.7, 384.0, 10.0, "384", "10", True, False, None, [384]])
+def test_global_sizes_must_be_real_ints(field, value):
+    message = (rf"^{field}: {re.escape(repr(value))} is not allowed: expected a JSON integer, got "
+               rf"{re.escape(repr(value))} \({type(value).__name__}\); allowed values: {INT_ALLOWED[field]}$")
+    with pytest.raises(ValueError, match=message):
+        ArchConfig.from_dict({**GPT_S, field: value})
+    with pytest.raises(ValueError, match=message):
+        ArchConfig(**{**GPT_S, field: value})
+    with pytest.raises(ValueError, match=message):
+        archs_from_dicts([{**GPT_S, field: value}])
+
+
+@pytest.mark.parametrize("field", ["n_head", "mlp_ratio"])
+@pytest.mark.parametrize("value", [4.0, 4.5, "4", True, None])
+def test_every_per_layer_entry_must_be_a_real_int(field, value):
+    values = list(GPT_S[field])
+    values[7] = value
+    message = (rf"^{field}\[7\]: {re.escape(repr(value))} is not allowed: expected a JSON integer, got "
+               rf"{re.escape(repr(value))} \({type(value).__name__}\); allowed values: {INT_ALLOWED[field]}$")
+    for variant in (values, tuple(values)):
+        with pytest.raises(ValueError, match=message):
+            ArchConfig.from_dict({**GPT_S, field: variant})
+        with pytest.raises(ValueError, match=message):
+            ArchConfig(**{**GPT_S, field: variant})
+
+
+@pytest.mark.parametrize("value", ["4444444444", {"0": 4}, 4, None])
+def test_per_layer_fields_must_be_arrays(value):
+    with pytest.raises(ValueError, match=r"^n_head: .* is not allowed: expected a JSON array of integers"):
+        ArchConfig.from_dict({**GPT_S, "n_head": value})
+
+
+def test_true_is_not_taken_as_ratio_1_in_a_wide_space():
+    # gpt-s-wide allows mlp_ratio 1 and int(True) == 1: True used to become the architecture with ratio 1
+    assert 1 in SPACES["gpt-s-wide"].mlp_ratios
+    with pytest.raises(ValueError, match=r"mlp_ratio\[0\]: True is not allowed: expected a JSON integer"):
+        ArchConfig("gpt-s-wide", 192, 3, (4, 4, 4), (True, 1, 1), False)
+    with pytest.raises(ValueError, match=r"bias: 1 is not allowed: expected a JSON boolean"):
+        ArchConfig("gpt-s-wide", 192, 3, (4, 4, 4), (1, 1, 1), 1)
+    assert ArchConfig("gpt-s-wide", 192, 3, (4, 4, 4), (1, 1, 1), False).mlp_ratio == (1, 1, 1)
+
+
+def test_float_embed_dim_is_not_another_architecture():
+    # 384.0 == 384 passed the choice check and was stored, giving another canonical string and arch_id
+    with pytest.raises(ValueError, match="embed_dim: 384.0 is not allowed: expected a JSON integer"):
+        ArchConfig("gpt-s", 384.0, 10, (4,) * 10, (2,) * 10, False)
+    arch = ArchConfig.from_dict(GPT_S)
+    assert type(arch.embed_dim) is int and arch.canonical.startswith("gpt-s|e384|l10|")
+
+
+def test_right_type_out_of_space_keeps_the_choice_message():
+    with pytest.raises(ValueError, match=r"^embed_dim: 100 is not allowed; allowed values: \[192, 384, 768\]$"):
+        ArchConfig.from_dict({**GPT_S, "embed_dim": 100})
+    with pytest.raises(ValueError, match=r"^n_head\[3\]: 5 is not allowed; allowed values: \[4, 8, 12\]$"):
+        ArchConfig.from_dict({**GPT_S, "n_head": [4, 4, 4, 5, 4, 4, 4, 4, 4, 4]})
+
+
+@pytest.mark.parametrize("value", [5, None, ["gpt-s"]])
+def test_space_must_be_a_string(value):
+    with pytest.raises(ValueError, match=r"^space: .* is not allowed: expected a JSON string, got .*gpt-nano"):
+        ArchConfig.from_dict({**GPT_S, "space": value})
+
+
+def test_unknown_fields_message_lists_the_allowed_fields():
+    with pytest.raises(ValueError) as err:
+        ArchConfig.from_dict({**GPT_S, "foo": 1, "Bias": True})
+    assert str(err.value) == ("architecture: unknown fields ['Bias', 'foo']; allowed: space, embed_dim, n_layer, "
+                              "n_head, mlp_ratio, bias, arch_id")
+    with pytest.raises(ValueError, match="architecture: expected a JSON object"):
+        ArchConfig.from_dict([("space", "gpt-s")])
+
+
+@pytest.mark.parametrize("text", [
+    "gpt-s|e384|l10|h4,4,4,4,4,4,4,4,4,4|m2,2,2,2,2,2,2,2,2,2|b2",
+    "gpt-s|e384|l10|h4,4,4,4,4,4,4,4,4,4|m2,2,2,2,2,2,2,2,2,2|b-1",
+    "gpt-s|e+384|l10|h4,4,4,4,4,4,4,4,4,4|m2,2,2,2,2,2,2,2,2,2|b0",
+    "gpt-s|e3_84|l10|h4,4,4,4,4,4,4,4,4,4|m2,2,2,2,2,2,2,2,2,2|b0",
+    "gpt-s|e 384|l10|h4,4,4,4,4,4,4,4,4,4|m2,2,2,2,2,2,2,2,2,2|b0",
+    "gpt-s|e384|l10|h4,4,4,4,4,4,4,4,4,4,|m2,2,2,2,2,2,2,2,2,2|b0",
+])
+def test_from_canonical_is_strict(text):
+    with pytest.raises(ValueError, match="canonical: cannot parse"):
+        ArchConfig.from_canonical(text)
+
+
+def test_from_canonical_keeps_the_choice_message():
+    with pytest.raises(ValueError, match=r"embed_dim: 100 is not allowed; allowed values"):
+        ArchConfig.from_canonical("gpt-s|e100|l10|h4,4,4,4,4,4,4,4,4,4|m2,2,2,2,2,2,2,2,2,2|b0")
+    arch = ArchConfig.from_canonical("gpt-s|e384|l10|h4,4,4,4,4,4,4,4,4,4|m2,2,2,2,2,2,2,2,2,2|b0")
+    assert arch == ArchConfig.from_dict(GPT_S)

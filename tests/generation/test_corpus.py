@@ -186,3 +186,17 @@ def test_shipped_tokenizer_is_reproducible_from_the_sources(tmp_path):
     manifest = build_corpus(tmp_path / "corpus", tokenizer_path=tmp_path / "tok.json")  # missing: trained anew
     assert (tmp_path / "tok.json").read_bytes() == corpus.TOKENIZER_ASSET.read_bytes()
     assert manifest["splits"]["train"]["tokens"] > 2_000_000 and 0.05 < manifest["heldout_token_fraction"] < 0.1
+
+
+def test_prepare_corpus_command_builds_the_corpus(tmp_path, monkeypatch, capsys):
+    """Regression: `hwgpt-bench prepare-corpus` crashed with AttributeError (no run_from_args)."""
+    from hwgpt_bench.cli import main
+
+    monkeypatch.setattr(corpus, "collect_documents", lambda sources, sdist=None: synthetic_docs(source=sources[0]))
+    out = tmp_path / "corpus"
+    assert main(["prepare-corpus", "--out", str(out), "--sources", "shakespeare"]) == 0
+    info = json.loads((out / "corpus.json").read_text())
+    assert len(load_tokens(out / "train.bin")) == info["splits"]["train"]["tokens"] > 0
+    assert len(load_tokens(out / "heldout.bin")) == info["splits"]["heldout"]["tokens"] > 0
+    printed = capsys.readouterr().out
+    assert f"train {info['splits']['train']['tokens']:,} tokens" in printed

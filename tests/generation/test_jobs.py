@@ -98,3 +98,23 @@ def test_eval_perplexity_run_is_resumable_and_sharded(tmp_path):
     assert ppl.num_rows == 4 and set(ppl.column("eval_tokens").to_pylist()) == {512}
     # an untrained supernet is close to uniform over the 8192-token vocabulary
     assert all(1000 < p < 60000 for p in ppl.column("perplexity").to_pylist())
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--seq-len", "4096"], "seq_len: 4096 does not fit space 'gpt-nano'"),
+    (["--n", "0"], "n: must be an integer >= 1"),
+    (["--n", "99999999"], "n: 99999999 exceeds"),
+    (["--limit", "0"], "limit: must be an integer >= 1"),
+    (["--shard", "2/2"], "shard: need 0 <= index < count"),
+    (["--repeats", "0"], "n_repeats: must be an integer >= 1"),
+    (["--flush-every", "-1"], "flush_every: must be a number of seconds >= 0"),
+])
+def test_bad_profile_arguments_are_rejected_before_anything_is_written(tmp_path, capsys, flags, message):
+    """Regression: --seq-len 4096 was rejected only after parts were written; --n 0 exited 0 with a devices row."""
+    from hwgpt_bench.cli import main
+
+    out = tmp_path / "run"
+    argv = ["profile", "--space", "gpt-nano", "--n", "2", "--threads", "1", "--no-memory", "--out", str(out), *flags]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -1,13 +1,15 @@
-"""CPU peak memory (the memory zygote and the fresh-process fallback) on gpt-nano with short sequences."""
+"""CPU peak memory (forked from the memory zygote, and the fresh-process fallback) on gpt-nano with short sequences."""
 
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from hwgpt_bench.generation import memory, profilers  # noqa: E402
+from hwgpt_bench.generation import memory, profilers, zygote  # noqa: E402
 from hwgpt_bench.search_spaces import SPACES  # noqa: E402
 
 NANO = SPACES["gpt-nano"]
@@ -47,21 +49,21 @@ def test_forked_memory_of_cached_phases(arch, phase, short_settings):
     assert result.peak_memory_mib >= result.memory_baseline_mib > 0
 
 
-@pytest.mark.skipif(not memory.fork_supported(), reason="needs Linux /proc")
+@pytest.mark.skipif(not zygote.fork_supported(), reason="needs Linux /proc")
 def test_resident_file_pages_are_page_runs_of_mapped_files():
-    page = memory.os.sysconf("SC_PAGE_SIZE")
-    runs = memory.resident_file_pages()
+    page = os.sysconf("SC_PAGE_SIZE")
+    runs = zygote.resident_file_pages()
     assert runs and all(address % page == 0 and length % page == 0 and length > 0 for address, length in runs)
     status = Path("/proc/self/status").read_text().splitlines()
     rss_kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
     assert sum(length for _, length in runs) <= rss_kib * 1024
-    memory._map_pages(runs)  # already mapped here: a no-op
+    zygote._map_pages(runs)  # already mapped here: a no-op
 
 
 # A zygote whose children misbehave on request (by seed); it still imports torch and forks as the real one does.
 _FAKE_CHILD = """
 import os, signal, sys, time
-from hwgpt_bench.generation import memory
+from hwgpt_bench.generation import memory, zygote
 
 def child(arch, settings):
     if settings.seed == 1:
@@ -77,17 +79,17 @@ def child(arch, settings):
     return {"arch_id": arch_id, "peak_memory_mib": 2.0, "memory_baseline_mib": 1.0, "source": "VmHWM"}
 
 memory.memory_child = child
-raise SystemExit(memory.zygote_main())
+raise SystemExit(zygote.zygote_main())
 """
 
 
 @pytest.fixture
 def own_zygote(monkeypatch):
     """The test starts its own zygote (it patches ``_zygote_command``); the shared one is put back afterwards."""
-    monkeypatch.setattr(memory, "_ZYGOTE", None)
+    monkeypatch.setattr(zygote, "_ZYGOTE", None)
     yield monkeypatch
-    if memory._ZYGOTE is not None:
-        memory._ZYGOTE.close(kill=True)
+    if zygote._ZYGOTE is not None:
+        zygote._ZYGOTE.close(kill=True)
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +104,10 @@ def fake_zygotes():
 @pytest.fixture
 def fake_zygote(fake_zygotes, monkeypatch):
     """The memory zygote is the fake one for this test (restarted fake if it dies); the shared one is put back."""
-    monkeypatch.setattr(memory, "_zygote_command", lambda: [sys.executable, "-c", _FAKE_CHILD])
-    monkeypatch.setattr(memory, "_ZYGOTE", fake_zygotes["zygote"])
+    monkeypatch.setattr(zygote, "_zygote_command", lambda: [sys.executable, "-c", _FAKE_CHILD])
+    monkeypatch.setattr(zygote, "_ZYGOTE", fake_zygotes["zygote"])
     yield
-    fake_zygotes["zygote"] = memory._ZYGOTE
+    fake_zygotes["zygote"] = zygote._ZYGOTE
 
 
 @pytest.mark.parametrize("seed, error", [
@@ -122,51 +124,51 @@ def test_forked_child_failure_is_a_clear_error(arch, fake_zygote, seed, error, s
 
 def test_forked_child_past_its_limit_is_killed(arch, fake_zygote, short_settings):
     memory.measure_memory_cpu(arch, short_settings())
-    zygote = memory._ZYGOTE.proc.pid
-    start = memory.time.monotonic()
+    pid = zygote._ZYGOTE.proc.pid
+    start = time.monotonic()
     with pytest.raises(RuntimeError, match=r"ran past its limit of 1 s and was killed"):
         memory.measure_memory_cpu(arch, short_settings(seed=3), timeout_s=1)
-    assert memory.time.monotonic() - start < 30
+    assert time.monotonic() - start < 30
     assert memory.measure_memory_cpu(arch, short_settings()).peak_memory_mib == 2.0
-    assert memory._ZYGOTE.proc.pid == zygote  # the same zygote serves on
+    assert zygote._ZYGOTE.proc.pid == pid  # the same zygote serves on
 
 
 def test_a_dead_zygote_is_replaced(arch, fake_zygote, short_settings):
     memory.measure_memory_cpu(arch, short_settings())
-    old = memory._ZYGOTE.proc
+    old = zygote._ZYGOTE.proc
     old.kill()
     old.wait()
     assert memory.measure_memory_cpu(arch, short_settings()).peak_memory_mib == 2.0
-    assert memory._ZYGOTE.proc.pid != old.pid
+    assert zygote._ZYGOTE.proc.pid != old.pid
 
 
 def test_shutdown_stops_the_zygote(arch, fake_zygote, short_settings):
     memory.measure_memory_cpu(arch, short_settings())
-    proc = memory._ZYGOTE.proc
-    memory.shutdown_memory_zygote()
-    assert proc.poll() is not None and memory._ZYGOTE is None
+    proc = zygote._ZYGOTE.proc
+    zygote.shutdown_memory_zygote()
+    assert proc.poll() is not None and zygote._ZYGOTE is None
 
 
 def test_a_zygote_that_cannot_start_is_a_clear_error(arch, own_zygote, short_settings):
     code = "import sys; sys.stderr.write('no torch here'); sys.exit(2)"
-    own_zygote.setattr(memory, "_zygote_command", lambda: [sys.executable, "-c", code])
+    own_zygote.setattr(zygote, "_zygote_command", lambda: [sys.executable, "-c", code])
     with pytest.raises(RuntimeError, match=r"exited with code 2 before its ready message(.|\n)*no torch here"):
         memory.measure_memory_cpu(arch, short_settings())
-    assert memory._ZYGOTE is None
+    assert zygote._ZYGOTE is None
 
 
 def test_a_silent_zygote_is_killed(arch, own_zygote, short_settings):
-    own_zygote.setattr(memory, "ZYGOTE_START_TIMEOUT_S", 1)
-    own_zygote.setattr(memory, "_zygote_command", lambda: [sys.executable, "-c", "import time; time.sleep(60)"])
-    start = memory.time.monotonic()
+    own_zygote.setattr(zygote, "ZYGOTE_START_TIMEOUT_S", 1)
+    own_zygote.setattr(zygote, "_zygote_command", lambda: [sys.executable, "-c", "import time; time.sleep(60)"])
+    start = time.monotonic()
     with pytest.raises(RuntimeError, match=r"sent no ready message within 1 s; killed it"):
         memory.measure_memory_cpu(arch, short_settings())
-    assert memory.time.monotonic() - start < 15
+    assert time.monotonic() - start < 15
 
 
 def test_a_zygote_with_threads_refuses_to_fork(arch, own_zygote, short_settings):
     code = "import threading, time; threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
-    own_zygote.setattr(memory, "_zygote_command", lambda: [sys.executable, "-c", code + _FAKE_CHILD])
+    own_zygote.setattr(zygote, "_zygote_command", lambda: [sys.executable, "-c", code + _FAKE_CHILD])
     with pytest.raises(RuntimeError, match=r"refused to start: the zygote runs 2 threads"):
         memory.measure_memory_cpu(arch, short_settings())
 

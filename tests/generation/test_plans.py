@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from hwgpt_bench.cli import build_parser
-from hwgpt_bench.generation.plans import entry_argv, load_plan
+from hwgpt_bench.generation.jobs import ProfileRequest
+from hwgpt_bench.generation.plans import entry_request, load_plan, plan_requests
 from hwgpt_bench.search_spaces import get_space
 
 PLANS = sorted((Path(__file__).resolve().parents[2] / "plans").glob("*.toml"))
@@ -17,8 +17,8 @@ def test_defaults_apply_and_entries_override(tmp_path):
                     '[[profile]]\nspace = "gpt-m"\nn = 2\nrepeats = 3\nno_memory = true\n')
     first, second = load_plan(plan)
     assert first == {"repeats": 10, "phase": ["forward"], "space": "gpt-s", "n": 5}
-    assert entry_argv(second, "runs/x") == ["profile", "--out", "runs/x", "--repeats", "3", "--phase", "forward",
-                                            "--space", "gpt-m", "--n", "2", "--no-memory"]
+    assert entry_request(second) == ProfileRequest(space="gpt-m", n=2, repeats=3, phase=("forward",), no_memory=True)
+    assert entry_request(second, shard="1/4").shard == "1/4"
 
 
 def test_plan_may_not_choose_the_output(tmp_path):
@@ -30,11 +30,22 @@ def test_plan_may_not_choose_the_output(tmp_path):
 
 @pytest.mark.parametrize("plan", PLANS, ids=lambda p: p.name)
 def test_shipped_plans_parse_into_valid_profile_calls(plan):
-    parser = build_parser()
-    for entry in load_plan(plan):
-        args = parser.parse_args(entry_argv(entry, "runs/x"))
-        get_space(args.space)
-        assert args.n <= get_space(args.space).size()
+    pytest.importorskip("torch")  # the workload grid is checked with ProfileSettings
+    requests = plan_requests(plan)
+    assert len(requests) == len(load_plan(plan))
+    for request in requests:
+        assert request.n <= get_space(request.space).size() and request.settings_grid()
+
+
+def test_a_bad_entry_anywhere_stops_the_plan_before_anything_runs(tmp_path):
+    pytest.importorskip("torch")
+    plan = tmp_path / "p.toml"
+    plan.write_text('[[profile]]\nspace = "gpt-nano"\nn = 2\n\n[[profile]]\nspace = "gpt-s"\nn = 2\nseq_len = [4096]\n')
+    with pytest.raises(ValueError, match="seq_len: 4096 does not fit"):
+        plan_requests(plan)
+    plan.write_text('[[profile]]\nspace = "gpt-nano"\nn = 2\nrepeat = 3\n')
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['repeat'\]; allowed: space, n, seed"):
+        plan_requests(plan)
 
 
 def test_release_plan_meets_the_minimum_counts():

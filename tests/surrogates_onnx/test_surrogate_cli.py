@@ -81,3 +81,98 @@ def test_train_and_evaluate_commands(synthetic_release, tmp_path, capsys):
     text = report.read_text()
     assert "| gpt-nano / gpu-syn / latency_ms / forward-b1-s256-float32 |" in text
     assert "split_conformal" in text and "gaussian" in text and "Noise ceiling" in text
+
+
+NANO = {"embed_dim": 128, "n_layer": 4, "n_head": [2, 4, 8, 2], "mlp_ratio": [2, 3, 4, 2], "bias": False}
+
+
+def _error(capsys) -> str:
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hwgpt-bench predict: error: ")
+    return lines[0].removeprefix("hwgpt-bench predict: error: ")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"bias": "false"}, "--arch: bias: 'false' is not allowed: expected a JSON boolean true/false, got 'false' (str)"),
+    ({"bias": "0"}, "--arch: bias: '0' is not allowed: expected a JSON boolean true/false, got '0' (str)"),
+    ({"bias": 2}, "--arch: bias: 2 is not allowed: expected a JSON boolean true/false, got 2 (int)"),
+    ({"bias": 0}, "--arch: bias: 0 is not allowed: expected a JSON boolean true/false, got 0 (int)"),
+    ({"embed_dim": 128.7}, "--arch: embed_dim: 128.7 is not allowed: expected a JSON integer, got 128.7 (float); "
+                           "allowed values: [128, 192, 256]"),
+    ({"embed_dim": 128.0}, "--arch: embed_dim: 128.0 is not allowed: expected a JSON integer, got 128.0 (float)"),
+    ({"n_layer": "4"}, "--arch: n_layer: '4' is not allowed: expected a JSON integer, got '4' (str)"),
+    ({"n_head": [2, 4, "8", 2]}, "--arch: n_head[2]: '8' is not allowed: expected a JSON integer"),
+    ({"mlp_ratio": [2, 3, 4, True]}, "--arch: mlp_ratio[3]: True is not allowed: expected a JSON integer"),
+    ({"foo": 1}, "--arch: unknown fields ['foo']; allowed: space, embed_dim, n_layer, n_head, mlp_ratio, bias"),
+])
+def test_predict_arch_types_are_strict(trained, capsys, change, message):
+    assert main(_predict(trained, "--arch", json.dumps(NANO))) == 0
+    capsys.readouterr()
+    assert main(_predict(trained, "--arch", json.dumps({**NANO, **change}))) == 2
+    assert message in _error(capsys)
+
+
+def test_predict_arch_repeated_field_is_an_error(trained, capsys):
+    text = json.dumps(NANO)[:-1] + ', "bias": true}'
+    assert main(_predict(trained, "--arch", text)) == 2
+    assert _error(capsys) == "--arch: field 'bias' given twice"
+
+
+def test_predict_archs_file_names_the_bad_line_and_field(trained, tmp_path, capsys):
+    assert main(["sample", "--space", SPACE, "--n", "3", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    path = tmp_path / "archs.jsonl"
+    for bad, message in (({"colour": "red"}, "unknown fields ['colour']; allowed: space, embed_dim"),
+                         ({"bias": "true"}, "bias: 'true' is not allowed: expected a JSON boolean true/false"),
+                         ({"n_layer": 4.0}, "n_layer: 4.0 is not allowed: expected a JSON integer"),
+                         ({"params": 1}, "params: 1 does not match the fields"),
+                         ({"canonical": rows[0]["canonical"]}, "canonical: ")):
+        lines = [json.dumps(rows[0]), json.dumps({**rows[1], **bad}), json.dumps(rows[2])]
+        path.write_text("\n".join(lines) + "\n")
+        assert main(_predict(trained, "--archs", str(path), "--json")) == 2
+        assert _error(capsys).startswith(f"{path}:2: {message}")
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")  # untouched sample rows still work
+    assert main(_predict(trained, "--archs", str(path), "--json")) == 0
+    assert [json.loads(line)["arch_id"] for line in capsys.readouterr().out.splitlines()] == [
+        r["arch_id"] for r in rows]
+
+
+def test_sample_row_columns_are_those_of_an_architectures_row():
+    from hwgpt_bench.generation.architectures import architecture_row
+    from hwgpt_bench.search_spaces import ARCH_FIELDS
+    from hwgpt_bench.surrogates_onnx.predict_cli import SAMPLE_ROW_COLUMNS
+
+    row = architecture_row(sample_archs(SPACE, 1)[0], 0, 0)
+    assert set(SAMPLE_ROW_COLUMNS) == set(row) - {*ARCH_FIELDS, "arch_id"}
+
+
+def test_predict_unknown_space_and_device_name_only_the_allowed_values(trained, capsys):
+    spaces = "gpt-s, gpt-m, gpt-l, gpt-s-wide, gpt-m-wide, gpt-l-wide, gpt-xl-wide, gpt-nano"
+    base = ["predict", "--device", "cpu-amd-epyc-2t", "--metric", "latency_ms", "--sample", "1"]
+    assert main([*base, "--space", "gpt-q"]) == 2  # the shipped models (33 of them)
+    assert _error(capsys) == f"unknown space 'gpt-q'; allowed: {spaces}"
+    assert main(["predict", "--space", "gpt-s", "--device", "D", "--metric", "latency_ms", "--sample", "1"]) == 2
+    device = _error(capsys)
+    assert device.startswith("unknown device 'D' for space gpt-s metric latency_ms; allowed: cpu-amd-epyc-2t (")
+    assert "/" not in device
+    assert main(["predict", "--space", SPACE, "--device", "gpu-x", "--metric", "latency_ms", "--models",
+                 str(trained), "--sample", "1"]) == 2
+    assert _error(capsys).startswith(f"unknown device 'gpu-x' for space {SPACE} metric latency_ms; allowed: "
+                                     f"{CPU}, gpu-syn (")
+    assert main(_predict(trained, "--sample", "1", "--batch-size", "64")) == 2
+    workload = _error(capsys)
+    assert workload.startswith(f"unknown workload {{'batch_size': 64}} for space {SPACE} device {CPU} metric "
+                               "latency_ms")
+    assert workload.split("; allowed: ")[1] == (f"{SPACE}/{CPU}/latency_ms/forward-b1-s256-float32, "
+                                               f"{SPACE}/{CPU}/latency_ms/forward-b2-s256-float32")
+
+
+def test_predict_arch_of_another_space_reports_the_space(capsys):
+    fields = {k: v for k, v in sample_archs("gpt-s", 1, seed=3)[0].to_dict().items() if k != "arch_id"}
+    base = ["predict", "--space", "gpt-s", "--device", "cpu-amd-epyc-2t", "--metric", "latency_ms", "--arch"]
+    assert main([*base, json.dumps(fields)]) == 0  # the shipped gpt-s model
+    capsys.readouterr()
+    assert main([*base, json.dumps({**fields, "space": "gpt-m"})]) == 2
+    assert _error(capsys) == "--arch: space: architecture says 'gpt-m' but the model is for 'gpt-s'"

@@ -5,8 +5,8 @@ import pytest
 
 pytest.importorskip("mapie")
 
-from hwgpt_bench.surrogates_onnx import evaluation, pipeline, training  # noqa: E402
-from hwgpt_bench.surrogates_onnx.evaluation import Intervals, interval_metrics  # noqa: E402
+from hwgpt_bench.surrogates_onnx import evaluation, intervals, pipeline, runtime, training  # noqa: E402
+from hwgpt_bench.surrogates_onnx.intervals import Intervals, interval_metrics  # noqa: E402
 
 
 def test_coverage_width_and_winkler_score_by_hand():
@@ -23,13 +23,13 @@ def test_coverage_width_and_winkler_score_by_hand():
 
 def test_point_metrics_and_worst_quintile():
     medians = np.arange(1.0, 11.0)
-    perfect = evaluation.point_metrics(medians, medians)
+    perfect = intervals.point_metrics(medians, medians)
     assert perfect == pytest.approx({"kendall_tau": 1.0, "r2": 1.0, "within_10pct": 1.0})
-    off = evaluation.point_metrics(medians * 1.2, medians)
+    off = intervals.point_metrics(medians * 1.2, medians)
     assert off["kendall_tau"] == pytest.approx(1.0) and off["within_10pct"] == 0.0 and off["r2"] < 1
     hits = np.array([1.0] * 8 + [0.0, 0.5])  # the two largest points are poorly covered
-    assert evaluation.worst_quintile(np.arange(10.0), hits) == (pytest.approx(0.25), 2)
-    assert evaluation.null_standard_error(0.9, 100) == pytest.approx(0.03)
+    assert intervals.worst_quintile(np.arange(10.0), hits) == (pytest.approx(0.25), 2)
+    assert intervals.null_standard_error(0.9, 100) == pytest.approx(0.03)
 
 
 def test_meets_goals():
@@ -95,9 +95,9 @@ def test_gaussian_baseline_needs_repeats(make_target):
 
 
 def test_evaluate_models_on_the_trained_release(trained, synthetic_release):
-    results, header = pipeline.evaluate_models(synthetic_release, trained)
+    results, header = evaluation.evaluate_models(synthetic_release, trained)
     assert len(results) == 9 and header["dataset_version"] == "0.0.1"
-    manifest = {pipeline.evaluation.model_label(m): m for m in pipeline.runtime.read_manifest(trained)["models"]}
+    manifest = {evaluation.model_label(m): m for m in runtime.read_manifest(trained)["models"]}
     for r in results:  # the report's CQR figures are the manifest's test figures (same split, same ONNX model)
         assert r["methods"]["cqr"]["coverage"] == pytest.approx(manifest[r["label"]]["test"]["coverage"])
     ppl = next(r for r in results if r["metric"] == "perplexity")

@@ -8,8 +8,16 @@ import sys
 import numpy as np
 import pytest
 
+from hwgpt_bench.metrics import METRIC_NAMES
 from hwgpt_bench.search_spaces import ArchConfig, sample_archs
-from hwgpt_bench.surrogates_onnx.runtime import Prediction, Surrogate, encode_archs, list_models, read_manifest
+from hwgpt_bench.surrogates_onnx.runtime import (
+    Prediction,
+    Surrogate,
+    encode_archs,
+    list_models,
+    read_manifest,
+    to_arch,
+)
 
 SPACE, CPU, GPU = "gpt-nano", "cpu-syn-2t", "gpu-syn"
 
@@ -151,3 +159,88 @@ def test_archconfig_of_another_space_is_refused(latency):
     other = ArchConfig.from_dict({k: v for k, v in sample_archs("gpt-s", 1)[0].to_dict().items() if k != "arch_id"})
     with pytest.raises(ValueError, match="space"):
         latency.predict([other])
+
+
+NANO = {"embed_dim": 128, "n_layer": 4, "n_head": [2, 4, 8, 2], "mlp_ratio": [2, 3, 4, 2], "bias": False}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"bias": "false"}, "bias: 'false' is not allowed: expected a JSON boolean true/false, got 'false' (str)"),
+    ({"bias": "0"}, "bias: '0' is not allowed: expected a JSON boolean true/false, got '0' (str)"),
+    ({"bias": 2}, "bias: 2 is not allowed: expected a JSON boolean true/false, got 2 (int)"),
+    ({"embed_dim": 128.7}, "embed_dim: 128.7 is not allowed: expected a JSON integer, got 128.7 (float); allowed "
+                           "values: [128, 192, 256]"),
+    ({"embed_dim": 128.0}, "embed_dim: 128.0 is not allowed: expected a JSON integer"),
+    ({"n_layer": "4"}, "n_layer: '4' is not allowed: expected a JSON integer, got '4' (str); allowed values: "
+                       "[4, 5, 6]"),
+    ({"n_head": [2, 4, 8.0, 2]}, "n_head[2]: 8.0 is not allowed: expected a JSON integer"),
+    ({"mlp_ratio": [2, 3, True, 2]}, "mlp_ratio[2]: True is not allowed: expected a JSON integer"),
+    ({"foo": 1}, "unknown fields ['foo']; allowed: space, embed_dim, n_layer, n_head, mlp_ratio, bias"),
+])
+def test_wrong_types_are_errors_not_another_architecture(latency, change, message):
+    assert latency.predict(NANO).point.shape == (1,)
+    with pytest.raises(ValueError) as err:
+        latency.predict({**NANO, **change})
+    assert message in str(err.value)
+    with pytest.raises(ValueError) as err:
+        to_arch({**NANO, **change}, SPACE)
+    assert message in str(err.value)
+
+
+def test_arch_of_another_space_reports_the_space_not_a_field(latency):
+    wrong = {**NANO, "space": "gpt-s"}  # nano fields, but says gpt-s: was "embed_dim: 128 is not allowed"
+    for arch in (wrong, {**sample_archs("gpt-s", 1)[0].to_dict()}, sample_archs("gpt-s", 1)[0]):
+        with pytest.raises(ValueError) as err:
+            latency.predict(arch)
+        assert str(err.value) == "space: architecture says 'gpt-s' but the model is for 'gpt-nano'"
+    assert to_arch({**NANO, "space": SPACE}, SPACE) == to_arch(NANO, SPACE)
+
+
+def _load_error(*args, **kwargs) -> str:
+    with pytest.raises(ValueError) as err:
+        Surrogate.load(*args, **kwargs)
+    return str(err.value)
+
+
+def test_unknown_space_device_metric_name_only_the_allowed_values(trained):
+    spaces = "gpt-s, gpt-m, gpt-l, gpt-s-wide, gpt-m-wide, gpt-l-wide, gpt-xl-wide, gpt-nano"
+    assert _load_error("gpt-q", CPU, "latency_ms", root=trained) == f"unknown space 'gpt-q'; allowed: {spaces}"
+    assert _load_error("gpt-nano", "gpu-x", "latency_ms", root=trained).startswith(
+        f"unknown device 'gpu-x' for space gpt-nano metric latency_ms; allowed: {CPU}, {GPU} (")
+    assert _load_error("gpt-nano", None, "latency_ms", root=trained).startswith(
+        f"no device given for space gpt-nano metric latency_ms; allowed: {CPU}, {GPU} (")
+    assert _load_error("gpt-nano", CPU, "energy_mj", root=trained).startswith(
+        f"unknown device '{CPU}' for space gpt-nano metric energy_mj; allowed: {GPU} (no model matches")
+    assert _load_error("gpt-nano", CPU, "latency", root=trained) == (
+        f"unknown metric 'latency'; allowed: {', '.join(METRIC_NAMES)}")
+    assert _load_error("gpt-s", CPU, "latency_ms", root=trained).startswith(
+        "no model for space 'gpt-s' here; allowed: gpt-nano (")
+
+
+def test_unknown_workload_lists_only_that_space_device_and_metric(trained):
+    message = _load_error(SPACE, CPU, "latency_ms", {"batch_size": 64}, root=trained)
+    assert message.startswith(f"unknown workload {{'batch_size': 64}} for space {SPACE} device {CPU} metric "
+                              "latency_ms (no model matches")
+    allowed = message.split("; allowed: ", 1)[1].split(", ")
+    assert allowed == [f"{SPACE}/{CPU}/latency_ms/forward-b1-s256-float32",
+                       f"{SPACE}/{CPU}/latency_ms/forward-b2-s256-float32"]
+    keys = _load_error(SPACE, CPU, "latency_ms", {"batchsize": 2}, root=trained)
+    assert keys == (f"unknown workload key(s) ['batchsize'] for space {SPACE} device {CPU} metric latency_ms; "
+                    "allowed: batch_size, dtype, phase, seq_len")
+    ppl = _load_error(SPACE, None, "perplexity", {"batch_size": 1}, root=trained)
+    assert ppl.startswith(f"unknown workload key(s) ['batch_size'] for space {SPACE} metric perplexity; allowed: "
+                          "checkpoint_sha256, eval_split")
+
+
+def test_shipped_models_errors_are_short():
+    spaces = "gpt-s, gpt-m, gpt-l, gpt-s-wide, gpt-m-wide, gpt-l-wide, gpt-xl-wide, gpt-nano"
+    shipped = read_manifest()["models"]
+    assert len(shipped) > 30 and {m["device"] for m in shipped} == {"cpu-amd-epyc-2t", None}
+    assert _load_error("X", "cpu-amd-epyc-2t", "latency_ms") == f"unknown space 'X'; allowed: {spaces}"
+    device = _load_error("gpt-s", "D", "latency_ms")
+    assert device.startswith("unknown device 'D' for space gpt-s metric latency_ms; allowed: cpu-amd-epyc-2t (")
+    assert "/" not in device and "gpt-m" not in device
+    metric = _load_error("gpt-s", "cpu-amd-epyc-2t", "energy")
+    assert metric == f"unknown metric 'energy'; allowed: {', '.join(METRIC_NAMES)}"
+    workload = _load_error("gpt-m", "cpu-amd-epyc-2t", "latency_ms", {"seq_len": 999})
+    assert workload.split("; allowed: ")[1] == "gpt-m/cpu-amd-epyc-2t/latency_ms/forward-b1-s256-float32"

@@ -260,7 +260,7 @@ def test_auto_variant_chooses_on_fitting_archs_only(make_target):
 
 @pytest.mark.slow
 def test_coverage_of_single_new_measurements_is_near_nominal(make_target, cqr_intervals):
-    from hwgpt_bench.surrogates_onnx.evaluation import interval_metrics
+    from hwgpt_bench.surrogates_onnx.intervals import interval_metrics
 
     target = make_target(n_archs=1500, n_repeats=5, seed=3)
     slow = training.Recipe(max_iter=60, max_leaf_nodes=8, variant="quantile")

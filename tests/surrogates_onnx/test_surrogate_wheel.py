@@ -1,8 +1,9 @@
-"""The built wheel, installed into a fresh venv with only the base dependencies, predicts from ONNX files.
+"""The built wheel, installed into a fresh venv, predicts from ONNX files, outside the repository.
 
-No models are shipped yet, so the test trains a tiny set from the synthetic release (``trained`` fixture, in this
-environment) and points ``root=`` / ``--models`` at it from the fresh venv. Once shipped models exist, the same
-check runs on them too. The venv is the shared ``fresh_venv`` fixture of ``tests/conftest.py``.
+``fresh_venv`` (``tests/conftest.py``) has the wheel with its base dependencies: it predicts from a tiny set trained
+here on the synthetic release (``trained`` fixture, ``root=`` / ``--models``) and loads the shipped models.
+``runtime_venv`` has numpy and onnxruntime only, and the wheel installed with ``--no-deps``: every shipped model
+predicts there as in this environment, and neither the training stack nor the dataset stack is imported.
 """
 
 import json
@@ -60,3 +61,46 @@ def test_shipped_models_load_in_the_fresh_venv(fresh_venv, tmp_path):
     out = subprocess.run([str(fresh_venv / "bin" / "python"), "-c", code], check=True, capture_output=True, text=True,
                          cwd=tmp_path)
     assert out.stdout.strip() == "(3,)"
+
+
+HEAVY = ("torch", "sklearn", "mapie", "skl2onnx", "scipy", "polars", "pyarrow", "pandas", "datasets", "matplotlib")
+
+RUNTIME_PREDICT = """
+import json, sys
+import hwgpt_bench.surrogates_onnx
+after_import = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
+from hwgpt_bench.search_spaces import sample_archs
+from hwgpt_bench.surrogates_onnx import Surrogate, list_models
+points = {}
+for m in list_models():
+    s = Surrogate.load(m["space"], m["device"], m["metric"], m["workload"])
+    points[m["file"]] = s.predict(sample_archs(m["space"], 3, seed=5)).point.tolist()
+after_predict = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
+print(json.dumps({"package": hwgpt_bench.__file__, "points": points, "after_import": after_import,
+                  "after_predict": after_predict}))
+"""
+
+
+@pytest.mark.slow
+def test_shipped_models_predict_with_numpy_and_onnxruntime_only(runtime_venv, tmp_path):
+    shipped = list_models()
+    if not shipped:
+        pytest.skip(f"no shipped models under {DEFAULT_ROOT} (train them with `hwgpt-bench train-surrogates`)")
+    python = str(runtime_venv / "bin" / "python")
+    found = subprocess.run([python, "-c", "import importlib.util as u, json; print(json.dumps({m: u.find_spec(m) is "
+                            f"not None for m in {HEAVY + ('numpy', 'onnxruntime')!r}}}))"],
+                           check=True, capture_output=True, text=True, cwd=tmp_path)
+    installed = json.loads(found.stdout)
+    assert installed.pop("numpy") and installed.pop("onnxruntime")
+    assert not any(installed.values()), installed  # nothing but numpy, onnxruntime and what they need
+    out = subprocess.run([python, "-c", f"HEAVY = {HEAVY!r}\n" + RUNTIME_PREDICT], check=True, capture_output=True,
+                         text=True, cwd=tmp_path)
+    got = json.loads(out.stdout)
+    assert Path(got["package"]).is_relative_to(runtime_venv)  # the installed wheel, not the checkout
+    assert not Path(got["package"]).is_relative_to(REPO)
+    assert got["after_import"] == [] and got["after_predict"] == []
+    assert sorted(got["points"]) == sorted(m["file"] for m in shipped)
+    for m in shipped:
+        ref = Surrogate.load(m["space"], m["device"], m["metric"], m["workload"])
+        np.testing.assert_allclose(got["points"][m["file"]], ref.predict(sample_archs(m["space"], 3, seed=5)).point,
+                                   rtol=1e-6)
