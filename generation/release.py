@@ -168,7 +168,7 @@ def _write_tree(tree: Path, tables: dict[str, pa.Table], version: str, card: Pat
     files = [e for c, data in tables.items() for e in write_config(tree, c, data, max_bytes)]
     manifest = make_manifest(version, tables, files, card.resolve().parent)
     write_text_atomic(json.dumps(manifest, indent=2) + "\n", tree / MANIFEST)
-    write_text_atomic(render_card(card.read_text(encoding="utf-8"), tables), tree / README)
+    write_text_atomic(render_card(card.read_text(encoding="utf-8"), tables, version), tree / README)
     write_text_atomic(changelog, tree / CHANGELOG)
     return manifest
 

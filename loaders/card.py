@@ -106,19 +106,19 @@ def _replace_table(body: str, config: str) -> str:
     return f"{body[:i + len(start)]}\n{column_table(config)}\n{body[j:]}"
 
 
-def render_card(text: str, tables: dict[str, pa.Table] | None = None) -> str:
+def render_card(text: str, tables: dict[str, pa.Table] | None = None, version: str | None = None) -> str:
     """``text`` with its generated parts regenerated: ``configs:`` front matter and column tables from the schema.
 
     With ``tables`` (the tables of a release) ``configs:`` lists only those configs, ``size_categories`` follows the
-    largest, and every inline fact and data table is recomputed from them. Everything else is kept verbatim, so
-    ``render_card(card, tables) == card`` exactly when the card is in sync.
+    largest, and every inline fact (``version`` too, when given) and data table is recomputed from them. Everything
+    else is kept verbatim, so ``render_card(card, tables, version) == card`` exactly when the card is in sync.
     """
     lines, body = split_front_matter(text)
     lines = _set_key(lines, "configs", configs_yaml(list(tables) if tables else tuple(SCHEMAS)))
     if tables:
         biggest = max(t.num_rows for t in tables.values())
         lines = _set_key(lines, "size_categories", ["size_categories:", f"- {size_category(biggest)}"])
-        body = fill_tables(fill_facts(body, card_facts(tables)), tables)
+        body = fill_tables(fill_facts(body, card_facts(tables, version)), tables)
     for config in SCHEMAS:
         body = _replace_table(body, config)
     return "---\n" + "\n".join(lines) + "\n" + body
@@ -212,15 +212,16 @@ def _perplexity_facts(ppl: pl.DataFrame) -> dict[str, str]:
             "perplexity.min": _num(ppl["perplexity"].min()), "perplexity.max": _num(ppl["perplexity"].max())}
 
 
-def card_facts(tables: dict[str, pa.Table]) -> dict[str, str]:
-    """Every inline number a card may cite, as the text it must read, from the tables of a release.
+def card_facts(tables: dict[str, pa.Table], version: str | None = None) -> dict[str, str]:
+    """Every inline number a card may cite, as the text it must read, from the tables (and version) of a release.
 
-    Names: ``rows.<config>``, ``architectures``, ``spaces``, ``archs.<space>``, ``devices``, ``device_ids``;
-    with measurements ``workloads``, ``other_cpu_cores.p99`` (cores), ``rows.other_cpu_cores_above_0.2``,
-    ``rel_iqr_p50.<space>`` and ``rel_iqr.max`` (main workload, percent); with perplexity ``perplexity_archs``,
-    ``checkpoints``, ``perplexity.min`` and ``perplexity.max``.
+    Names: ``version`` (when given), ``rows.<config>``, ``architectures``, ``spaces``, ``archs.<space>``, ``devices``,
+    ``device_ids``; with measurements ``workloads``, ``other_cpu_cores.p99`` (cores),
+    ``rows.other_cpu_cores_above_0.2``, ``rel_iqr_p50.<space>`` and ``rel_iqr.max`` (main workload, percent); with
+    perplexity ``perplexity_archs``, ``checkpoints``, ``perplexity.min`` and ``perplexity.max``.
     """
     facts = {f"rows.{c}": _count(t.num_rows) for c, t in tables.items()}
+    facts |= {"version": version} if version else {}
     if (archs := _frame(tables, "architectures")) is not None:
         facts |= _architecture_facts(archs)
     if (devices := _frame(tables, "devices")) is not None:
@@ -291,7 +292,7 @@ DATA_TABLES: dict[str, Callable[[dict[str, pa.Table]], str]] = {
 
 def _fact_kinds() -> re.Pattern:
     spaces = "|".join(re.escape(s) for s in SPACES)
-    names = ["architectures", "spaces", "devices", "device_ids", "workloads", r"other_cpu_cores\.p99",
+    names = ["version", "architectures", "spaces", "devices", "device_ids", "workloads", r"other_cpu_cores\.p99",
              r"rows\.other_cpu_cores_above_0\.2", r"rel_iqr\.max", "perplexity_archs", "checkpoints",
              r"perplexity\.(min|max)", rf"rows\.({'|'.join(SCHEMAS)})", rf"(archs|rel_iqr_p50)\.({spaces})"]
     return re.compile("^(" + "|".join(names) + ")$")
@@ -324,9 +325,11 @@ def fill_tables(body: str, tables: dict[str, pa.Table]) -> str:
                                f"<!-- table:{m[1]}:end -->", body)
 
 
-def data_problems(text: str, tables: dict[str, pa.Table], where: str = README) -> list[str]:
-    """Each inline fact or data table of the card ``text`` that disagrees with ``tables`` (names it and both values)."""
-    facts = card_facts(tables)
+def data_problems(text: str, tables: dict[str, pa.Table], where: str = README,
+                  version: str | None = None) -> list[str]:
+    """Each inline fact or data table of the card ``text`` that disagrees with ``tables`` / ``version`` (names it and
+    both values)."""
+    facts = card_facts(tables, version)
     problems = []
     for name, value in FACT.findall(text):
         try:

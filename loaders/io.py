@@ -76,3 +76,14 @@ def read_manifest(root: str | Path = "dataset") -> dict:
     if not path.is_file():
         raise ValueError(f"{path}: no manifest (is {root} a release built by `hwgpt-bench build-release`?)")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def release_tables(root: str | Path = "dataset") -> dict:
+    """Every config of the release at ``root`` that has data files, as pyarrow tables cast to the schema."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hwgpt_bench.loaders.schema import SCHEMAS, cast_table
+
+    return {config: cast_table(config, pa.concat_tables([pq.read_table(p) for p in files]))
+            for config in SCHEMAS if (files := data_files(config, root))}

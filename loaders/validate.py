@@ -362,6 +362,14 @@ def front_matter_problems(root: Path, meta: dict) -> list[str]:
     return problems
 
 
+def _manifest_version(root: Path) -> str | None:
+    try:
+        manifest = read_manifest(root)
+    except (ValueError, OSError):
+        return None
+    return str(manifest["version"]) if isinstance(manifest, dict) and "version" in manifest else None
+
+
 def readme_problems(root: Path, tables: dict[str, pa.Table] | None = None) -> list[str]:
     """The card of a release: front matter parses, configs match the data folders, column tables match the schema,
     and (given the release's ``tables``) every fact and data table it cites matches them."""
@@ -378,8 +386,8 @@ def readme_problems(root: Path, tables: dict[str, pa.Table] | None = None) -> li
         return [f"{README}: front matter unreadable ({err})"]
     if not isinstance(meta, dict):
         return [f"{README}: front matter is not a mapping"]
-    numbers = _guarded(f"{README}: facts and data tables", data_problems, text, tables, README) \
-        if tables is not None else []
+    numbers = _guarded(f"{README}: facts and data tables", data_problems, text, tables, README,
+                       _manifest_version(root)) if tables is not None else []
     return front_matter_problems(root, meta) + card_problems(text, README) + numbers
 
 
