@@ -150,12 +150,18 @@ def make_manifest(version: str, tables: dict[str, pa.Table], files: list[dict], 
 
 
 def changelog_text(old: str | None, version: str, entry: str, date: str) -> str:
-    """``old`` changelog with ``entry`` as the newest section ``## v<version> (<date>)`` (a same-version one goes)."""
+    """``old`` changelog with ``entry`` as the newest section ``## v<version> (<date>)``.
+
+    Rebuilding a version replaces its section but keeps the date it was first released on, so a rebuild (same parts,
+    new card) does not pretend the data is new.
+    """
     sections = re.split(r"(?m)^(?=## v)", old or "")
     head = sections[0].strip() or CHANGELOG_HEADER.strip()
-    same = re.compile(rf"## v{re.escape(version)}[ \n]")
-    kept = "".join(s if s.endswith("\n") else s + "\n" for s in sections[1:] if not same.match(s))
-    return f"{head}\n\n## v{version} ({date})\n\n{entry.strip()}\n\n{kept}".rstrip("\n") + "\n"
+    same = re.compile(rf"## v{re.escape(version)} \((\d{{4}}-\d{{2}}-\d{{2}})\)")
+    first = next((m[1] for s in sections[1:] if (m := same.match(s))), date)
+    kept = "".join(s if s.endswith("\n") else s + "\n" for s in sections[1:]
+                   if not re.match(rf"## v{re.escape(version)}[ \n]", s))
+    return f"{head}\n\n## v{version} ({first})\n\n{entry.strip()}\n\n{kept}".rstrip("\n") + "\n"
 
 
 def _check_version(version: str) -> None:

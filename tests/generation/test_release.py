@@ -178,3 +178,11 @@ def test_cli_build_release_and_publish_dry_run(synthetic_runs, tmp_path, capsys)
     assert "would go to datasets/someone/x (tag v1.2.3)" in capsys.readouterr().out
     assert main(["publish", str(out), "--repo-id", "someone/x", "--version", "9.9.9", "--dry-run"]) == 2
     assert main([*argv[:-4], "--version", "bad", "--changelog", "x"]) == 2
+
+
+def test_rebuilding_a_version_keeps_its_first_release_date():
+    old = "# Changelog\n\n## v0.2.0 (2026-11-30)\n\nSecond.\n\n## v0.1.0 (2026-11-22)\n\nFirst.\n"
+    log = rel.changelog_text(old, "0.2.0", "Second, rebuilt.", "2026-12-02")
+    assert "## v0.2.0 (2026-11-30)\n\nSecond, rebuilt." in log and "Second.\n" not in log
+    assert log.count("## v0.2.0") == 1 and "## v0.1.0 (2026-11-22)\n\nFirst." in log
+    assert "## v0.3.0 (2026-12-02)" in rel.changelog_text(old, "0.3.0", "Third.", "2026-12-02")
