@@ -48,15 +48,6 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delegate(module: str, function: str = "run_from_args"):
-    """A handler that imports ``module`` only when the subcommand runs."""
-
-    def handler(args: argparse.Namespace) -> int:
-        return getattr(importlib.import_module(module), function)(args)
-
-    return handler
-
-
 # ---- thin adapters: parse, call the library function with typed arguments, print the result ---------------------
 def _cmd_profile(args: argparse.Namespace) -> int:
     from hwgpt_bench.generation.jobs import ProfileRequest, profile
@@ -158,6 +149,56 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     verb = "would go" if args.dry_run else "uploaded"
     print(f"{len(files)} files, {sum(f['bytes'] for f in files)} bytes {verb} to datasets/{args.repo_id} "
           f"(tag v{args.version})")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from hwgpt_bench.loaders.plots import demo_text
+
+    print(demo_text(args.dataset, args.out))
+    return 0
+
+
+def _cmd_figures(args: argparse.Namespace) -> int:
+    from hwgpt_bench.loaders.plots import write_figures
+
+    for path in write_figures(args.dataset, args.out):
+        print(path)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from hwgpt_bench.surrogates_onnx.predict import ArchInput, format_prediction, predict, workload_filter
+
+    workload = workload_filter(phase=args.phase, batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype)
+    archs = ArchInput(arch=args.arch, archs=args.archs, sample=args.sample, seed=args.seed)  # read after the model
+    result = predict(args.space, args.metric, archs, device=args.device, workload=workload, level=args.level,
+                     models=args.models, threads=args.threads)
+    print(format_prediction(result, as_json=args.json), end="", flush=True)
+    return 0
+
+
+def _cmd_train_surrogates(args: argparse.Namespace) -> int:
+    from hwgpt_bench.surrogates_onnx.pipeline import train_surrogates
+    from hwgpt_bench.surrogates_onnx.runtime import MANIFEST
+    from hwgpt_bench.surrogates_onnx.training import Recipe
+
+    recipe = Recipe(seed=args.seed, max_repeats_per_arch=args.max_repeats, max_iter=args.max_iter,
+                    learning_rate=args.learning_rate, max_leaf_nodes=args.max_leaf_nodes, variant=args.variant,
+                    calibration=args.calibration, folds=args.folds, mondrian_bins=args.mondrian_bins,
+                    threads=args.threads)
+    manifest = train_surrogates(args.dataset, args.out, recipe, metrics=args.metric, spaces=args.space,
+                                devices=args.device, phases=args.phase, batch_sizes=args.batch_size,
+                                seq_lens=args.seq_len, dtypes=args.dtype)
+    print(f"{len(manifest['models'])} models -> {Path(args.out) / MANIFEST} ({len(manifest['skipped'])} skipped)")
+    return 0
+
+
+def _cmd_evaluate_surrogates(args: argparse.Namespace) -> int:
+    from hwgpt_bench.surrogates_onnx.evaluation import evaluate_models, write_report
+
+    results, header = evaluate_models(args.dataset, args.models)
+    write_report(results, header, args.report)
     return 0
 
 
@@ -305,7 +346,7 @@ def _add_demo(sub) -> None:
                        "and the measured gpt-nano perplexity-latency Pareto front, and write its plot.")
     p.add_argument("--dataset", default="dataset", help="release folder (default: dataset, the shipped release)")
     p.add_argument("--out", default="figures", help="folder for the Pareto plot (default: figures)")
-    p.set_defaults(handler=_delegate("hwgpt_bench.loaders.plots", "demo_from_args"))
+    p.set_defaults(handler=_cmd_demo)
 
 
 def _add_figures(sub) -> None:
@@ -314,7 +355,7 @@ def _add_figures(sub) -> None:
                        "perplexity-latency Pareto front, as PNG files.")
     p.add_argument("--dataset", default="dataset", help="release folder (default: dataset)")
     p.add_argument("--out", default="dataset/figures", help="output folder (default: dataset/figures)")
-    p.set_defaults(handler=_delegate("hwgpt_bench.loaders.plots", "figures_from_args"))
+    p.set_defaults(handler=_cmd_figures)
 
 
 def _add_run_plan(sub) -> None:
@@ -364,7 +405,7 @@ def _add_predict(sub) -> None:
                    "package's models)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     p.add_argument("--json", action="store_true", help="one JSON object per architecture instead of text")
-    p.set_defaults(handler=_delegate("hwgpt_bench.surrogates_onnx.predict_cli", "predict_from_args"))
+    p.set_defaults(handler=_cmd_predict)
 
 
 def _add_train_surrogates(sub) -> None:
@@ -397,7 +438,7 @@ def _add_train_surrogates(sub) -> None:
                    "each with its own corrections, at most; fewer where a bin would hold fewer architectures than the "
                    "recipe's min_bin_archs (default 5; 1: one correction for the whole space)")
     p.add_argument("--threads", type=int, default=1, help="OpenMP threads of the fits (default 1)")
-    p.set_defaults(handler=_delegate("hwgpt_bench.surrogates_onnx.pipeline", "train_from_args"))
+    p.set_defaults(handler=_cmd_train_surrogates)
 
 
 def _add_evaluate_surrogates(sub) -> None:
@@ -411,7 +452,7 @@ def _add_evaluate_surrogates(sub) -> None:
                    "surrogates_onnx)")
     p.add_argument("--report", default="surrogates_onnx/REPORT.md", help="markdown report to write (default: "
                    "surrogates_onnx/REPORT.md)")
-    p.set_defaults(handler=_delegate("hwgpt_bench.surrogates_onnx.evaluation", "evaluate_from_args"))
+    p.set_defaults(handler=_cmd_evaluate_surrogates)
 
 
 _BUILDERS = [_add_demo, _add_figures, _add_spaces, _add_sample, _add_profile, _add_eval_perplexity, _add_train,

@@ -1,4 +1,4 @@
-"""Figures of a release and the two commands that show a release: ``hwgpt-bench demo`` and ``hwgpt-bench figures``.
+"""Figures of a release and the demo text: what ``hwgpt-bench demo`` and ``hwgpt-bench figures`` show.
 
 The tables come from ``loaders.analysis`` (polars only). matplotlib is imported only inside the plotting functions,
 so this module imports, and ``demo`` prints every table, with the base dependencies alone: without matplotlib the
@@ -7,7 +7,6 @@ demo says in one line that it skipped the plots, and ``figures`` is a ``ValueErr
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -182,15 +181,3 @@ def demo_text(root: str | Path = "dataset", out: str | Path = "figures", plots: 
         lines.append(f"plots skipped: matplotlib is not installed ({PLOTS_INSTALL} gives them)")
     return "\n".join(lines)
 
-
-def demo_from_args(args: argparse.Namespace) -> int:
-    """``hwgpt-bench demo``: print ``demo_text`` of the release (the shipped one by default)."""
-    print(demo_text(args.dataset, args.out))
-    return 0
-
-
-def figures_from_args(args: argparse.Namespace) -> int:
-    """``hwgpt-bench figures``: write the card's figures and print their paths."""
-    for path in write_figures(args.dataset, args.out):
-        print(path)
-    return 0

@@ -3,7 +3,7 @@
 Figures per model: those of ``intervals.interval_metrics`` (coverage, width, interval score, worst-quintile coverage,
 their standard errors, Kendall tau, R^2, share within 10%), all on the TEST architectures of the grouped split, in
 units of the metric. ``evaluate_models`` rebuilds each trained model's split from its manifest's recipe and compares
-the shipped ONNX model with the methods below; ``render_report`` writes REPORT.md.
+the shipped ONNX model with the methods below; ``render_report`` is REPORT.md's text and ``write_report`` writes it.
 
 Baselines fitted on the same splits: ``gaussian`` (the HW-GPT-Bench paper's approach: HGB models of each
 architecture's mean and log-std of repeats, interval ``mean +- z * std``) and ``split_conformal`` (an HGB point model
@@ -19,7 +19,6 @@ ONNX Runtime).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -308,10 +307,9 @@ def evaluate_models(dataset: str | Path, models: str | Path) -> tuple[list[dict]
     return results, header
 
 
-def evaluate_from_args(args: argparse.Namespace) -> int:
-    """``hwgpt-bench evaluate-surrogates``: evaluate the models of ``--models`` on ``--dataset``, write the report."""
-    results, header = evaluate_models(args.dataset, args.models)
-    text = render_report(results, header)
-    Path(args.report).write_text(text, encoding="utf-8")
-    log.info("wrote %s (%d models)", args.report, len(results))
-    return 0
+
+def write_report(results: list[dict], header: dict, path: str | Path) -> Path:
+    """Write ``render_report(results, header)`` to ``path`` (REPORT.md); returns the path."""
+    Path(path).write_text(render_report(results, header), encoding="utf-8")
+    log.info("wrote %s (%d models)", path, len(results))
+    return Path(path)

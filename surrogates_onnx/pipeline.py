@@ -10,7 +10,6 @@ Needs the ``surrogates`` extra.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -264,22 +263,4 @@ def train_surrogates(dataset: str | Path, out: str | Path, recipe: Recipe | None
     write_manifest(out, manifest)
     log.info("%d models written to %s (%d skipped)", len(entries), out, len(skipped))
     return manifest
-
-
-def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    """The ``Recipe`` of the CLI flags (defaults for flags not given)."""
-    return Recipe(seed=args.seed, max_repeats_per_arch=args.max_repeats, max_iter=args.max_iter,
-                  learning_rate=args.learning_rate, max_leaf_nodes=args.max_leaf_nodes, variant=args.variant,
-                  calibration=args.calibration, folds=args.folds, mondrian_bins=args.mondrian_bins,
-                  threads=args.threads)
-
-
-def train_from_args(args: argparse.Namespace) -> int:
-    """``hwgpt-bench train-surrogates``."""
-    manifest = train_surrogates(args.dataset, args.out, recipe_from_args(args), metrics=args.metric,
-                                spaces=args.space, devices=args.device, phases=args.phase,
-                                batch_sizes=args.batch_size, seq_lens=args.seq_len, dtypes=args.dtype)
-    print(f"{len(manifest['models'])} models -> {Path(args.out) / runtime.MANIFEST} "
-          f"({len(manifest['skipped'])} skipped)")
-    return 0
 

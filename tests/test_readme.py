@@ -68,3 +68,38 @@ def test_spaces_output_in_readme_is_current():
     out = subprocess.run([sys.executable, "-m", "hwgpt_bench", "spaces"], check=True, capture_output=True, text=True)
     for line in out.stdout.strip().splitlines():
         assert line in README, f"README's spaces table is stale: {line!r}"
+
+
+def _section(title: str) -> str:
+    return README.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _python_blocks(title: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", _section(title), re.S)
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_three_ways_examples_run_on_the_shipped_release(index):
+    blocks = _python_blocks("Three ways to use it")
+    assert len(blocks) == 3
+    code = blocks[index]
+    if index == 2:  # the surrogate journey claims no torch, scikit-learn or polars
+        code += "\nimport sys\nassert not {'torch', 'sklearn', 'mapie', 'polars'} & set(sys.modules), sys.modules\n"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True, text=True)
+
+
+def _map_block() -> str:
+    (block,) = re.findall(r"```\n(.*?)```", _section("Repository map"), re.S)
+    return block
+
+
+def test_repository_map_lists_existing_folders_and_every_module():
+    block = _map_block()
+    listed = re.findall(r"^(\S+)\s", block, re.M)
+    for entry in listed:
+        assert (REPO / entry.rstrip("/")).exists(), f"README's repository map lists a missing {entry}"
+    for folder in ("hwgpt_bench", "loaders", "generation", "surrogates_onnx"):
+        assert f"{folder}/" in listed, f"README's repository map lacks {folder}/"
+        for module in sorted((REPO / folder).glob("*.py")):
+            if module.stem not in ("__init__", "__main__"):
+                assert re.search(rf"\b{module.stem}\b", block), f"README's repository map lacks {folder}/{module.name}"

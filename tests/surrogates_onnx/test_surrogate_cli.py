@@ -142,7 +142,7 @@ def test_predict_archs_file_names_the_bad_line_and_field(trained, tmp_path, caps
 def test_sample_row_columns_are_those_of_an_architectures_row():
     from hwgpt_bench.generation.architectures import architecture_row
     from hwgpt_bench.search_spaces import ARCH_FIELDS
-    from hwgpt_bench.surrogates_onnx.predict_cli import SAMPLE_ROW_COLUMNS
+    from hwgpt_bench.surrogates_onnx.predict import SAMPLE_ROW_COLUMNS
 
     row = architecture_row(sample_archs(SPACE, 1)[0], 0, 0)
     assert set(SAMPLE_ROW_COLUMNS) == set(row) - {*ARCH_FIELDS, "arch_id"}
@@ -176,3 +176,12 @@ def test_predict_arch_of_another_space_reports_the_space(capsys):
     capsys.readouterr()
     assert main([*base, json.dumps({**fields, "space": "gpt-m"})]) == 2
     assert _error(capsys) == "--arch: space: architecture says 'gpt-m' but the model is for 'gpt-s'"
+
+
+def test_predict_missing_archs_file_is_a_clear_error(capsys, tmp_path):
+    from hwgpt_bench.cli import main
+
+    missing = tmp_path / "nope.jsonl"
+    assert main(["predict", "--space", "gpt-nano", "--device", "cpu-amd-epyc-2t", "--metric", "latency_ms",
+                 "--archs", str(missing)]) == 2
+    assert f"archs: {missing} not found" in capsys.readouterr().err
