@@ -1,15 +1,19 @@
 """Cost of generating the dataset, measured in one run on this machine.
 
-Prints, per space: the profiling overhead (wall time of a `hwgpt-bench profile` run divided by the sum of the latency
-samples it recorded: 1.0 would mean only timed forwards), with and without the memory measurement; and the perplexity
+Prints, per space: the profiling overhead with and without the memory measurement, as the release figures define it
+(`hwgpt_bench.generation.cost`: the wall span of a run's rows after its first, divided by the latency repeats those rows
+recorded; 1.0 would mean only timed forwards), and the same for the whole `hwgpt-bench profile` call (its wall time,
+session panels, sampling and the memory zygote's start included, over all its repeats); and the perplexity
 evaluations per hour of the CPU-trainable family (gpt-nano) at the release's held-out budget.
 
     python benchmarks/generation_cost.py [--checkpoint runs/supernet-gpt-nano/supernet.safetensors]
+    python benchmarks/generation_cost.py --warmup 2 --no-perplexity   # the 0.1.0 plan's warm-ups
     python benchmarks/generation_cost.py --runs runs/cpu-amd-epyc-2t runs/ppl-gpt-nano
 
-The first form measures afresh (run it on an otherwise idle machine); without a checkpoint a freshly initialised
-supernet is evaluated: the cost of a forward does not depend on the weights. The second reads the same figures back
-from the parts of the runs that made a release, per run (`hwgpt_bench.generation.cost`), and measures nothing.
+The first form measures afresh (run it on an otherwise idle machine) with the warm-ups and repeats of the release plan
+(`RELEASE_PLAN`); without a checkpoint a freshly initialised supernet is evaluated: the cost of a forward does not
+depend on the weights. The last form reads the same figures back from the parts of the runs that made a release, per
+run, and measures nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -27,19 +32,35 @@ from hwgpt_bench.generation import cost
 from hwgpt_bench.generation.runs import read_parts
 
 PROFILE_CASES = [("gpt-nano", 20), ("gpt-s", 4)]
+#: the plan whose CPU settings (warm-ups, repeats) the afresh measurement uses by default
+RELEASE_PLAN = Path(__file__).resolve().parents[1] / "plans" / "cpu-v0.2.0-a.toml"
 
 
-def profile_overhead(space: str, n: int, memory: bool, workdir: Path) -> tuple[float, float]:
-    """(wall seconds, summed latency seconds) of profiling ``n`` archs at the release's CPU settings."""
+def plan_defaults(path: Path = RELEASE_PLAN) -> dict:
+    """``warmup`` and ``repeats`` of the plan's ``[defaults]`` (``SystemExit`` naming the plan if it is missing)."""
+    if not path.is_file():
+        raise SystemExit(f"{path}: release plan not found; give --warmup and --repeats")
+    with open(path, "rb") as fh:
+        defaults = tomllib.load(fh)["defaults"]
+    return {"warmup": int(defaults["warmup"]), "repeats": int(defaults["repeats"])}
+
+
+def profile_overhead(space: str, n: int, memory: bool, workdir: Path, warmup: int, repeats: int) -> dict:
+    """Profile ``n`` archs of ``space`` at the release's CPU settings in one `hwgpt-bench profile` call.
+
+    ``wall_s`` / ``timed_s``: the release figure (``cost.profiling_overhead``: the span of the rows after the first,
+    the repeats of those rows); ``call_s`` / ``call_timed_s``: the whole call's wall seconds, all rows' repeats.
+    """
     out = workdir / f"{space}-{'mem' if memory else 'nomem'}"
-    argv = ["profile", "--space", space, "--n", str(n), "--seq-len", "256", "--warmup", "2", "--repeats", "10",
-            "--out", str(out), "--flush-every", "30"] + ([] if memory else ["--no-memory"])
+    argv = ["profile", "--space", space, "--n", str(n), "--seq-len", "256", "--warmup", str(warmup), "--repeats",
+            str(repeats), "--out", str(out), "--flush-every", "30"] + ([] if memory else ["--no-memory"])
     start = time.perf_counter()
     cli(argv)
-    wall = time.perf_counter() - start
+    call = time.perf_counter() - start
     data = read_parts([out / "measurements"], "measurements")
-    measured = sum(sum(x) for x in data.column("latency_ms").to_pylist()) / 1e3
-    return wall, measured
+    (run,) = cost.profiling_overhead([out]).iter_rows(named=True)
+    return {"wall_s": run["wall_s"], "timed_s": run["timed_s"], "call_s": call,
+            "call_timed_s": sum(sum(x) for x in data.column("latency_ms").to_pylist()) / 1e3}
 
 
 def perplexity_rate(checkpoint: str | None, n: int, eval_tokens: int, workdir: Path) -> float:
@@ -60,11 +81,16 @@ def perplexity_rate(checkpoint: str | None, n: int, eval_tokens: int, workdir: P
     return n / (time.perf_counter() - start) * 3600
 
 
-def print_profile_table(rows: list[tuple]) -> None:
-    """Rows (label, archs, memory yes/no, wall s, timed s) as a table with the overhead ratio."""
-    print(f"\n{'profiling run':<34} {'archs':>5} {'memory':>6} {'wall s':>8} {'timed s':>8} {'overhead':>9}")
-    for label, n, mem, wall, measured in rows:
-        print(f"{label:<34} {n:>5} {mem:>6} {wall:>8.1f} {measured:>8.1f} {wall / measured:>8.2f}x")
+def print_profile_table(rows: list[tuple], calls: list[tuple[float, float]] | None = None) -> None:
+    """Rows (label, archs, memory yes/no, wall s, timed s) as a table with the overhead ratio; with ``calls``, one
+    (wall s, timed s) of the whole profiling call per row as two more columns."""
+    head = f"\n{'profiling run':<34} {'archs':>5} {'memory':>6} {'wall s':>8} {'timed s':>8} {'overhead':>9}"
+    print(head + (f" {'call s':>8} {'call overhead':>13}" if calls else ""))
+    for i, (label, n, mem, wall, measured) in enumerate(rows):
+        line = f"{label:<34} {n:>5} {mem:>6} {wall:>8.1f} {measured:>8.1f} {wall / measured:>8.2f}x"
+        if calls:
+            line += f" {calls[i][0]:>8.1f} {calls[i][0] / calls[i][1]:>12.2f}x"
+        print(line)
 
 
 def report_runs(run_dirs: list[str]) -> None:
@@ -77,17 +103,23 @@ def report_runs(run_dirs: list[str]) -> None:
               f"{r['eval_tokens']:.0f} held-out tokens in {r['wall_s'] / 3600:.2f} h = {r['per_hour']:.0f} per hour")
 
 
-def measure_afresh(checkpoint: str | None, eval_tokens: int) -> None:
-    """Profile small samples with and without memory, evaluate 10 perplexities, print the tables."""
-    rows = []
+def measure_afresh(checkpoint: str | None, eval_tokens: int, warmup: int, repeats: int, perplexity: bool) -> None:
+    """Profile small samples with and without memory, evaluate 10 perplexities (unless not ``perplexity``), print
+    the tables."""
+    rows, calls = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for space, n in PROFILE_CASES:
             for memory in (False, True):
-                wall, measured = profile_overhead(space, n, memory, Path(tmp))
-                rows.append((space, n, "yes" if memory else "no", wall, measured))
-        rate = perplexity_rate(checkpoint, 10, eval_tokens, Path(tmp))
-    print_profile_table(rows)
-    print(f"\ngpt-nano perplexity evaluations per hour ({eval_tokens} held-out tokens each): {rate:.0f}")
+                r = profile_overhead(space, n, memory, Path(tmp), warmup, repeats)
+                rows.append((f"{space} (warm-up {warmup}, repeats {repeats})", n, "yes" if memory else "no",
+                             r["wall_s"], r["timed_s"]))
+                calls.append((r["call_s"], r["call_timed_s"]))
+        rate = perplexity_rate(checkpoint, 10, eval_tokens, Path(tmp)) if perplexity else None
+    print_profile_table(rows, calls)
+    print("(overhead: rows after each run's first, as the release figures; call: the whole `hwgpt-bench profile` "
+          "call, session panels included)")
+    if rate is not None:
+        print(f"\ngpt-nano perplexity evaluations per hour ({eval_tokens} held-out tokens each): {rate:.0f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,11 +128,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-tokens", type=int, default=32768, help="held-out tokens per evaluation")
     parser.add_argument("--runs", nargs="+", default=None,
                         help="run directories to read the figures from instead of measuring afresh")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help=f"untimed warm-ups per measurement (default: the [defaults] of {RELEASE_PLAN.name})")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"timed repeats per measurement (default: the [defaults] of {RELEASE_PLAN.name})")
+    parser.add_argument("--no-perplexity", action="store_true", help="measure the profiling overhead only")
     args = parser.parse_args(argv)
     if args.runs:
         report_runs(args.runs)
-    else:
-        measure_afresh(args.checkpoint, args.eval_tokens)
+        return 0
+    plan = plan_defaults() if args.warmup is None or args.repeats is None else {}
+    warmup = plan["warmup"] if args.warmup is None else args.warmup
+    repeats = plan["repeats"] if args.repeats is None else args.repeats
+    measure_afresh(args.checkpoint, args.eval_tokens, warmup, repeats, not args.no_perplexity)
     return 0
 
 

@@ -1,11 +1,13 @@
 """Resumable generation jobs behind ``hwgpt-bench profile``, ``eval-perplexity`` and ``merge``.
 
 Each job writes the ``architectures`` rows of its sample, then measures the architectures its shard owns that are
-not yet on disk, flushing atomic parts as it goes (see ``runs``).
+not yet on disk, flushing atomic parts as it goes (see ``runs``). Profiling happens inside a session
+(``session.Session``), which also writes the ``devices``, ``sessions`` and ``panel`` rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -148,31 +150,69 @@ def measurement_key(arch: ArchConfig, settings, device_id: str) -> tuple:
     return tuple(values[k] for k in PRIMARY_KEYS["measurements"])
 
 
-def profile(request: ProfileRequest, out: str | Path) -> int:
+def profile(request: ProfileRequest, out: str | Path, session=None) -> int:
     """Measure ``request`` into the run directory ``out``, resuming from the parts already there.
 
-    Every argument is checked (the request, the workload grid, the device) before anything is written. Returns the
-    number of measurements written by this call.
+    Every measurement belongs to a profiling session (``session.Session``) and its row carries the ``session_id``.
+    Without ``session`` the call is a session of its own, opened around the work (start panel of ``request.space``
+    before, end panel after); a given ``session`` must be active, write into ``out``, run on the request's device
+    with its threads (and ``device_id``, if the request names one) and have ``request.space`` among its spaces.
+
+    Every argument is checked (the request, the workload grid, the device, the session) before anything is written.
+    The sample's ``architectures`` rows are written before a session of its own starts. Returns the number of
+    measurements written by this call.
     """
     from hwgpt_bench.generation import environment, profilers
+    from hwgpt_bench.generation.session import Session
 
     grid = request.settings_grid()
     shard = Shard.parse(request.shard)
-    facts = environment.device_facts(request.device, request.n_threads, device_id=request.device_id)
-    archs, rows = sample_with_rows(request.space, request.n, request.seed)
+    own = session is None
+    if own:
+        session = Session(out, request.device, request.n_threads, spaces=[request.space], command=repr(request),
+                          device_id=request.device_id)
+    else:
+        check_session(request, out, session)
+    facts = environment.device_facts(request.device, request.n_threads, device_id=session.device_id)
+    archs = write_sample_architectures(request, out)
     run_dir = Path(out)
-    write_architectures(run_dir, rows, shard)
-    _write_device(run_dir, request, facts, shard)
-    run_id = new_run_id()
-    with PartWriter(run_dir, "measurements", request.flush_every, shard) as writer:
+    with session if own else contextlib.nullcontext(), \
+            PartWriter(run_dir, "measurements", request.flush_every, shard) as writer:
+        run_id = new_run_id()
         todo = [(a, s) for a in archs if shard.owns(a.arch_id) for s in grid
                 if measurement_key(a, s, facts["device_id"]) not in writer.done_keys]
-        log.info("%s: %d measurements to do on %s (shard %s), %d already on disk", request.space, len(todo),
-                 facts["device_id"], shard, len(writer.done_keys))
+        log.info("%s: %d measurements to do on %s (shard %s, session %s), %d already on disk", request.space,
+                 len(todo), facts["device_id"], shard, session.session_id, len(writer.done_keys))
         todo = _limited(todo, request.limit)
         for arch, settings in tqdm(todo, desc=f"profile {request.space}", unit="meas"):
-            writer.add([profilers.profile_arch(arch, settings, run_id, facts, measure_memory=not request.no_memory)])
+            writer.add([profilers.profile_arch(arch, settings, run_id, facts, measure_memory=not request.no_memory,
+                                               session_id=session.session_id)])
     return len(todo)
+
+
+def write_sample_architectures(request: ProfileRequest, out: str | Path) -> list[ArchConfig]:
+    """Record the ``architectures`` rows of the request's sample (those not on disk); returns the sample."""
+    archs, rows = sample_with_rows(request.space, request.n, request.seed)
+    write_architectures(Path(out), rows, Shard.parse(request.shard))
+    return archs
+
+
+def check_session(request: ProfileRequest, out: str | Path, session) -> None:
+    """``ValueError`` (naming ``session``) unless ``session`` can hold the measurements of ``request`` in ``out``."""
+    problems = []
+    if not session.active:
+        problems.append("it is not active (enter it: `with Session(...) as session`)")
+    if Path(out).resolve() != Path(session.out).resolve():
+        problems.append(f"it writes into {session.out}, not into {out}")
+    if (session.device, session.threads) != (request.device, request.n_threads):
+        problems.append(f"it runs on {session.device} with {session.threads} threads, the request on "
+                        f"{request.device} with {request.n_threads}")
+    if request.device_id is not None and request.device_id != session.device_id:
+        problems.append(f"its device_id is {session.device_id!r}, the request's {request.device_id!r}")
+    if request.space not in session.spaces:
+        problems.append(f"its panels cover {list(session.spaces)}, not {request.space!r}")
+    if problems:
+        raise ValueError(f"session: {session!r} cannot hold this request: " + "; ".join(problems))
 
 
 def _limited(todo: list, limit: int | None) -> list:
@@ -181,15 +221,6 @@ def _limited(todo: list, limit: int | None) -> list:
         return todo
     keep = set(list(dict.fromkeys(a.arch_id for a, _ in todo))[:limit])
     return [(a, s) for a, s in todo if a.arch_id in keep]
-
-
-def _write_device(run_dir: Path, request: ProfileRequest, facts: dict, shard: Shard) -> None:
-    from hwgpt_bench.generation import environment
-
-    row = environment.device_row(request.device, request.n_threads, device_id=facts["device_id"])
-    with PartWriter(run_dir, "devices", shard=shard) as writer:
-        if (row["device_id"],) not in writer.done_keys:
-            writer.add([row])
 
 
 # ---- perplexity ---------------------------------------------------------------------------------------------------

@@ -3,14 +3,21 @@
 Earlier measurements in the parent cannot inflate that peak. On Linux the process is forked from the memory zygote
 (``zygote``: a long-lived interpreter that imports torch once and forks one child per measurement; see that module),
 and the child maps the zygote's resident file pages before it measures, so that its baseline matches a fresh
-interpreter after the same imports; it then builds the model and runs one step (``memory_child``). A measurement then
-costs the build and the step only (no torch import), and its peak agrees with that of a fresh interpreter
-(``measure_memory_cpu_fresh``: ``python -m hwgpt_bench.generation.memory --memory-child ...``, still used where fork
-or /proc is missing) to within a few MiB; its baseline is higher (``torch._dynamo`` is imported before it, not during
-the build).
+interpreter after the same imports.
 
-Layout: the parent's entry points (``measure_memory_cpu``, ``measure_memory_cpu_fresh``), what a child measures
-(``memory_child``, ``peak_rss_mib``; ``zygote_child`` in a forked one), then the fresh child's command line (``main``).
+Two kinds of child. ``profilers.profile_arch`` (CPU, memory measured, model built by it) forks one child per
+measurement that does all of it (``profilers.profile_child``): it builds the model, the only build of the
+measurement, times the latency repeats, reads its peak (``CPU_MEMORY_METHOD``), then measures energy and the tensor
+peak; the parent builds nothing. ``measure_memory_cpu`` forks a child that builds the model and runs one step
+(``memory_child``, ``CPU_ONE_STEP_MEMORY_METHOD``). A forked measurement costs the build and its steps only (no torch
+import), and its peak agrees with that of a fresh interpreter (``measure_memory_cpu_fresh``: ``python -m
+hwgpt_bench.generation.memory --memory-child ...``, one step; ``profile_arch`` falls back to it, timing the latency
+in its own process, where fork or /proc is missing) to within a few MiB; its baseline is higher (``torch._dynamo`` is
+imported before it, not during the build).
+
+Layout: the parent's entry points (``measure_memory_cpu``, ``measure_memory_cpu_fresh``, ``forked_report``), what a
+child measures (``memory_child``, ``memory_step``, ``peak_rss_mib``; ``zygote_child`` in a forked one), then the fresh
+child's command line (``main``).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from pathlib import Path
 from hwgpt_bench.metrics import DTYPES, PHASES
 from hwgpt_bench.search_spaces import ArchConfig
 
-from .model import build_model
+from .model import GPT, build_model
 from .workload import ProfileSettings, Workload, compute_context
 from .zygote import fork_supported, zygote_request
 
@@ -36,11 +43,26 @@ CHILD_TIMEOUT_S = 900  # wall-clock limit of one memory measurement's process (s
 # What a child forked by the zygote runs (the zygote preloads this module: zygote.ZYGOTE_PRELOAD).
 ZYGOTE_CALL = "hwgpt_bench.generation.memory:zygote_child"
 
-CPU_MEMORY_METHOD = ("{source} (peak resident set) of a process forked for this measurement alone from a zygote "
-                     "interpreter (imported torch, torch._dynamo and hwgpt_bench; never ran a torch op), which first "
-                     "maps the file pages the zygote had resident, then builds the model and runs one step; includes "
-                     "the Python interpreter, the torch runtime and those imports (see memory_baseline_mib, the same "
-                     "measure right after the fork and page mapping, before building the model)")
+_ZYGOTE_PROCESS = ("{source} (peak resident set) of a process forked for this measurement alone from a zygote "
+                   "interpreter (imported torch, torch._dynamo and hwgpt_bench; never ran a torch op), which first "
+                   "maps the file pages the zygote had resident, then builds the model")
+_INCLUDES = ("includes the Python interpreter, the torch runtime and those imports (see memory_baseline_mib, the same "
+             "measure right after the fork and page mapping, before building the model)")
+# The measurement's own process (``profilers.profile_child``): ``{steps}`` is ``CPU_MEMORY_STEPS[phase]``.
+CPU_MEMORY_METHOD = (f"{_ZYGOTE_PROCESS} (its only build: the latency is timed in the same process) and {{steps}}; "
+                     f"{_INCLUDES}")
+_AFTER_REPEATS = ("runs the latency measurement's n_warmup warm-ups and n_repeats timed repeats, the same step each "
+                  "time on freshly prepared state; the peak is read right after the last repeat, before the energy "
+                  "samples and the tensor-peak step under torch.profiler")
+CPU_MEMORY_STEPS = {
+    "forward": _AFTER_REPEATS,
+    "prefill": _AFTER_REPEATS,
+    "decode": ("runs one decode step on a zero-filled KV cache; the peak is read right after it, before the latency "
+               "measurement (whose caches are prefilled outside its timing), the energy samples and the tensor-peak "
+               "step under torch.profiler"),
+}
+# ``measure_memory_cpu``: a child that measures memory only.
+CPU_ONE_STEP_MEMORY_METHOD = f"{_ZYGOTE_PROCESS} and runs one step; {_INCLUDES}"
 CPU_FRESH_MEMORY_METHOD = ("{source} (peak resident set) of a fresh process after one forward; includes the Python "
                            "interpreter and torch runtime (see memory_baseline_mib, the same measure after importing "
                            "torch, before building the model)")
@@ -70,10 +92,27 @@ def measure_memory_cpu(arch: ArchConfig, settings: ProfileSettings, timeout_s: f
     settings.check_fits(arch)
     if not fork_supported():
         return measure_memory_cpu_fresh(arch, settings, timeout_s)
-    answer = zygote_request({"call": ZYGOTE_CALL, **_child_request(arch, settings)}, timeout_s)
+    report = forked_report(ZYGOTE_CALL, _child_request(arch, settings), arch, timeout_s)
+    return memory_result(arch, report, CPU_ONE_STEP_MEMORY_METHOD, f"report: {json.dumps(report)[-2000:]}")
+
+
+def forked_report(call: str, request: dict, arch: ArchConfig, timeout_s: float = CHILD_TIMEOUT_S,
+                  child: str = "memory child") -> dict:
+    """The JSON report of a child forked from the memory zygote to run ``call`` (``package.module:function``, its
+    module in ``zygote.ZYGOTE_PRELOAD``) on ``request``, which measured ``arch``.
+
+    ``RuntimeError`` naming the ``child`` and ``arch`` when the child failed, died or ran past ``timeout_s``, when its
+    report is not a JSON object, or when it names another ``arch_id``; see ``zygote.zygote_request`` for the zygote.
+    """
+    answer = zygote_request({"call": call, **request}, timeout_s)
     if not answer.get("ok"):
-        raise RuntimeError(f"memory child for {arch.arch_id} ({arch.canonical}) {answer.get('error')}")
-    return _memory_result(arch, answer.get("report"), CPU_MEMORY_METHOD, f"answer: {json.dumps(answer)[-2000:]}")
+        raise RuntimeError(f"{child} for {arch.arch_id} ({arch.canonical}) {answer.get('error')}")
+    report = answer.get("report")
+    if not isinstance(report, dict):
+        raise RuntimeError(f"{child} for {arch.arch_id} printed no JSON report; answer: {json.dumps(answer)[-2000:]}")
+    if report.get("arch_id") != arch.arch_id:
+        raise RuntimeError(f"{child} reported arch_id {report.get('arch_id')!r}, expected {arch.arch_id!r}")
+    return report
 
 
 def measure_memory_cpu_fresh(arch: ArchConfig, settings: ProfileSettings,
@@ -92,8 +131,8 @@ def measure_memory_cpu_fresh(arch: ArchConfig, settings: ProfileSettings,
         report = json.loads(lines[-1])
     except (IndexError, ValueError):
         report = None
-    return _memory_result(arch, report, CPU_FRESH_MEMORY_METHOD,
-                          f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-2000:]}")
+    return memory_result(arch, report, CPU_FRESH_MEMORY_METHOD,
+                         f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-2000:]}")
 
 
 def _child_request(arch: ArchConfig, settings: ProfileSettings) -> dict:
@@ -117,14 +156,15 @@ def _child_command(arch: ArchConfig, settings: ProfileSettings) -> list[str]:
             "--dtype", req["dtype"], "--threads", str(req["threads"]), "--seed", str(req["seed"])]
 
 
-def _memory_result(arch: ArchConfig, report: object, method: str, raw: str) -> MemoryResult:
+def memory_result(arch: ArchConfig, report: object, method: str, raw: str,
+                  child: str = "memory child") -> MemoryResult:
     """``MemoryResult`` from a child's JSON report; ``RuntimeError`` (with ``raw``, what it printed) if malformed."""
     try:
         peak, baseline = float(report["peak_memory_mib"]), float(report["memory_baseline_mib"])
     except (ValueError, KeyError, TypeError) as err:
-        raise RuntimeError(f"memory child for {arch.arch_id} printed no JSON report; {raw}") from err
+        raise RuntimeError(f"{child} for {arch.arch_id} printed no JSON report; {raw}") from err
     if report.get("arch_id") != arch.arch_id:
-        raise RuntimeError(f"memory child reported arch_id {report.get('arch_id')!r}, expected {arch.arch_id!r}")
+        raise RuntimeError(f"{child} reported arch_id {report.get('arch_id')!r}, expected {arch.arch_id!r}")
     return MemoryResult(peak, baseline, method.format(source=report.get("source", "ru_maxrss")), None)
 
 
@@ -162,18 +202,23 @@ def _child_parser() -> argparse.ArgumentParser:
 
 
 def memory_child(arch: ArchConfig, settings: ProfileSettings) -> dict:
-    """In this (fresh or just forked) process: peak RSS before building the model and after one step (MiB).
+    """In this (fresh or just forked) process: peak RSS before building the model and after one step (MiB)."""
+    baseline, _ = peak_rss_mib()
+    model = build_model(arch, seed=settings.seed)
+    memory_step(model, settings)
+    peak, source = peak_rss_mib()
+    return {"arch_id": arch.arch_id, "peak_memory_mib": peak, "memory_baseline_mib": baseline, "source": source}
+
+
+def memory_step(model: GPT, settings: ProfileSettings) -> None:
+    """One step of ``settings``' phase on freshly prepared state, in its ``compute_context``.
 
     For decode the cache of ``seq_len + 1`` positions is allocated zero-filled and not prefilled, so the larger
     activation peak of a prefill is not counted in the decode step's peak.
     """
-    baseline, _ = peak_rss_mib()
-    model = build_model(arch, seed=settings.seed)
     with compute_context(settings):
         work = Workload(model, settings)
         work.run(work.prepare(prefill=False))
-    peak, source = peak_rss_mib()
-    return {"arch_id": arch.arch_id, "peak_memory_mib": peak, "memory_baseline_mib": baseline, "source": source}
 
 
 def zygote_child(request: dict) -> dict:

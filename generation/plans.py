@@ -2,7 +2,8 @@
 
 A plan has ``[defaults]`` and a list of ``[[profile]]`` entries; keys are the flags of ``hwgpt-bench profile`` with
 underscores (``batch_size = [1, 4]``, ``no_memory = true``). ``--out`` comes from the command line, so the same plan
-profiles any machine into its own run directory.
+profiles any machine into its own run directory. The whole plan is one profiling session (``session.Session``): the
+calibration panels of all its spaces open and close it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+
+from hwgpt_bench.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +60,50 @@ def plan_requests(path: str | Path, spaces: Sequence[str] | None = None, shard: 
     return requests
 
 
-def run_plan(path: str | Path, out: str | Path, spaces: Sequence[str] | None = None, shard: str | None = None) -> int:
-    """Run the plan at ``path`` into the run directory ``out``, entry by entry (each resumable).
+def session_device(requests: Sequence) -> tuple[str, int, str | None]:
+    """The ``(device, threads, device_id)`` every request shares: a plan runs as one session on one device.
 
-    Returns the number of measurements written by this call.
+    ``ValueError`` listing the combinations when the entries differ.
     """
-    from hwgpt_bench.generation.jobs import profile
+    combos = list(dict.fromkeys((r.device, r.n_threads, r.device_id) for r in requests))
+    if len(combos) != 1:
+        listed = ", ".join(f"device={d!r} threads={t} device_id={i!r}" for d, t, i in combos)
+        raise ValueError(f"plan: a plan runs as one session on one device; its entries use {len(combos)} "
+                         f"(device, threads, device_id) combinations: {listed}; split the plan")
+    return combos[0]
+
+
+def plan_command(path: str | Path, spaces: Sequence[str] | None = None, shard: str | None = None) -> str:
+    """What the plan's session runs, for ``sessions.command``: the plan file, its sha256 prefix and the options."""
+    command = f"run-plan {path} (sha256 {file_sha256(Path(path))[:12]})"
+    if spaces:
+        command += f" --space {' '.join(spaces)}"
+    return command + (f" --shard {shard}" if shard else "")
+
+
+def run_plan(path: str | Path, out: str | Path, spaces: Sequence[str] | None = None, shard: str | None = None) -> int:
+    """Run the plan at ``path`` into the run directory ``out``, entry by entry (each resumable), in ONE session.
+
+    Every entry is validated (and the entries must share one device, threads and device_id) before anything is
+    written; then the samples' ``architectures`` rows are recorded and one ``session.Session`` is opened with the
+    calibration panels of all the plan's spaces at its start and end, and each entry is a ``jobs.profile`` call in it.
+    Returns the number of measurements written by this call (0, and no session, for a plan without entries).
+    """
+    from hwgpt_bench.generation.jobs import profile, write_sample_architectures
+    from hwgpt_bench.generation.session import Session
 
     requests = plan_requests(path, spaces, shard)
+    if not requests:
+        log.warning("plan %s: no entries%s; nothing to do", path, f" for spaces {list(spaces)}" if spaces else "")
+        return 0
+    device, threads, device_id = session_device(requests)
+    session = Session(out, device, threads, spaces=[r.space for r in requests],
+                      command=plan_command(path, spaces, shard), device_id=device_id)
+    for request in requests:
+        write_sample_architectures(request, out)
     written = 0
-    for i, request in enumerate(requests):
-        log.info("plan entry %d/%d: %s", i + 1, len(requests), request)
-        written += profile(request, out)
+    with session:
+        for i, request in enumerate(requests):
+            log.info("plan entry %d/%d: %s", i + 1, len(requests), request)
+            written += profile(request, out, session=session)
     return written

@@ -9,16 +9,37 @@ synchronise on CUDA. Inputs are seeded random token ids. Energy comes only from 
 GPUs, RAPL on CPUs where readable); without one it is null with the reason.
 
 Memory: on CUDA the caching allocator's peak over one step (``measure_memory_cuda``); on CPU the peak resident set of
-a process that exists for that measurement only (``memory.measure_memory_cpu``; see the ``memory`` module).
+a process that exists for that measurement only (see the ``memory`` module). The row also carries the model's part of
+it (``model_memory_mib`` = peak - baseline), which depends on the host's allocator.
+
+Where the model is built on CPU (``profile_arch`` on CPU with memory measured, Linux) the whole measurement runs in
+that process (``measure_in_child``, ``profile_child``), forked from the memory zygote, and the model is built once,
+there: baseline, build, latency (warm-ups, timed repeats), peak resident set (``memory.CPU_MEMORY_METHOD``; for decode
+it is read after one decode step on a zero-filled cache, before the latency measurement prefills its caches), energy,
+then the tensor peak on one extra untimed step (after the peak is read: running torch.profiler raises a process's
+peak by a few MiB). Otherwise (CUDA, ``measure_memory=False``, a model passed in, no fork) the model is built (or
+given) in this process, which measures latency, energy and CUDA memory; CPU memory then comes from a one-step child
+(``memory.measure_memory_cpu``).
+
+Tensor peak (``measure_tensor_peak``, ``TensorPeak``): a deterministic allocator-level peak of one step, the same on
+any host for one architecture, workload and torch build. CUDA: ``torch.cuda.max_memory_allocated`` over the step after
+``reset_peak_memory_stats`` (so it includes the weights, inputs and cache allocated before it). CPU, the analogue: the
+bytes of the tensors alive before the step (parameters and buffers, each storage once; input token ids; KV cache)
+plus the peak of the running sum of the step's allocations minus frees, from ``torch.profiler`` memory events.
+In the measurement's own CPU process it is one extra untimed step after the timed repeats and the peak resident set's
+reading; in this process it is the first warm-up step of the latency measurement (untimed, so the profiler's overhead
+lands there only), or, with ``n_warmup = 0``, one extra untimed step after the timed repeats (so the first repeat
+stays cold); either way the step is the first in a fresh ``compute_context``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,9 +48,19 @@ import torch
 from hwgpt_bench.search_spaces import ArchConfig
 
 from .environment import POWERCAP_ROOT, CpuBusyMeter, energy_source, gpu_sm_clock_mhz, host_load_1m, is_cuda
-from .memory import MemoryResult, measure_memory_cpu
+from .memory import (
+    CPU_MEMORY_METHOD,
+    CPU_MEMORY_STEPS,
+    MemoryResult,
+    forked_report,
+    measure_memory_cpu,
+    memory_result,
+    memory_step,
+    peak_rss_mib,
+)
 from .model import GPT, KVCache, build_model
 from .workload import ProfileSettings, Workload, compute_context
+from .zygote import fork_supported
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +70,45 @@ CUDA_LATENCY_METHOD = "torch.cuda.Event(enable_timing=True) pair with torch.cuda
 CUDA_MEMORY_METHOD = ("torch.cuda.max_memory_allocated over one forward after torch.cuda.reset_peak_memory_stats "
                       "(tensors of torch's caching allocator: weights, inputs, KV cache, activations; CUDA context and "
                       "cached free blocks excluded); baseline = torch.cuda.memory_allocated just before the forward")
+_TENSOR_PEAK_STEP = ("over one step, the first in a fresh compute context (the latency measurement's first warm-up; "
+                     "with n_warmup = 0 an extra untimed step after the timed repeats)")
+_CPU_TENSOR_PEAK_STEP = ("over one untimed step, the first in a fresh compute context (with memory measured, in the "
+                         "measurement's own process: an extra step after the timed repeats and the peak resident set's "
+                         "reading; otherwise the latency measurement's first warm-up, with n_warmup = 0 an extra step "
+                         "after the timed repeats)")
+CPU_TENSOR_PEAK_METHOD = ("bytes alive before the step (parameters and buffers, each storage once: the LM head is tied "
+                          "to the embedding; the input token ids; the KV cache of prefill/decode) + the peak of the "
+                          "running sum of the step's CPU allocations minus frees (torch.profiler [memory] events, "
+                          "ProfilerActivity.CPU, profile_memory=True, torch.inference_mode) "
+                          f"{_CPU_TENSOR_PEAK_STEP}; memory outside torch's allocator (interpreter, libraries, oneDNN "
+                          "scratch) excluded")
+CUDA_TENSOR_PEAK_METHOD = ("torch.cuda.max_memory_allocated after torch.cuda.reset_peak_memory_stats "
+                           f"{_TENSOR_PEAK_STEP}, torch.inference_mode: every tensor of torch's caching allocator "
+                           "alive during the step, including those allocated before it (weights, inputs, KV cache, "
+                           "cuBLAS workspace); CUDA context and cached free blocks excluded")
+NO_SESSION_REASON = "profiled outside a session (profile_arch called directly)"
 
 
 # ---- results -----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class TensorPeak:
+    """Deterministic tensor-level peak of one step (MiB) and how it was counted, or ``None`` with ``missing_reason``."""
+
+    mib: float | None
+    method: str | None
+    missing_reason: str | None
+
+
+@dataclass(frozen=True)
 class LatencyResult:
-    """Every recorded repeat (milliseconds), the 1-minute load read before each, busy cores of other processes."""
+    """Every recorded repeat (milliseconds), the 1-minute load read before each, busy cores of other processes, and
+    the tensor peak when it was asked for (``measure_latency(..., tensor_peak=True)``; else ``None``)."""
 
     latency_ms: list[float]
     host_load_1m: list[float | None]
     other_cpu_cores: float | None
     method: str
+    tensor_peak: TensorPeak | None = None
 
 
 @dataclass(frozen=True)
@@ -69,11 +128,109 @@ def _sync(settings: ProfileSettings) -> None:
         torch.cuda.synchronize(settings.device)
 
 
-def _warm_up(work: Workload) -> None:
-    """``n_warmup`` untimed steps, each on freshly prepared state."""
-    for _ in range(work.settings.n_warmup):
-        work.run(work.prepare())
+def _warm_up(work: Workload, tensor_peak: bool = False) -> TensorPeak | None:
+    """``n_warmup`` untimed steps, each on freshly prepared state; with ``tensor_peak`` the first one is measured
+    (``_tensor_peak_step``) and its ``TensorPeak`` returned (``None`` without warm-ups or ``tensor_peak``)."""
+    peak = None
+    for i in range(work.settings.n_warmup):
+        cache = work.prepare()
+        if tensor_peak and i == 0:
+            peak = _tensor_peak_step(work, cache)
+        else:
+            work.run(cache)
     _sync(work.settings)
+    return peak
+
+
+# ---- tensor peak -------------------------------------------------------------------------------------------------
+def _storage_bytes(tensors) -> int:
+    """Bytes of the storages behind ``tensors``, each storage counted once (tied weights, views of one cache)."""
+    sizes: dict[int, int] = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        sizes[storage.data_ptr()] = max(sizes.get(storage.data_ptr(), 0), storage.nbytes())
+    return sum(sizes.values())
+
+
+def _alive_bytes(work: Workload, cache: KVCache | None) -> int:
+    """Bytes of the tensors the step finds allocated: parameters, buffers, input token ids and the KV cache."""
+    cached = [*cache.keys, *cache.values] if cache is not None else []
+    return _storage_bytes([*work.model.parameters(), *work.model.buffers(), work.tokens, work.next_token, *cached])
+
+
+def _allocation_peak(events) -> int | None:
+    """Peak of the running sum of CPU ``[memory]`` events' bytes (allocations +, frees -), in time order; ``None``
+    when there are none."""
+    memory = sorted((e for e in events if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU),
+                    key=lambda e: e.start_ns())
+    if not memory:
+        return None
+    running = peak = 0
+    for event in memory:
+        running += event.nbytes()
+        peak = max(peak, running)
+    return peak
+
+
+def _tensor_peak_cpu(work: Workload, cache: KVCache | None) -> TensorPeak:
+    """Run the step under ``torch.profiler`` (it runs even when the profiler cannot); see ``CPU_TENSOR_PEAK_METHOD``."""
+    alive = _alive_bytes(work, cache)
+    if not torch.autograd.profiler.kineto_available():
+        work.run(cache)
+        return TensorPeak(None, None, "torch was built without the kineto profiler, whose memory events are needed")
+    if torch.autograd._profiler_enabled():  # starting ours would end the caller's session
+        work.run(cache)
+        return TensorPeak(None, None, "another torch profiler was running around the step (the step ran unprofiled)")
+    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
+    try:
+        prof.start()
+    except RuntimeError as err:
+        work.run(cache)
+        return TensorPeak(None, None, f"torch profiler could not start: {err} (the step ran unprofiled)")
+    try:
+        work.run(cache)
+    finally:
+        prof.stop()
+    try:
+        peak = _allocation_peak(prof.profiler.kineto_results.events())
+    except (AttributeError, RuntimeError) as err:
+        return TensorPeak(None, None, f"torch profiler results unreadable: {err!r}")
+    if peak is None:
+        return TensorPeak(None, None, "torch profiler recorded no CPU memory events over the step")
+    return TensorPeak((alive + peak) / _MIB, CPU_TENSOR_PEAK_METHOD, None)
+
+
+def _tensor_peak_cuda(work: Workload, cache: KVCache | None) -> TensorPeak:
+    """Run the step between ``reset_peak_memory_stats`` and ``max_memory_allocated`` (``CUDA_TENSOR_PEAK_METHOD``)."""
+    device = torch.device(work.settings.device)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    work.run(cache)
+    torch.cuda.synchronize(device)
+    return TensorPeak(torch.cuda.max_memory_allocated(device) / _MIB, CUDA_TENSOR_PEAK_METHOD, None)
+
+
+def _tensor_peak_step(work: Workload, cache: KVCache | None) -> TensorPeak:
+    """Run one step on ``cache`` (prepared) and measure its tensor peak; call within ``compute_context``."""
+    if is_cuda(work.settings.device):
+        return _tensor_peak_cuda(work, cache)
+    return _tensor_peak_cpu(work, cache)
+
+
+def measure_tensor_peak(model: GPT, settings: ProfileSettings) -> TensorPeak:
+    """Deterministic tensor-level peak of one step (MiB): one prepared step of ``Workload``, the first in a fresh
+    ``compute_context`` (``torch.inference_mode``, autocast, threads), as the latency measurement's first warm-up.
+
+    CPU: bytes alive before the step (parameters and buffers, each storage once; input token ids; KV cache) plus the
+    peak of the step's allocations minus frees from ``torch.profiler`` memory events. CUDA:
+    ``torch.cuda.max_memory_allocated`` over the step after ``reset_peak_memory_stats``. Where it cannot be measured
+    (no kineto profiler, another profiler running) the step still runs and the result is ``None`` with the reason.
+    """
+    with compute_context(settings):
+        work = Workload(model, settings)
+        peak = _tensor_peak_step(work, work.prepare())
+        _sync(settings)
+    return peak
 
 
 # ---- latency -----------------------------------------------------------------------------------------------------
@@ -94,24 +251,28 @@ def _time_cuda(step: Callable[[], object]) -> float:
     return float(start.elapsed_time(end))
 
 
-def measure_latency(model: GPT, settings: ProfileSettings) -> LatencyResult:
+def measure_latency(model: GPT, settings: ProfileSettings, tensor_peak: bool = False) -> LatencyResult:
     """``n_repeats`` timed steps (milliseconds) after ``n_warmup`` untimed ones; state is prepared outside the timing.
 
-    ``other_cpu_cores`` spans the recorded repeats (see ``environment.CpuBusyMeter``).
+    ``other_cpu_cores`` spans the recorded repeats (see ``environment.CpuBusyMeter``). With ``tensor_peak`` the first
+    warm-up also measures the tensor peak (``measure_tensor_peak``; no extra step), or, when ``n_warmup == 0``, one
+    extra untimed step after the repeats does (so the first repeat stays cold); the repeats are unchanged.
     """
     cuda = is_cuda(settings.device)
     timer = _time_cuda if cuda else _time_cpu
     latencies, loads = [], []
     with compute_context(settings):
         work = Workload(model, settings)
-        _warm_up(work)
+        peak = _warm_up(work, tensor_peak)
         with CpuBusyMeter() as meter:
             for _ in range(settings.n_repeats):
                 cache = work.prepare()
                 _sync(settings)
                 loads.append(host_load_1m())
                 latencies.append(timer(lambda c=cache: work.run(c)))
-    return LatencyResult(latencies, loads, meter.result, CUDA_LATENCY_METHOD if cuda else CPU_LATENCY_METHOD)
+    if tensor_peak and peak is None:
+        peak = measure_tensor_peak(model, settings)
+    return LatencyResult(latencies, loads, meter.result, CUDA_LATENCY_METHOD if cuda else CPU_LATENCY_METHOD, peak)
 
 
 # ---- energy ------------------------------------------------------------------------------------------------------
@@ -165,8 +326,9 @@ def measure_memory_cuda(model: GPT, settings: ProfileSettings) -> MemoryResult:
 
 
 def measure_memory(arch: ArchConfig, model: GPT | None, settings: ProfileSettings) -> MemoryResult:
-    """CUDA: allocator peak over one step of ``model``; CPU: peak resident set of a process of its own (forked from
-    the memory zygote, see ``memory.measure_memory_cpu``; ``model`` unused)."""
+    """CUDA: allocator peak over one step of ``model``; CPU: peak resident set of a process of its own that builds the
+    model and runs one step (forked from the memory zygote, see ``memory.measure_memory_cpu``; ``model`` unused).
+    ``profile_arch`` uses it where it does not measure everything in one forked process (``measure_in_child``)."""
     if is_cuda(settings.device):
         if model is None:
             raise ValueError("model: needed to measure CUDA memory")
@@ -177,37 +339,154 @@ def measure_memory(arch: ArchConfig, model: GPT | None, settings: ProfileSetting
 _measure_memory = measure_memory  # ``profile_arch``'s ``measure_memory`` flag shadows the function's name
 
 
+# ---- the whole CPU measurement in a process of its own -----------------------------------------------------------
+PROFILE_CHILD_CALL = "hwgpt_bench.generation.profilers:profile_child"  # what the forked child runs (zygote request)
+# Wall-clock limit of a measurement's own process (seconds): it catches a hung child only (the latency repeats used to
+# run in this process without any limit), so it is far above memory.CHILD_TIMEOUT_S, which covers one step.
+PROFILE_CHILD_TIMEOUT_S = 4 * 3600
+
+
+@dataclass(frozen=True)
+class ChildMeasurement:
+    """Everything a measurement's own CPU process measured (``measure_in_child``); ``tensor_peak`` ``None`` when it
+    was not asked for."""
+
+    latency: LatencyResult
+    energy: EnergyResult
+    memory: MemoryResult
+    tensor_peak: TensorPeak | None
+
+
+def measure_in_child(arch: ArchConfig, settings: ProfileSettings, tensor_peak: bool = True,
+                     timeout_s: float = PROFILE_CHILD_TIMEOUT_S) -> ChildMeasurement:
+    """Latency, peak memory, energy and (with ``tensor_peak``) the tensor peak of ``arch`` on CPU, all measured in one
+    process forked from the memory zygote for this measurement (``profile_child``), which builds the model once
+    (random-init, ``settings.seed``); this process builds nothing.
+
+    Linux only (``zygote.fork_supported``). A child that fails, dies, runs past ``timeout_s`` (seconds, from the fork
+    to its exit; it is killed) or sends a malformed report raises ``RuntimeError`` naming the architecture.
+    """
+    if is_cuda(settings.device):
+        raise ValueError(f"device: {settings.device!r}; a measurement's own process measures on CPU only")
+    if settings.weights != "random-init":
+        raise ValueError(f"weights: {settings.weights!r}; the measurement's own process builds random-init only")
+    settings.check_fits(arch)
+    child = "profiling child"
+    request = {"arch": arch.canonical, "settings": asdict(settings), "tensor_peak": tensor_peak}
+    report = forked_report(PROFILE_CHILD_CALL, request, arch, timeout_s, child=child)
+    raw = f"report: {json.dumps(report)[-2000:]}"
+    method = CPU_MEMORY_METHOD.format(source="{source}", steps=CPU_MEMORY_STEPS[settings.phase])
+    memory = memory_result(arch, report, method, raw, child=child)
+    try:
+        latency = LatencyResult([float(t) for t in report["latency_ms"]],
+                                [None if x is None else float(x) for x in report["host_load_1m"]],
+                                None if report["other_cpu_cores"] is None else float(report["other_cpu_cores"]),
+                                CPU_LATENCY_METHOD)
+        energy = EnergyResult(**report["energy"])
+        peak = None if report["tensor_peak"] is None else TensorPeak(**report["tensor_peak"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise RuntimeError(f"{child} for {arch.arch_id} sent a malformed report ({err!r}); {raw}") from err
+    if len(latency.latency_ms) != settings.n_repeats or len(latency.host_load_1m) != settings.n_repeats:
+        raise RuntimeError(f"{child} for {arch.arch_id} sent {len(latency.latency_ms)} repeats, expected "
+                           f"{settings.n_repeats}; {raw}")
+    return ChildMeasurement(latency, energy, memory, peak)
+
+
+def profile_child(request: dict) -> dict:
+    """In the process forked for one measurement (``measure_in_child``'s request): everything, the model built once.
+
+    In order: the peak resident set so far (the baseline), ``build_model``; for forward and prefill
+    ``measure_latency`` (warm-ups, timed repeats), then the peak resident set; for decode first one decode step on a
+    zero-filled cache and the peak (a prefill's larger activation peak must not count), then ``measure_latency``
+    (whose caches are prefilled); then ``measure_energy`` and, last, ``measure_tensor_peak`` (torch.profiler, which
+    would raise the peak, runs only after it is read). Returns a JSON-ready report.
+    """
+    arch, settings = ArchConfig.from_canonical(request["arch"]), ProfileSettings(**request["settings"])
+    baseline, _ = peak_rss_mib()
+    model = build_model(arch, seed=settings.seed)
+    if settings.phase == "decode":
+        memory_step(model, settings)
+        peak, source = peak_rss_mib()
+        latency = measure_latency(model, settings)
+    else:
+        latency = measure_latency(model, settings)
+        peak, source = peak_rss_mib()
+    energy = measure_energy(model, settings)
+    tensor_peak = measure_tensor_peak(model, settings) if request.get("tensor_peak", True) else None
+    return {"arch_id": arch.arch_id, "latency_ms": latency.latency_ms, "host_load_1m": latency.host_load_1m,
+            "other_cpu_cores": latency.other_cpu_cores, "peak_memory_mib": peak, "memory_baseline_mib": baseline,
+            "source": source, "energy": asdict(energy),
+            "tensor_peak": None if tensor_peak is None else asdict(tensor_peak)}
+
+
 # ---- one row -----------------------------------------------------------------------------------------------------
 _FACT_KEYS = ("device_id", "device_name", "torch_version", "driver_version", "cuda_version", "gpu_power_limit_w")
 
 
 def profile_arch(arch: ArchConfig, settings: ProfileSettings, run_id: str, facts: dict, measure_memory: bool = True,
-                 model: GPT | None = None) -> dict:
+                 model: GPT | None = None, session_id: str | None = None,
+                 session_missing_reason: str | None = None) -> dict:
     """Measure ``arch`` under ``settings``; one row of the ``measurements`` table, columns in schema order.
 
     ``facts`` is ``environment.device_facts(settings.device, settings.threads)`` (its ``threads`` must match); the SM
     clock is read again when this measurement starts. Without ``model`` a ``build_model(arch, seed=settings.seed)``
-    is measured, which requires ``weights="random-init"``. ``measure_memory=False`` leaves memory null with a reason.
+    is measured, which requires ``weights="random-init"``; on CPU with memory measured (and fork available) it is
+    built, once, in the process forked for the measurement, which measures everything (``measure_in_child``), and
+    this process builds nothing. ``measure_memory=False`` leaves memory null with a reason (the tensor peak, then
+    taken on the first latency warm-up in this process, is measured regardless). ``session_id`` is the profiling
+    session the row belongs to; without one, ``session_missing_reason`` says why (default ``NO_SESSION_REASON``);
+    giving both is a ``ValueError``.
     """
     settings.check_fits(arch)
     if facts.get("threads") != settings.threads:
         raise ValueError(f"threads: facts were taken for {facts.get('threads')} threads, settings use "
                          f"{settings.threads}")
+    session = _session_columns(session_id, session_missing_reason)
     sm_clock = gpu_sm_clock_mhz(settings.device) if is_cuda(settings.device) else None
     if model is None:
         if settings.weights != "random-init":
             raise ValueError(f"weights: {settings.weights!r} needs the model passed in; only 'random-init' is built")
+        if measure_memory and not is_cuda(settings.device) and fork_supported():
+            child = measure_in_child(arch, settings)
+            return _row(arch, settings, run_id, facts, sm_clock, child.latency, child.energy, child.memory,
+                        child.tensor_peak, session)
         model = build_model(arch, seed=settings.seed, device=settings.device)
-    latency = measure_latency(model, settings)
+    latency = measure_latency(model, settings, tensor_peak=True)
     energy = measure_energy(model, settings)
     memory = (_measure_memory(arch, model, settings) if measure_memory
               else MemoryResult(None, None, None, "memory not measured in this run (measure_memory=False)"))
-    return _row(arch, settings, run_id, facts, sm_clock, latency, energy, memory)
+    return _row(arch, settings, run_id, facts, sm_clock, latency, energy, memory, latency.tensor_peak, session)
+
+
+def _session_columns(session_id: str | None, session_missing_reason: str | None) -> dict:
+    """``session_id`` and ``session_missing_reason``, exactly one of them set; ``ValueError`` naming the field."""
+    if session_id is not None:
+        if not isinstance(session_id, str) or not session_id:
+            raise ValueError(f"session_id: must be a non-empty string or None, got {session_id!r}")
+        if session_missing_reason is not None:
+            raise ValueError("session_missing_reason: must be None when session_id is given, got "
+                             f"{session_missing_reason!r}")
+        return {"session_id": session_id, "session_missing_reason": None}
+    if session_missing_reason is not None and (not isinstance(session_missing_reason, str) or
+                                               not session_missing_reason):
+        raise ValueError(f"session_missing_reason: must be a non-empty string or None, got {session_missing_reason!r}")
+    return {"session_id": None, "session_missing_reason": session_missing_reason or NO_SESSION_REASON}
+
+
+def _model_memory_mib(memory: MemoryResult) -> float | None:
+    """``peak - baseline`` when both were measured, else ``None``."""
+    if memory.peak_memory_mib is None or memory.memory_baseline_mib is None:
+        return None
+    return memory.peak_memory_mib - memory.memory_baseline_mib
 
 
 def _row(arch, settings, run_id, facts, sm_clock, latency: LatencyResult, energy: EnergyResult,
-         memory: MemoryResult) -> dict:
-    """One ``measurements`` row, columns in schema order."""
+         memory: MemoryResult, tensor_peak: TensorPeak | None = None, session: dict | None = None) -> dict:
+    """One ``measurements`` row, columns in schema order (``tensor_peak`` ``None``: null with a reason; ``session``
+    ``None``: ``_session_columns(None, None)``)."""
+    if tensor_peak is None:
+        tensor_peak = TensorPeak(None, None, "tensor peak not measured (measure_latency without tensor_peak)")
+    session = _session_columns(None, None) if session is None else session
     fact = {k: facts.get(k) for k in _FACT_KEYS}
     return {
         "arch_id": arch.arch_id, "space": arch.space, "device_id": fact["device_id"], "phase": settings.phase,
@@ -217,10 +496,13 @@ def _row(arch, settings, run_id, facts, sm_clock, latency: LatencyResult, energy
         "other_cpu_cores": latency.other_cpu_cores, "energy_mj": energy.energy_mj, "energy_method": energy.method,
         "energy_window_ms": energy.window_ms, "energy_missing_reason": energy.missing_reason,
         "peak_memory_mib": memory.peak_memory_mib, "memory_baseline_mib": memory.memory_baseline_mib,
-        "memory_method": memory.method, "memory_missing_reason": memory.missing_reason, "threads": settings.threads,
-        "device_name": fact["device_name"], "torch_version": fact["torch_version"],
+        "model_memory_mib": _model_memory_mib(memory), "memory_method": memory.method,
+        "memory_missing_reason": memory.missing_reason, "tensor_peak_mib": tensor_peak.mib,
+        "tensor_peak_method": tensor_peak.method, "tensor_peak_missing_reason": tensor_peak.missing_reason,
+        "threads": settings.threads, "device_name": fact["device_name"], "torch_version": fact["torch_version"],
         "driver_version": fact["driver_version"], "cuda_version": fact["cuda_version"], "gpu_sm_clock_mhz": sm_clock,
-        "gpu_power_limit_w": fact["gpu_power_limit_w"], "run_id": run_id, "measured_at": datetime.now(UTC),
+        "gpu_power_limit_w": fact["gpu_power_limit_w"], "run_id": run_id, **session,
+        "measured_at": datetime.now(UTC),
     }
 
 

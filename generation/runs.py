@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hwgpt_bench.files import TMP_PREFIX, atomic_output
-from hwgpt_bench.loaders.schema import cast_table, key_tuples, schema_for, table_from_rows
+from hwgpt_bench.loaders.schema import cast_table, key_tuples, schema_for, table_from_rows, upgrade_table
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +70,26 @@ def part_files(folder: Path) -> list[Path]:
 
 def read_parts(folders: Iterable[Path], table: str) -> pa.Table:
     """Concatenate the parts of ``table`` found in ``folders`` (each a table folder), cast to the schema."""
-    tables = [cast_table(table, pq.read_table(p)) for f in folders for p in part_files(f)]
+    tables = [cast_table(table, upgrade_table(table, pq.read_table(p))) for f in folders for p in part_files(f)]
     return pa.concat_tables(tables) if tables else schema_for(table).empty_table()
 
 
 def dedupe(data: pa.Table, table: str) -> pa.Table:
-    """Keep the first row of each primary key (rows are never rewritten, so later copies are exact repeats)."""
-    seen: set[tuple] = set()
-    keep = []
+    """One row per primary key, in the order of each key's first row.
+
+    Rows are never rewritten, so later copies are exact repeats and the first is kept, except in ``sessions``: a
+    session writes its row at the start (``ended_at`` null) and again at the end (``ended_at`` set), and the ended
+    copy is kept when both exist (an interrupted session has only the first).
+    """
+    ended = [v is not None for v in data.column("ended_at").to_pylist()] if table == "sessions" else None
+    chosen: dict[tuple, int] = {}
     for i, key in enumerate(key_tuples(data, table)):
-        if key not in seen:
-            seen.add(key)
-            keep.append(i)
-    return data.take(pa.array(keep, type=pa.int64())) if len(keep) < data.num_rows else data
+        if key not in chosen or (ended is not None and ended[i] and not ended[chosen[key]]):
+            chosen[key] = i
+    keep = list(chosen.values())
+    if keep == list(range(data.num_rows)):
+        return data
+    return data.take(pa.array(keep, type=pa.int64()))
 
 
 def merge_parts(run_dirs: Sequence[Path], table: str) -> pa.Table:

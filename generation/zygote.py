@@ -1,9 +1,11 @@
 """The memory zygote: a fork server that imports torch once and forks one short-lived child per measurement.
 
-``memory.measure_memory_cpu`` needs the peak resident set of a process that exists for one measurement only, without
-paying a torch import per measurement. The zygote is a long-lived interpreter, started once per parent process
-(``zygote_main``), that imports ``ZYGOTE_PRELOAD`` (torch, ``torch._dynamo`` (which building a model on the meta device
-imports anyway) and this package) but never runs a torch op or starts a thread pool, and forks one child per request.
+``memory.measure_memory_cpu`` and ``profilers.profile_arch`` (CPU, memory measured) need the peak resident set of a
+process that exists for one measurement only, without paying a torch import per measurement (``profile_arch`` also
+times the latency in that process, so that the model is built once per measurement). The zygote is a long-lived
+interpreter, started once per parent process (``zygote_main``), that imports ``ZYGOTE_PRELOAD`` (torch,
+``torch._dynamo`` (which building a model on the meta device imports anyway) and this package) but never runs a torch
+op or starts a thread pool, and forks one child per request.
 A forked child's peak starts at its own resident set (Linux sets ``hiwater_rss`` to the child's RSS at fork; the
 zygote's peak is not inherited), and that RSS counts the pages whose page-table entries fork copied (anonymous memory,
 written file pages) but not the zygote's resident pages of shared-library code and read-only data, which a child maps
@@ -54,8 +56,10 @@ ZYGOTE_START_TIMEOUT_S = 300  # wall-clock limit for the memory zygote to import
 ZYGOTE_GRACE_S = 60  # the parent waits this much longer than a measurement's limit for the zygote's answer (seconds)
 # Imported by the zygote before it forks. torch._dynamo: building a model on the meta device imports it lazily
 # (torch._refs.normal_), about 1.5 s and 70 MiB that every fresh process paid inside its measurement.
-# hwgpt_bench.generation.memory: holds the function its children run (memory.ZYGOTE_CALL).
-ZYGOTE_PRELOAD = ("torch", "torch._dynamo", "hwgpt_bench.generation.model", "hwgpt_bench.generation.memory")
+# hwgpt_bench.generation.memory and .profilers: hold the functions its children run (memory.ZYGOTE_CALL,
+# profilers.PROFILE_CHILD_CALL).
+ZYGOTE_PRELOAD = ("torch", "torch._dynamo", "hwgpt_bench.generation.model", "hwgpt_bench.generation.memory",
+                  "hwgpt_bench.generation.profilers")
 
 
 def fork_supported() -> bool:

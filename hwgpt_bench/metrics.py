@@ -35,7 +35,9 @@ class Metric:
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("latency_ms", "ms", "log", False, True, True, "wall-clock time of one forward / prefill / decode step"),
     Metric("energy_mj", "mJ", "log", False, True, True, "energy of one forward from a hardware counter (NVML, RAPL)"),
-    Metric("peak_memory_mib", "MiB", "log", False, False, True, "peak memory of the forward"),
+    Metric("peak_memory_mib", "MiB", "log", False, False, True, "process-level peak memory of the step"),
+    Metric("tensor_peak_mib", "MiB", "log", False, False, True,
+           "deterministic tensor-level peak of the step (weights, inputs, cache and the step's allocations)"),
     Metric("perplexity", "1", "log", True, False, True, "held-out perplexity with inherited supernet weights"),
     Metric("accuracy", "fraction", "identity", True, False, False, "held-out next-token top-1 accuracy"),
 )}

@@ -283,10 +283,40 @@ def perplexity_table(tables: dict[str, pa.Table]) -> str:
     return markdown_table(rows)
 
 
+def _fmt_drift(frame: pl.DataFrame, ratio_label: str) -> pl.DataFrame:
+    return frame.with_columns(pl.col("median_ratio").map_elements(lambda x: _num(x, ".3f"), pl.String)
+                              .fill_null("n/a").alias(ratio_label),
+                              pl.col("tau").map_elements(lambda x: _num(x, ".2f"), pl.String).fill_null("n/a"))
+
+
+def reproducibility_table(tables: dict[str, pa.Table]) -> str:
+    """Drift of the calibration panel within each session (end / start) and between sessions (later / earlier)."""
+    from hwgpt_bench.loaders.reproducibility import session_drift, session_pairs
+
+    if "panel" not in tables or "sessions" not in tables:
+        return ("No calibration panels in this release: sessions and panels are recorded from schema 2.0.0 on, so "
+                "its numbers come from one unrecorded host and session each and cannot be compared across them.")
+    panel, sessions = _frame(tables, "panel"), _frame(tables, "sessions")
+    drift = _fmt_drift(session_drift(panel), "end / start").select(
+        pl.format("`{}`", "session_id").alias("session"), pl.format("`{}`", "device_id").alias("device"),
+        pl.format("`{}`", "space").alias("space"), "archs", "end / start", pl.col("tau").alias("tau (start, end)"))
+    parts = ["Within each session (panel at its end against its start):", "", markdown_table(drift)]
+    pairs = session_pairs(panel, sessions)
+    if pairs.height:
+        shown = _fmt_drift(pairs, "later / earlier").select(
+            pl.format("`{}`", "space").alias("space"), pl.format("`{}`", "session_a").alias("earlier session"),
+            pl.format("`{}`", "session_b").alias("later session"),
+            pl.when(pl.col("same_device")).then(pl.lit("same device")).otherwise(pl.lit("other device"))
+            .alias("devices"), "archs", "later / earlier", pl.col("tau").alias("tau"))
+        parts += ["", "Between sessions (panels at their starts):", "", markdown_table(shown)]
+    return "\n".join(parts)
+
+
 #: generated data tables of a card: ``<!-- table:<name>:start -->`` ... ``<!-- table:<name>:end -->``
 DATA_TABLES: dict[str, Callable[[dict[str, pa.Table]], str]] = {
     "contents": contents_table,
     "perplexity": perplexity_table,
+    "reproducibility": reproducibility_table,
 }
 
 

@@ -7,8 +7,9 @@ tables are generated from ``COLUMN_DOCS`` (a test checks that the card agrees). 
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "2.0.0"  # 2.0.0: host fingerprints, sessions, calibration panels, the memory split
 
 _STR = pa.string()
 _I32 = pa.int32()
@@ -41,7 +42,8 @@ _ARCHITECTURES = [
 _MEASUREMENTS = [
     _f("arch_id", _STR, "architecture (joins `architectures`)"),
     _f("space", _STR, "search space name"),
-    _f("device_id", _STR, "device (joins `devices`), e.g. `cpu-amd-epyc-2t`"),
+    _f("device_id", _STR, "device (joins `devices`), e.g. `cpu-intel-xeon-2t-1ade831a` (fingerprinted) or "
+       "`cpu-amd-epyc-2t` (release 0.1.0, host unknown)"),
     _f("phase", _STR, "`forward` (full sequence, as the paper), `prefill` (forward filling a KV cache) or `decode` "
        "(one new token with a KV cache holding `seq_len` tokens)"),
     _f("batch_size", _I32, "sequences per forward"),
@@ -58,11 +60,20 @@ _MEASUREMENTS = [
     _f("energy_method", _STR, "energy counter used (e.g. `nvml total energy`), null if missing", True),
     _f("energy_window_ms", _F64, "duration of each energy sample's measurement window (milliseconds)", True),
     _f("energy_missing_reason", _STR, "why energy is null on this device; null when measured", True),
-    _f("peak_memory_mib", _F64, "peak memory of the forward (MiB); see `memory_method`", True),
+    _f("peak_memory_mib", _F64, "process-level peak memory of the step (MiB): peak resident set of a process of its "
+       "own on CPU, CUDA allocator peak on GPU; see `memory_method`", True),
     _f("memory_baseline_mib", _F64, "the same measure before the model's own memory: on CPU the measuring process just "
        "before the model was built (torch imported); on CUDA the allocated memory just before the forward (MiB)", True),
+    _f("model_memory_mib", _F64, "the model's own part of the process-level peak: `peak_memory_mib - "
+       "memory_baseline_mib` (MiB); depends on the host's allocator and pages", True),
     _f("memory_method", _STR, "how memory was measured", True),
     _f("memory_missing_reason", _STR, "why memory is null; null when measured", True),
+    _f("tensor_peak_mib", _F64, "deterministic tensor-level peak of the step (MiB): bytes of weights, buffers and "
+       "inputs plus the peak of the bytes of tensors the step allocates (torch profiler memory events on CPU, "
+       "`torch.cuda.max_memory_allocated` on GPU); the same on any host for one architecture, workload and torch build",
+       True),
+    _f("tensor_peak_method", _STR, "how `tensor_peak_mib` was counted; null when missing", True),
+    _f("tensor_peak_missing_reason", _STR, "why `tensor_peak_mib` is null; null when measured", True),
     _f("threads", _I32, "torch intra-op threads"),
     _f("device_name", _STR, "device model as reported by the OS or driver"),
     _f("torch_version", _STR, "torch version used"),
@@ -71,6 +82,9 @@ _MEASUREMENTS = [
     _f("gpu_sm_clock_mhz", _F64, "SM clock when the measurement started (MHz, GPU only)", True),
     _f("gpu_power_limit_w", _F64, "enforced power limit (watts, GPU only)", True),
     _f("run_id", _STR, "identifier of the profiling run that wrote the row"),
+    _f("session_id", _STR, "profiling session (joins `sessions`): one process on one host; null before sessions were "
+       "recorded", True),
+    _f("session_missing_reason", _STR, "why `session_id` is null (rows of release 0.1.0); null when set", True),
     _f("measured_at", _TS, "UTC time the measurement finished"),
 ]
 
@@ -99,6 +113,66 @@ _DEVICES = [
     _f("energy_counter", _STR, "energy counter used, or null", True),
     _f("energy_missing_reason", _STR, "why energy is not measured, or null", True),
     _f("notes", _STR, "free-text notes on the device", True),
+    _f("fingerprinted", _BOOL, "true when `device_id` derives from the host fingerprint below; false for devices "
+       "recorded before fingerprints (release 0.1.0), whose host is unknown"),
+    _f("fingerprint_sha256", _STR, "sha256 prefix (16 hex) of the stable hardware part of the fingerprint (model name, "
+       "vendor, family, model, stepping, microcode, flags, cores, caches, nominal clock, threads; GPU name, memory, "
+       "power limit)", True),
+    _f("cpu_vendor", _STR, "CPU vendor id, e.g. `GenuineIntel`, `AuthenticAMD`", True),
+    _f("cpu_family", _I32, "CPU family number from /proc/cpuinfo", True),
+    _f("cpu_model", _I32, "CPU model number from /proc/cpuinfo", True),
+    _f("cpu_stepping", _I32, "CPU stepping from /proc/cpuinfo", True),
+    _f("cpu_microcode", _STR, "microcode revision from /proc/cpuinfo, e.g. `0x1000065`", True),
+    _f("cpu_flags_sha256", _STR, "sha256 prefix (16 hex) of the sorted CPU flags", True),
+    _f("cpu_flags_key", _STR, "the speed-relevant flags present (avx2, avx512f, avx512_bf16, amx_tile, ...)", True),
+    _f("physical_cores", _I32, "physical cores of the host (count)", True),
+    _f("sockets", _I32, "CPU sockets (count)", True),
+    _f("l1d_cache_kib", _I32, "L1 data cache per core (KiB)", True),
+    _f("l2_cache_kib", _I32, "L2 cache per core (KiB)", True),
+    _f("l3_cache_kib", _I32, "L3 cache as reported for core 0 (KiB)", True),
+    _f("nominal_mhz", _F64, "nominal (maximum) clock: cpufreq max or the model name's GHz (MHz)", True),
+    _f("gpu_memory_mib", _F64, "GPU memory from NVML (MiB); null on CPU", True),
+    _f("gpu_power_limit_w", _F64, "enforced GPU power limit (watts); null on CPU", True),
+    _f("gpu_ecc", _BOOL, "ECC enabled on the GPU; null on CPU or unknown", True),
+    _f("gpu_mig", _BOOL, "MIG mode enabled on the GPU; null on CPU or unknown", True),
+]
+
+_SESSIONS = [
+    _f("session_id", _STR, "profiling session: one process on one host (UTC start time + random suffix)"),
+    _f("device_id", _STR, "device (joins `devices`)"),
+    _f("host_key_sha256", _STR, "sha256 prefix (16 hex) of the host's identity (machine-id, DMI product uuid, boot "
+       "id): differs between hosts and reboots, identifies nobody", True),
+    _f("started_at", _TS, "UTC time the session started"),
+    _f("ended_at", _TS, "UTC time the session ended; null if it was interrupted", True),
+    _f("kernel", _STR, "operating-system kernel release"),
+    _f("python_version", _STR, "Python version"),
+    _f("torch_version", _STR, "torch version"),
+    _f("torch_config_sha256", _STR, "sha256 prefix (16 hex) of `torch.__config__.show()` (build options)"),
+    _f("torch_blas", _STR, "BLAS / oneDNN of the torch build, from `torch.__config__.show()`", True),
+    _f("observed_mhz_start", _F64, "mean `cpu MHz` of /proc/cpuinfo at the start (MHz)", True),
+    _f("observed_mhz_end", _F64, "mean `cpu MHz` of /proc/cpuinfo at the end (MHz)", True),
+    _f("load_1m_start", _F64, "1-minute load average at the start (runnable tasks)", True),
+    _f("driver_version", _STR, "NVIDIA driver version (GPU only)", True),
+    _f("cuda_version", _STR, "CUDA runtime version of torch (GPU only)", True),
+    _f("gpu_sm_clock_max_mhz", _F64, "maximum SM clock (MHz, GPU only)", True),
+    _f("gpu_mem_clock_max_mhz", _F64, "maximum memory clock (MHz, GPU only)", True),
+    _f("command", _STR, "what the session ran (the plan file or the profile request)"),
+]
+
+_PANEL = [
+    _f("session_id", _STR, "session (joins `sessions`)"),
+    _f("panel_position", _STR, "`start` or `end` of the session"),
+    _f("arch_id", _STR, "architecture of the space's calibration panel (joins `architectures`)"),
+    _f("space", _STR, "search space name"),
+    _f("device_id", _STR, "device (joins `devices`)"),
+    _f("phase", _STR, "workload phase"),
+    _f("batch_size", _I32, "sequences per forward"),
+    _f("seq_len", _I32, "tokens per sequence"),
+    _f("dtype", _STR, "compute dtype"),
+    _f("n_warmup", _I32, "untimed warm-up runs before the first recorded repeat"),
+    _f("latency_ms", pa.list_(_F64), "every recorded repeat, in order (milliseconds)"),
+    _f("other_cpu_cores", _F64, "mean CPU cores busy with other processes over the timed window (cores)", True),
+    _f("measured_at", _TS, "UTC time the measurement finished"),
 ]
 
 _SUMMARY = [
@@ -126,6 +200,8 @@ TABLES: dict[str, list[tuple[pa.Field, str]]] = {
     "perplexity": _PERPLEXITY,
     "devices": _DEVICES,
     "summary": _SUMMARY,
+    "sessions": _SESSIONS,
+    "panel": _PANEL,
 }
 
 #: primary key of each table: no two rows may share these values
@@ -135,6 +211,15 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "perplexity": ("arch_id", "checkpoint_sha256", "eval_split"),
     "devices": ("device_id",),
     "summary": ("arch_id", "device_id", "phase", "batch_size", "seq_len", "dtype", "weights"),
+    "sessions": ("session_id",),
+    "panel": ("session_id", "panel_position", "arch_id", "phase", "batch_size", "seq_len", "dtype"),
+}
+
+#: columns added in schema 2.0.0, and the value rows written under 1.0.0 get when they are read (``upgrade_table``)
+LEGACY_VALUES: dict[str, dict[str, object]] = {
+    "measurements": {"session_missing_reason": "measured before sessions were recorded (schema 1.0.0, release 0.1.0)",
+                     "tensor_peak_missing_reason": "not measured before schema 2.0.0 (release 0.1.0)"},
+    "devices": {"fingerprinted": False},
 }
 
 SCHEMAS: dict[str, pa.Schema] = {
@@ -170,6 +255,36 @@ def cast_table(table: str, data: pa.Table) -> pa.Table:
     if missing:
         raise ValueError(f"{table}: missing columns {missing}")
     return data.select(schema.names).cast(schema)
+
+
+#: columns each table gained in schema 2.0.0 (all others must be present in any part ever written)
+ADDED_IN_2 = {
+    "measurements": ("model_memory_mib", "tensor_peak_mib", "tensor_peak_method", "tensor_peak_missing_reason",
+                     "session_id", "session_missing_reason"),
+    "devices": ("fingerprinted", "fingerprint_sha256", "cpu_vendor", "cpu_family", "cpu_model", "cpu_stepping",
+                "cpu_microcode", "cpu_flags_sha256", "cpu_flags_key", "physical_cores", "sockets", "l1d_cache_kib",
+                "l2_cache_kib", "l3_cache_kib", "nominal_mhz", "gpu_memory_mib", "gpu_power_limit_w", "gpu_ecc",
+                "gpu_mig"),
+}
+
+
+def upgrade_table(table: str, data: pa.Table) -> pa.Table:
+    """``data`` written under schema 1.0.0, with the columns of 2.0.0 added; unchanged when nothing is missing.
+
+    Added columns are null, except ``LEGACY_VALUES`` (the reasons why, ``fingerprinted = false``) and
+    ``model_memory_mib``, which is ``peak_memory_mib - memory_baseline_mib`` where both were measured. A missing
+    column that 2.0.0 did not add is left for ``cast_table`` to report.
+    """
+    missing = [c for c in ADDED_IN_2.get(table, ()) if c not in data.column_names]
+    schema = schema_for(table)
+    for column in missing:
+        typ = schema.field(column).type
+        if column == "model_memory_mib" and "peak_memory_mib" in data.column_names:
+            values = pc.subtract(data.column("peak_memory_mib"), data.column("memory_baseline_mib"))
+        else:
+            values = pa.array([LEGACY_VALUES.get(table, {}).get(column)] * data.num_rows, typ)
+        data = data.append_column(pa.field(column, typ), values.cast(typ))
+    return data
 
 
 def check_table(table: str, data: pa.Table) -> list[str]:

@@ -55,11 +55,14 @@ def duplicate_keys(data: pa.Table, table: str) -> list[tuple]:
 
 def _unknown(child: pa.Table, parent: pa.Table, column: str) -> list:
     known = set(parent.column(column).to_pylist())
-    return sorted({v for v in child.column(column).to_pylist() if v not in known})
+    return sorted({v for v in child.column(column).to_pylist() if v is not None and v not in known})
 
 
 _REFERENCES = (("measurements", "arch_id", "architectures"), ("perplexity", "arch_id", "architectures"),
-               ("summary", "arch_id", "architectures"), ("measurements", "device_id", "devices"))
+               ("summary", "arch_id", "architectures"), ("measurements", "device_id", "devices"),
+               ("measurements", "session_id", "sessions"), ("sessions", "device_id", "devices"),
+               ("panel", "session_id", "sessions"), ("panel", "arch_id", "architectures"),
+               ("panel", "device_id", "devices"))
 
 
 def integrity_problems(tables: dict[str, pa.Table]) -> list[str]:
@@ -84,7 +87,8 @@ def integrity_problems(tables: dict[str, pa.Table]) -> list[str]:
 
 
 def used_arch_ids(tables: dict[str, pa.Table]) -> set[str]:
-    return {a for t in ("measurements", "perplexity") if t in tables for a in tables[t].column("arch_id").to_pylist()}
+    return {a for t in ("measurements", "perplexity", "panel") if t in tables
+            for a in tables[t].column("arch_id").to_pylist()}
 
 
 def orphan_problems(tables: dict[str, pa.Table]) -> list[str]:
@@ -92,7 +96,7 @@ def orphan_problems(tables: dict[str, pa.Table]) -> list[str]:
     if "architectures" not in tables:
         return []
     orphans = set(tables["architectures"].column("arch_id").to_pylist()) - used_arch_ids(tables)
-    return [f"data/architectures: {len(orphans)} arch_id(s) with no measurements or perplexity rows, e.g. "
+    return [f"data/architectures: {len(orphans)} arch_id(s) with no measurements, perplexity or panel rows, e.g. "
             f"{sorted(orphans)[:3]}"] if orphans else []
 
 
@@ -208,6 +212,15 @@ def value_rules() -> dict[str, list[tuple[str, pl.Expr, str]]]:
     """Per config: (column, expression true on bad rows, what is wrong); units as in the column names."""
     return {
         "measurements": [
+            *_both_or_neither("session_id", "session_missing_reason"),
+            *_both_or_neither("tensor_peak_mib", "tensor_peak_missing_reason"),
+            ("tensor_peak_mib", pl.col("tensor_peak_mib").is_not_null() & _outside(pl.col("tensor_peak_mib"), 0),
+             "a value <= 0 MiB (or NaN, inf)"),
+            ("model_memory_mib", (pl.col("model_memory_mib") - (pl.col("peak_memory_mib")
+                                   - pl.col("memory_baseline_mib"))).abs().fill_null(0) > 1e-9,
+             "a value that is not peak_memory_mib - memory_baseline_mib"),
+            ("model_memory_mib", pl.col("model_memory_mib").is_null() & pl.col("peak_memory_mib").is_not_null()
+             & pl.col("memory_baseline_mib").is_not_null(), "null although peak and baseline were measured"),
             ("latency_ms", pl.col("latency_ms").list.len() < 1, "no repeats (empty list)"),
             ("latency_ms", _any("latency_ms", lambda e: _outside(e, 0, MAX_LATENCY_MS)),
              f"a repeat outside (0, {MAX_LATENCY_MS:g}) ms"),
@@ -245,6 +258,18 @@ def value_rules() -> dict[str, list[tuple[str, pl.Expr, str]]]:
             ("logical_cores", pl.col("logical_cores") < 1, "a value < 1"),
             ("threads", pl.col("threads") < 1, "a value < 1"),
             ("host_memory_gib", _outside(pl.col("host_memory_gib"), 0), "a value <= 0 GiB (or NaN, inf)"),
+            ("fingerprint_sha256", pl.col("fingerprinted") & pl.col("fingerprint_sha256").is_null(),
+             "null although the device is fingerprinted"),
+        ],
+        "sessions": [
+            ("ended_at", pl.col("ended_at").is_not_null() & (pl.col("ended_at") < pl.col("started_at")),
+             "a time before started_at"),
+        ],
+        "panel": [
+            ("panel_position", ~pl.col("panel_position").is_in(["start", "end"]), "a value other than start / end"),
+            ("latency_ms", pl.col("latency_ms").list.len() < 1, "no repeats (empty list)"),
+            ("latency_ms", _any("latency_ms", lambda e: _outside(e, 0, MAX_LATENCY_MS)),
+             f"a repeat outside (0, {MAX_LATENCY_MS:g}) ms"),
         ],
     }
 
@@ -329,7 +354,7 @@ def presence_problems(root: Path) -> list[str]:
     problems = [f"data/{name}: not a config of the schema ({sorted(SCHEMAS)})"
                 for name in sorted(folders - set(SCHEMAS))]
     needs = [("architectures", True), ("summary", "measurements" in folders), ("devices", "measurements" in folders),
-             ("measurements", "summary" in folders)]
+             ("measurements", "summary" in folders), ("sessions", "panel" in folders)]
     problems += [f"data/{name}: config missing (no folder)" for name, needed in needs if needed and name not in folders]
     if not folders & {"measurements", "perplexity"}:
         problems.append(f"data: neither measurements nor perplexity present under {root / DATA_DIR}")
@@ -409,7 +434,7 @@ def validate_release(root: str | Path = "dataset") -> list[str]:
     present = {c: t for c, t in tables.items() if t is not None}
     problems += [p for c, t in present.items() for p in _guarded(f"data/{c}", table_problems, c, t)]
     problems += _guarded("data", integrity_problems, present) + _guarded("data/summary", summary_problems, tables)
-    if all(tables[c] is not None for c in ("measurements", "perplexity") if c in _config_folders(root)):
+    if all(tables[c] is not None for c in ("measurements", "perplexity", "panel") if c in _config_folders(root)):
         # only when every table that can use an architecture was read
         problems += _guarded("data/architectures", orphan_problems, present)
     complete = all(tables[c] is not None for c in _config_folders(root) if c in SCHEMAS)

@@ -17,6 +17,7 @@ import pytest
 
 from hwgpt_bench.generation.architectures import architecture_row
 from hwgpt_bench.generation.runs import PartWriter
+from hwgpt_bench.loaders.schema import SCHEMAS
 from hwgpt_bench.search_spaces import sample_archs
 
 SPACE = "gpt-nano"
@@ -26,12 +27,38 @@ CPU, GPU = "cpu-test-2t", "gpu-test"
 NO_RAPL = "no readable energy counter (RAPL energy_uj is root-only)"
 
 
+def session_id(device_id: str) -> str:
+    return f"20260102T030405Z-{device_id}"
+
+
 def device_row(device_id: str) -> dict:
     gpu = device_id == GPU
-    return {"device_id": device_id, "kind": "gpu" if gpu else "cpu", "device_name": "Test GPU" if gpu else "Test CPU",
-            "logical_cores": 2, "threads": 2, "host_memory_gib": 8.0, "accelerator_memory_gib": 16.0 if gpu else None,
-            "energy_counter": "nvml total energy" if gpu else None, "energy_missing_reason": None if gpu else NO_RAPL,
-            "notes": None}
+    row = dict.fromkeys(SCHEMAS["devices"].names)
+    row.update({"device_id": device_id, "kind": "gpu" if gpu else "cpu",
+                "device_name": "Test GPU" if gpu else "Test CPU", "logical_cores": 2, "threads": 2,
+                "host_memory_gib": 8.0, "accelerator_memory_gib": 16.0 if gpu else None,
+                "energy_counter": "nvml total energy" if gpu else None,
+                "energy_missing_reason": None if gpu else NO_RAPL, "notes": None, "fingerprinted": True,
+                "fingerprint_sha256": "0123456789abcdef", "cpu_vendor": "GenuineIntel", "cpu_family": 6,
+                "cpu_model": 207, "cpu_stepping": 2, "cpu_microcode": "0x1", "physical_cores": 1, "sockets": 1,
+                "gpu_memory_mib": 16384.0 if gpu else None, "gpu_power_limit_w": 700.0 if gpu else None})
+    return row
+
+
+def session_row(device_id: str) -> dict:
+    row = dict.fromkeys(SCHEMAS["sessions"].names)
+    row.update({"session_id": session_id(device_id), "device_id": device_id, "started_at": WHEN, "ended_at": WHEN,
+                "kernel": "6.1.0", "python_version": "3.11.7", "torch_version": "2.13.0",
+                "torch_config_sha256": "fedcba9876543210", "command": "synthetic"})
+    return row
+
+
+def panel_row(arch_id: str, device_id: str, position: str) -> dict:
+    """One ``panel`` row: the calibration panel's repeats at one end of the device's session."""
+    return {"session_id": session_id(device_id), "panel_position": position, "arch_id": arch_id, "space": SPACE,
+            "device_id": device_id, "phase": "forward", "batch_size": 1, "seq_len": 256, "dtype": "float32",
+            "n_warmup": 1, "latency_ms": [10.0, 11.0, 10.5] if position == "start" else [10.2, 10.9, 10.4],
+            "other_cpu_cores": 0.05, "measured_at": WHEN}
 
 
 def measurement_row(arch_id: str, device_id: str = CPU, batch_size: int = 1, latency_ms=(1.0, 2.0, 4.0),
@@ -53,7 +80,10 @@ def measurement_row(arch_id: str, device_id: str = CPU, batch_size: int = 1, lat
         "threads": 2, "device_name": "Test GPU" if gpu else "Test CPU", "torch_version": "2.13.0",
         "driver_version": "550.0" if gpu else None, "cuda_version": "12.4" if gpu else None,
         "gpu_sm_clock_mhz": 1980.0 if gpu else None, "gpu_power_limit_w": 700.0 if gpu else None, "run_id": run_id,
-        "measured_at": WHEN,
+        "measured_at": WHEN, "model_memory_mib": peak_memory_mib - 50.0 if peak_memory_mib else None,
+        "tensor_peak_mib": None, "tensor_peak_method": None,
+        "tensor_peak_missing_reason": "not measured in the synthetic run", "session_id": session_id(device_id),
+        "session_missing_reason": None,
     }
 
 
@@ -88,6 +118,10 @@ def write_synthetic_runs(base: Path) -> list[Path]:
             w.add(arch_rows)
         with PartWriter(run, "devices") as w:
             w.add([device_row(device)])
+        with PartWriter(run, "sessions") as w:
+            w.add([session_row(device)])
+        with PartWriter(run, "panel") as w:
+            w.add([panel_row(a, device, position) for a in ids[:2] for position in ("start", "end")])
         with PartWriter(run, "measurements") as w:
             w.add(_device_measurements(ids[:5], device, rng))
     with PartWriter(runs[2], "architectures") as w:

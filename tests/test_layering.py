@@ -46,7 +46,7 @@ def layer_of(module: str) -> str | None:
     """The layer of a dotted module name of ours; None when no rule places it."""
     if module in (ROOT, CLI, f"{ROOT}.__main__"):
         return TOP
-    if module in (f"{ROOT}.files", f"{ROOT}.metrics", f"{ROOT}.search_spaces"):
+    if module in (f"{ROOT}.files", f"{ROOT}.metrics", f"{ROOT}.search_spaces", f"{ROOT}.panel"):
         return CORE
     if module == f"{ROOT}.loaders" or module.startswith(f"{ROOT}.loaders."):
         return LOADERS

@@ -10,14 +10,27 @@ from pathlib import Path
 import pytest
 
 from hwgpt_bench.generation.jobs import merge_runs
-from hwgpt_bench.generation.runs import part_files, read_parts
+from hwgpt_bench.generation.runs import merge_parts, part_files, read_parts
 from hwgpt_bench.loaders.schema import PRIMARY_KEYS
+from hwgpt_bench.panel import PANEL_K, calibration_panel
+from hwgpt_bench.search_spaces import sample_archs
 
 pytest.importorskip("torch")
 
 N_ARCHS = 8
 PROFILE = ["profile", "--space", "gpt-nano", "--n", str(N_ARCHS), "--seq-len", "16", "--warmup", "0",
            "--repeats", "2", "--threads", "1", "--no-memory", "--flush-every", "0"]
+
+
+SAMPLE_IDS = {a.arch_id for a in sample_archs("gpt-nano", N_ARCHS, seed=0)}
+PANEL_IDS = {a.arch_id for a in calibration_panel("gpt-nano")}
+
+
+def _sample_rows(run_dir: Path) -> int:
+    """``architectures`` rows of the profiled sample (the session adds those of its calibration panel)."""
+    ids = read_parts([run_dir / "architectures"], "architectures").column("arch_id").to_pylist()
+    assert len(ids) == len(set(ids)) and set(ids) == SAMPLE_IDS | PANEL_IDS
+    return len(set(ids) & SAMPLE_IDS)
 
 
 def _cli(*args: str) -> list[str]:
@@ -46,15 +59,27 @@ def test_kill_9_then_rerun_loses_nothing_and_writes_no_duplicate(tmp_path):
     before = _measurement_keys(out)
     assert 3 <= len(before) < N_ARCHS, "the kill must land mid-run"
     first_run_ids = set(read_parts([out / "measurements"], "measurements").column("run_id").to_pylist())
+    (killed,) = merge_parts([out], "sessions").to_pylist()
     subprocess.run(cmd, check=True, capture_output=True)
     after = _measurement_keys(out)
     assert len(after) == len(set(after)) == N_ARCHS
+    # the killed session keeps its start row and start panel; the rerun is a new session with both panels
+    sessions = sorted(merge_parts([out], "sessions").to_pylist(), key=lambda r: r["started_at"])
+    assert len(sessions) == 2 and sessions[0]["session_id"] == killed["session_id"] != sessions[1]["session_id"]
+    assert sessions[0]["ended_at"] is None and sessions[1]["ended_at"] is not None
+    panel = merge_parts([out], "panel").to_pylist()
+    assert sorted((r["session_id"], r["panel_position"]) for r in panel) == sorted(
+        [(killed["session_id"], "start")] * PANEL_K + [(sessions[1]["session_id"], p) for p in ("start", "end")
+                                                       for _ in range(PANEL_K)])
+    measured = read_parts([out / "measurements"], "measurements")
+    assert set(measured.column("session_id").to_pylist()) == {s["session_id"] for s in sessions}
     assert set(before) <= set(after)
     assert first_run_ids < set(read_parts([out / "measurements"], "measurements").column("run_id").to_pylist())
     assert not [p for p in (out / "measurements").iterdir() if p.name.startswith(".tmp-")]
     subprocess.run(cmd, check=True, capture_output=True)  # a third run has nothing left to do
     assert len(_measurement_keys(out)) == N_ARCHS
-    assert read_parts([out / "architectures"], "architectures").num_rows == N_ARCHS
+    assert _sample_rows(out) == N_ARCHS
+    assert merge_parts([out], "sessions").num_rows == 3  # every run is a session of its own, never resumed
 
 
 @pytest.mark.slow
@@ -65,7 +90,10 @@ def test_shards_partition_the_work_and_merge(tmp_path):
     shard_keys = [set(_measurement_keys(tmp_path / f"s{i}")) for i in range(2)]
     assert shard_keys[0] and shard_keys[1] and not shard_keys[0] & shard_keys[1]
     counts = merge_runs([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
-    assert counts["measurements"] == N_ARCHS and counts["architectures"] == N_ARCHS and counts["devices"] == 1
+    assert counts["measurements"] == N_ARCHS and _sample_rows(tmp_path / "merged") == N_ARCHS \
+        and counts["devices"] == 1
+    assert counts["architectures"] == len(SAMPLE_IDS | PANEL_IDS) and counts["sessions"] == 2
+    assert counts["panel"] == 2 * 2 * PANEL_K  # two sessions, each with a start and an end panel
     assert set(_measurement_keys(tmp_path / "merged")) == shard_keys[0] | shard_keys[1]
 
 

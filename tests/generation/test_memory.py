@@ -1,4 +1,5 @@
-"""CPU peak memory (forked from the memory zygote, and the fresh-process fallback) on gpt-nano with short sequences."""
+"""CPU peak memory (forked from the memory zygote, and the fresh-process fallback) on gpt-nano with short sequences,
+and the whole CPU measurement in one forked child (``profilers.measure_in_child``, ``profile_arch``)."""
 
 import os
 import sys
@@ -9,7 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hwgpt_bench.generation import memory, profilers, zygote  # noqa: E402
+from hwgpt_bench.generation import environment, memory, profilers, zygote  # noqa: E402
+from hwgpt_bench.generation.model import build_model  # noqa: E402
+from hwgpt_bench.loaders.schema import check_table, table_from_rows  # noqa: E402
 from hwgpt_bench.search_spaces import SPACES  # noqa: E402
 
 NANO = SPACES["gpt-nano"]
@@ -171,6 +174,105 @@ def test_a_zygote_with_threads_refuses_to_fork(arch, own_zygote, short_settings)
     own_zygote.setattr(zygote, "_zygote_command", lambda: [sys.executable, "-c", code + _FAKE_CHILD])
     with pytest.raises(RuntimeError, match=r"refused to start: the zygote runs 2 threads"):
         memory.measure_memory_cpu(arch, short_settings())
+
+
+# ---- the whole CPU measurement in one forked child ----------------------------------------------------------------
+# The real zygote, with every module's ``build_model`` wrapped (before the fork, so children inherit it) to append the
+# calling process's pid to the file named by its first argument.
+_COUNTING_ZYGOTE = """
+import os, sys
+from hwgpt_bench.generation import memory, model, profilers, zygote
+
+original, counter = model.build_model, sys.argv[1]
+
+def counted(*args, **kwargs):
+    with open(counter, "a") as fh:
+        fh.write(f"{os.getpid()}\\n")
+    return original(*args, **kwargs)
+
+for module in list(sys.modules.values()):
+    if getattr(module, "build_model", None) is original:
+        module.build_model = counted
+raise SystemExit(zygote.zygote_main())
+"""
+
+
+@pytest.fixture
+def counting_zygote(own_zygote, tmp_path):
+    """A zygote whose children log each ``build_model`` call; the file of their pids (absent: no build yet)."""
+    counter = tmp_path / "builds"
+    own_zygote.setattr(zygote, "_zygote_command", lambda: [sys.executable, "-c", _COUNTING_ZYGOTE, str(counter)])
+    return counter
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not zygote.fork_supported(), reason="needs Linux /proc")
+def test_cpu_profile_with_memory_builds_the_model_once_in_its_own_process(counting_zygote, monkeypatch,
+                                                                          short_settings):
+    arch, settings = NANO.largest(), short_settings(seq_len=64, n_repeats=4)
+    parent_builds = []
+    for module in (profilers, memory):
+        monkeypatch.setattr(module, "build_model", lambda *a, **k: parent_builds.append(a) or build_model(*a, **k))
+    row = profilers.profile_arch(arch, settings, "run-test", environment.device_facts("cpu", 1))
+    children = counting_zygote.read_text().split()
+    assert parent_builds == [] and len(children) == 1  # one build in all, in neither this process nor the zygote
+    assert int(children[0]) not in (os.getpid(), zygote._ZYGOTE.proc.pid)
+    assert check_table("measurements", table_from_rows("measurements", [row])) == []
+    # every field filled, and plausible
+    assert len(row["latency_ms"]) == 4 and all(0 < t < 60_000 for t in row["latency_ms"])
+    assert len(row["host_load_1m"]) == 4 and all(x is None or x >= 0 for x in row["host_load_1m"])
+    assert row["other_cpu_cores"] is None or 0 <= row["other_cpu_cores"] <= (os.cpu_count() or 1)
+    assert row["latency_method"] == profilers.CPU_LATENCY_METHOD and row["n_warmup"] == 1
+    weights_mib = 4 * arch.num_params() / 2**20
+    assert row["memory_baseline_mib"] > 50 and row["peak_memory_mib"] > row["memory_baseline_mib"] + weights_mib
+    assert row["memory_method"] == memory.CPU_MEMORY_METHOD.format(source="VmHWM",
+                                                                   steps=memory.CPU_MEMORY_STEPS["forward"])
+    assert row["model_memory_mib"] == row["peak_memory_mib"] - row["memory_baseline_mib"]
+    assert row["tensor_peak_method"] == profilers.CPU_TENSOR_PEAK_METHOD and row["tensor_peak_mib"] > weights_mib
+    assert row["tensor_peak_mib"] == profilers.measure_tensor_peak(build_model(arch, seed=0), settings).mib
+    counter, reason = environment.energy_source("cpu")
+    if counter is None:
+        assert row["energy_mj"] is None and row["energy_missing_reason"] == reason
+    else:
+        assert len(row["energy_mj"]) == settings.n_energy_samples and row["energy_missing_reason"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not zygote.fork_supported(), reason="needs Linux /proc")
+def test_the_profiled_step_does_not_inflate_the_peak(short_settings):
+    """The tensor-peak step (torch.profiler, which raises a process's peak) runs after the peak is read: the peak is
+    that of a child without the step, within 1 MiB (gpt-nano largest at 256 tokens: profiling before the reading
+    raises it by several MiB)."""
+    arch, settings = NANO.largest(), short_settings(seq_len=256, n_repeats=2)
+    with_step = profilers.measure_in_child(arch, settings)
+    without = profilers.measure_in_child(arch, settings, tensor_peak=False)
+    assert with_step.tensor_peak.mib > 0 and without.tensor_peak is None
+    assert abs(with_step.memory.peak_memory_mib - without.memory.peak_memory_mib) < 1, (with_step.memory, without)
+    assert abs(with_step.memory.memory_baseline_mib - without.memory.memory_baseline_mib) < 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not zygote.fork_supported(), reason="needs Linux /proc")
+def test_the_whole_measurement_agrees_with_one_step_memory(short_settings):
+    """The peak over the warm-ups and repeats (the same step each time) is the one-step child's, within 4 MiB."""
+    settings = short_settings(seq_len=128)
+    whole = profilers.measure_in_child(NANO.largest(), settings, tensor_peak=False).memory
+    one_step = memory.measure_memory_cpu(NANO.largest(), settings)
+    assert abs(whole.peak_memory_mib - one_step.peak_memory_mib) < 4, (whole, one_step)
+
+
+@pytest.mark.slow
+def test_profile_arch_without_fork_uses_the_fresh_child(arch, monkeypatch, short_settings):
+    """Where fork is unsupported: latency in this process (one build here), memory from a fresh interpreter."""
+    monkeypatch.setattr(profilers, "fork_supported", lambda: False)
+    monkeypatch.setattr(memory, "fork_supported", lambda: False)
+    monkeypatch.setattr(memory, "zygote_request", lambda *a, **k: pytest.fail("asked the zygote"))
+    builds = []
+    monkeypatch.setattr(profilers, "build_model", lambda a, seed, device: builds.append(a) or build_model(a, seed))
+    row = profilers.profile_arch(arch, short_settings(), "run-test", environment.device_facts("cpu", 1))
+    assert builds == [arch] and "of a fresh process after one forward" in row["memory_method"]
+    assert row["peak_memory_mib"] >= row["memory_baseline_mib"] > 0 and row["tensor_peak_mib"] > 0
+    assert check_table("measurements", table_from_rows("measurements", [row])) == []
 
 
 def test_fresh_memory_child_failure_is_a_clear_error(arch, monkeypatch, short_settings):

@@ -55,3 +55,63 @@ def test_release_plan_meets_the_minimum_counts():
             counts[entry["space"]] = max(counts.get(entry["space"], 0), entry["n"])
     assert counts == {"gpt-nano": 2000, "gpt-s": 500, "gpt-m": 150, "gpt-l": 75, "gpt-s-wide": 300,
                       "gpt-m-wide": 100, "gpt-l-wide": 50, "gpt-xl-wide": 30}
+
+
+# ---- run_plan: one session for the whole plan ------------------------------------------------------------------------
+SMALL_PLAN = ('[defaults]\nthreads = 1\nwarmup = 0\nrepeats = 1\nno_memory = true\nseq_len = [16]\n\n'
+              '[[profile]]\nspace = "gpt-nano"\nn = 3\n\n[[profile]]\nspace = "gpt-s"\nn = 1\n\n'
+              '[[profile]]\nspace = "gpt-nano"\nn = 3\nbatch_size = [2]\n')
+
+
+@pytest.fixture
+def small_session(monkeypatch):
+    """Sessions of 2-architecture panels at 16 tokens (the real panel: 16 at min(256, block size))."""
+    from hwgpt_bench.generation import session
+
+    class Small(session.Session):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw, k=2, panel_seq_len=16)
+
+    monkeypatch.setattr(session, "Session", Small)
+
+
+@pytest.mark.slow
+def test_a_plan_is_one_session_with_the_panels_of_all_its_spaces(tmp_path, small_session):
+    pytest.importorskip("torch")
+    from hwgpt_bench.generation.plans import run_plan
+    from hwgpt_bench.generation.runs import merge_parts
+    from hwgpt_bench.loaders.schema import check_table
+
+    plan, out = tmp_path / "p.toml", tmp_path / "run"
+    plan.write_text(SMALL_PLAN)
+    assert run_plan(plan, out) == 3 + 1 + 3
+    tables = {t: merge_parts([out], t) for t in ("sessions", "panel", "measurements", "architectures", "devices")}
+    assert all(check_table(t, data) == [] for t, data in tables.items())
+    (session,) = tables["sessions"].to_pylist()
+    assert session["ended_at"] is not None and session["command"].startswith(f"run-plan {plan} (sha256 ")
+    assert set(tables["measurements"].column("session_id").to_pylist()) == {session["session_id"]}
+    panel = tables["panel"].to_pylist()
+    assert sorted((r["space"], r["panel_position"]) for r in panel) == sorted(
+        (s, p) for s in ("gpt-nano", "gpt-s") for p in ("start", "end") for _ in range(2))
+    assert {r["session_id"] for r in panel} == {session["session_id"]}
+    # the samples' rows (seed 0) are written before the panels' (the extremes are in both)
+    archs = {r["arch_id"]: r for r in tables["architectures"].to_pylist()}
+    assert archs[get_space("gpt-s").smallest().arch_id]["sample_seed"] == 0
+    assert run_plan(plan, out) == 0  # a rerun resumes the measurements in a new session
+    assert merge_parts([out], "sessions").num_rows == 2
+
+
+def test_a_plan_on_two_devices_is_rejected_before_anything_is_written(tmp_path):
+    pytest.importorskip("torch")
+    from hwgpt_bench.generation.plans import run_plan
+
+    plan = tmp_path / "p.toml"
+    plan.write_text('[[profile]]\nspace = "gpt-nano"\nn = 2\nthreads = 1\n\n'
+                    '[[profile]]\nspace = "gpt-nano"\nn = 2\nthreads = 2\n')
+    with pytest.raises(ValueError, match=r"plan: a plan runs as one session on one device; its entries use 2 "):
+        run_plan(plan, tmp_path / "run")
+    plan.write_text('[[profile]]\nspace = "gpt-nano"\nn = 2\n\n[[profile]]\nspace = "gpt-s"\nn = 2\nseq_len = [4096]\n')
+    with pytest.raises(ValueError, match="seq_len: 4096 does not fit"):
+        run_plan(plan, tmp_path / "run")
+    assert run_plan(plan, tmp_path / "run", spaces=["gpt-m"]) == 0  # no entry: no session either
+    assert not (tmp_path / "run").exists()

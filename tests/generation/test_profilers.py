@@ -1,8 +1,11 @@
 """Profilers on the smallest gpt-nano architecture with short sequences and few repeats (timings never asserted).
 
-CPU memory (the zygote, the fresh child) is tested in ``test_memory.py``.
+CPU memory (the zygote, the fresh child, the whole measurement in a forked child) is tested in ``test_memory.py``;
+here the forked child's function (``profile_child``) runs in this process, and its parent's side gets stub reports.
 """
 
+import json
+from dataclasses import asdict
 from datetime import UTC
 
 import pytest
@@ -186,12 +189,167 @@ def test_profile_arch_row_matches_the_schema(arch, facts, short_settings):
     assert row["device_id"] == facts["device_id"] and row["threads"] == 1 and row["weights"] == "random-init"
     if environment.energy_source("cpu")[0] is None:
         assert row["energy_mj"] is None and row["energy_method"] is None and row["energy_missing_reason"]
+    assert row["model_memory_mib"] == row["peak_memory_mib"] - row["memory_baseline_mib"]
+    assert row["tensor_peak_mib"] > 0 and row["tensor_peak_method"] == profilers.CPU_TENSOR_PEAK_METHOD
+    assert row["tensor_peak_missing_reason"] is None
+    assert row["session_id"] is None and row["session_missing_reason"] == profilers.NO_SESSION_REASON
 
 
 def test_profile_arch_without_memory(arch, facts, model, short_settings):
     row = profilers.profile_arch(arch, short_settings(), "run-test", facts, measure_memory=False, model=model)
     assert row["peak_memory_mib"] is None and "not measured" in row["memory_missing_reason"]
     assert check_table("measurements", table_from_rows("measurements", [row])) == []
+    assert row["model_memory_mib"] is None and row["memory_baseline_mib"] is None
+    assert row["tensor_peak_mib"] > 0 and row["tensor_peak_missing_reason"] is None  # taken on the latency warm-up
+    assert row["session_missing_reason"] == "profiled outside a session (profile_arch called directly)"
+
+
+_FAKE_MEMORY = memory.MemoryResult(412.5, 300.25, "fake peak resident set", None)
+
+
+@pytest.mark.parametrize("n_warmup", [0, 1])
+def test_profile_arch_row_with_a_session(arch, facts, model, monkeypatch, n_warmup, short_settings):
+    """A row in a session: the session id, no reason; model memory = peak - baseline (memory child stubbed)."""
+    monkeypatch.setattr(profilers, "_measure_memory", lambda a, m, s: _FAKE_MEMORY)
+    settings = short_settings(n_warmup=n_warmup)
+    row = profilers.profile_arch(arch, settings, "run-test", facts, model=model, session_id="20260101T000000Z-ab12")
+    assert list(row) == SCHEMAS["measurements"].names
+    assert check_table("measurements", table_from_rows("measurements", [row])) == []
+    assert row["session_id"] == "20260101T000000Z-ab12" and row["session_missing_reason"] is None
+    assert row["model_memory_mib"] == row["peak_memory_mib"] - row["memory_baseline_mib"] == 412.5 - 300.25
+    assert row["tensor_peak_mib"] == profilers.measure_tensor_peak(model, settings).mib > 0
+    assert row["tensor_peak_method"] == profilers.CPU_TENSOR_PEAK_METHOD and row["n_warmup"] == n_warmup
+    assert len(row["latency_ms"]) == 3
+
+
+def test_profile_arch_session_columns(arch, facts, model, short_settings):
+    row = profilers.profile_arch(arch, short_settings(), "r", facts, measure_memory=False, model=model,
+                                 session_missing_reason="replayed from an old log")
+    assert row["session_id"] is None and row["session_missing_reason"] == "replayed from an old log"
+    with pytest.raises(ValueError, match="^session_missing_reason: "):
+        profilers.profile_arch(arch, short_settings(), "r", facts, measure_memory=False, model=model,
+                               session_id="s-1", session_missing_reason="both")
+    with pytest.raises(ValueError, match="^session_id: "):
+        profilers.profile_arch(arch, short_settings(), "r", facts, measure_memory=False, model=model, session_id="")
+
+
+# ---- the whole CPU measurement in one process (its order; run here, not forked) ----------------------------------
+def _record_child_events(monkeypatch) -> list[str]:
+    """Patch what ``profile_child`` calls to log, in order: ``build``, ``peak`` (each peak resident set read), ``step``
+    / ``profiled step`` (a torch profiler running) and ``prefill`` (a decode cache prefilled outside the step)."""
+    events: list[str] = []
+    run, prepare = Workload.run, Workload.prepare
+
+    def logged_prepare(self, prefill=True):
+        if prefill and self.settings.phase == "decode":
+            events.append("prefill")
+        return prepare(self, prefill)
+
+    monkeypatch.setattr(Workload, "run", lambda self, c: events.append(
+        "profiled step" if torch.autograd._profiler_enabled() else "step") or run(self, c))
+    monkeypatch.setattr(Workload, "prepare", logged_prepare)
+    monkeypatch.setattr(profilers, "peak_rss_mib", lambda: events.append("peak") or (100.0, "VmHWM"))
+    monkeypatch.setattr(profilers, "build_model", lambda a, seed: events.append("build") or build_model(a, seed=seed))
+    monkeypatch.setattr(profilers, "energy_source", lambda device, root: (None, "no counter in this test"))
+    return events
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_profile_child_reads_the_peak_before_the_profiled_step(arch, model, monkeypatch, phase, short_settings):
+    """One build; the peak resident set is read after the timed repeats (decode: after one decode step on a
+    zero-filled cache, before any prefill) and before the only profiled step, which comes last."""
+    settings = short_settings(phase=phase, n_warmup=1, n_repeats=2)
+    events = _record_child_events(monkeypatch)
+    report = profilers.profile_child({"arch": arch.canonical, "settings": asdict(settings), "tensor_peak": True})
+    if phase == "decode":
+        assert events == ["peak", "build", "step", "peak", "prefill", "step", "prefill", "step", "prefill", "step",
+                          "prefill", "profiled step"]
+    else:
+        assert events == ["peak", "build", "step", "step", "step", "peak", "profiled step"]
+    assert json.loads(json.dumps(report)) == report  # a JSON report
+    assert report["arch_id"] == arch.arch_id and len(report["latency_ms"]) == 2 and len(report["host_load_1m"]) == 2
+    assert (report["peak_memory_mib"], report["memory_baseline_mib"], report["source"]) == (100.0, 100.0, "VmHWM")
+    assert report["energy"]["missing_reason"] == "no counter in this test" and report["energy"]["energy_mj"] is None
+    assert report["tensor_peak"] == asdict(profilers.measure_tensor_peak(model, settings))
+
+
+def test_profile_child_without_the_tensor_step_profiles_nothing(arch, monkeypatch, short_settings):
+    events = _record_child_events(monkeypatch)
+    report = profilers.profile_child({"arch": arch.canonical, "settings": asdict(short_settings()),
+                                      "tensor_peak": False})
+    assert events == ["peak", "build", "step", "step", "step", "step", "peak"] and report["tensor_peak"] is None
+
+
+def test_profile_child_measures_energy_after_the_peak_and_before_the_tensor_step(arch, monkeypatch, short_settings):
+    events = _record_child_events(monkeypatch)
+    monkeypatch.setattr(profilers, "energy_source", lambda device, root: (_FakeCounter(), None))
+    settings = short_settings(n_warmup=1, n_repeats=2, n_energy_samples=2, energy_window_ms=1.0)
+    report = profilers.profile_child({"arch": arch.canonical, "settings": asdict(settings), "tensor_peak": True})
+    assert events[:6] == ["peak", "build", "step", "step", "step", "peak"] and events[-1] == "profiled step"
+    assert len(events) >= 6 + 1 + 2 + 1 and set(events[6:-1]) == {"step"}  # its warm-up, >= 1 step per sample
+    assert len(report["energy"]["energy_mj"]) == 2 and report["energy"]["method"].startswith("fake counter")
+
+
+def _child_report(arch, settings, **overrides) -> dict:
+    """A well-formed report of ``profile_child`` for ``arch`` under ``settings`` (made-up values)."""
+    n = settings.n_repeats
+    return {"arch_id": arch.arch_id, "latency_ms": [1.5] * n, "host_load_1m": [0.25] * n, "other_cpu_cores": 0.5,
+            "peak_memory_mib": 412.5, "memory_baseline_mib": 300.25, "source": "VmHWM",
+            "energy": {"energy_mj": None, "method": None, "window_ms": None, "missing_reason": "no counter"},
+            "tensor_peak": {"mib": 20.5, "method": profilers.CPU_TENSOR_PEAK_METHOD, "missing_reason": None},
+            "zygote_file_mib": 80.0} | overrides
+
+
+@pytest.mark.skipif(not profilers.fork_supported(), reason="needs Linux /proc (else memory comes from a fresh child)")
+def test_profile_arch_on_cpu_with_memory_builds_nothing_here(arch, facts, monkeypatch, short_settings):
+    """The row comes from the forked child's report (stubbed); this process builds no model."""
+    settings = short_settings(phase="decode")
+    requests = []
+    monkeypatch.setattr(profilers, "forked_report", lambda call, request, a, timeout_s, child: requests.append(
+        (call, request, child)) or _child_report(a, settings))
+    monkeypatch.setattr(profilers, "build_model", lambda *a, **k: pytest.fail("built a model in the parent"))
+    row = profilers.profile_arch(arch, settings, "run-test", facts)
+    ((call, request, child),) = requests
+    assert call == profilers.PROFILE_CHILD_CALL and child == "profiling child" and request["tensor_peak"] is True
+    assert request["arch"] == arch.canonical and ProfileSettings(**request["settings"]) == settings
+    assert check_table("measurements", table_from_rows("measurements", [row])) == []
+    assert row["latency_ms"] == [1.5] * 3 and row["host_load_1m"] == [0.25] * 3 and row["other_cpu_cores"] == 0.5
+    assert row["latency_method"] == profilers.CPU_LATENCY_METHOD and row["n_warmup"] == 1
+    assert (row["peak_memory_mib"], row["memory_baseline_mib"], row["model_memory_mib"]) == (412.5, 300.25, 112.25)
+    assert row["memory_method"] == memory.CPU_MEMORY_METHOD.format(source="VmHWM",
+                                                                   steps=memory.CPU_MEMORY_STEPS["decode"])
+    assert (row["energy_mj"], row["energy_missing_reason"]) == (None, "no counter")
+    assert (row["tensor_peak_mib"], row["tensor_peak_method"]) == (20.5, profilers.CPU_TENSOR_PEAK_METHOD)
+
+
+@pytest.mark.parametrize("overrides, error", [
+    ({"latency_ms": [1.0]}, "sent 1 repeats, expected 3"),
+    ({"energy": {"energy_mj": None}}, "sent a malformed report"),
+    ({"host_load_1m": None}, "sent a malformed report"),
+    ({"peak_memory_mib": "lots"}, "printed no JSON report"),
+])
+def test_a_malformed_child_report_is_a_clear_error(arch, monkeypatch, overrides, error, short_settings):
+    settings = short_settings()
+    monkeypatch.setattr(profilers, "forked_report",
+                        lambda call, request, a, timeout_s, child: _child_report(a, settings, **overrides))
+    with pytest.raises(RuntimeError, match=rf"^profiling child for {arch.arch_id} .*{error}"):
+        profilers.measure_in_child(arch, settings)
+
+
+def test_measure_in_child_is_cpu_and_random_init_only(arch, short_settings):
+    with pytest.raises(ValueError, match="^device: "):
+        profilers.measure_in_child(arch, short_settings(device="cuda"))
+    with pytest.raises(ValueError, match="^weights: "):
+        profilers.measure_in_child(arch, short_settings(weights="supernet:0123456789ab"))
+
+
+def test_profile_arch_without_memory_builds_here_once_and_forks_nothing(arch, facts, monkeypatch, short_settings):
+    builds = []
+    monkeypatch.setattr(profilers, "build_model", lambda a, seed, device: builds.append(a) or build_model(a, seed))
+    monkeypatch.setattr(profilers, "forked_report", lambda *a, **k: pytest.fail("forked a child"))
+    monkeypatch.setattr(memory, "zygote_request", lambda *a, **k: pytest.fail("asked the zygote"))
+    row = profilers.profile_arch(arch, short_settings(), "run-test", facts, measure_memory=False)
+    assert builds == [arch] and row["tensor_peak_mib"] > 0 and row["peak_memory_mib"] is None
 
 
 def test_profile_arch_checks_its_inputs(arch, facts, short_settings):
@@ -215,6 +373,8 @@ def test_profile_arch_on_cuda(arch, phase, short_settings):
     assert len(row["latency_ms"]) == 3 and all(t > 0 for t in row["latency_ms"])
     assert "torch.cuda.Event" in row["latency_method"] and row["gpu_sm_clock_mhz"] > 0
     assert row["peak_memory_mib"] > row["memory_baseline_mib"] > 0 and "max_memory_allocated" in row["memory_method"]
+    assert row["model_memory_mib"] == row["peak_memory_mib"] - row["memory_baseline_mib"]
+    assert row["tensor_peak_mib"] > 0 and row["tensor_peak_method"] == profilers.CUDA_TENSOR_PEAK_METHOD
     assert (row["energy_mj"] is None) == (row["energy_missing_reason"] is not None)
     if row["energy_mj"] is not None:
         assert len(row["energy_mj"]) == 2 and all(e > 0 for e in row["energy_mj"])

@@ -40,9 +40,9 @@ def test_unknown_table_lists_allowed():
 
 
 def test_check_table_reports_type_and_null_defects():
-    row = {"device_id": "cpu-x", "kind": "cpu", "device_name": "X", "logical_cores": 2, "threads": 2,
-           "host_memory_gib": 24.0, "accelerator_memory_gib": None, "energy_counter": None,
-           "energy_missing_reason": "none", "notes": None}
+    row = dict.fromkeys(SCHEMAS["devices"].names)
+    row.update({"device_id": "cpu-x", "kind": "cpu", "device_name": "X", "logical_cores": 2, "threads": 2,
+                "host_memory_gib": 24.0, "energy_missing_reason": "none", "fingerprinted": False})
     good = table_from_rows("devices", [row])
     assert check_table("devices", good) == []
     bad = good.set_column(0, "device_id", pa.array([None], pa.string()))
@@ -56,3 +56,24 @@ def test_check_table_reports_type_and_null_defects():
 def test_rows_with_wrong_keys_are_rejected():
     with pytest.raises(ValueError, match="missing columns"):
         table_from_rows("perplexity", [{"arch_id": "a", "measured_at": datetime.now(UTC)}])
+
+
+def test_parts_written_under_schema_1_are_upgraded_with_reasons_not_invented_values():
+    from hwgpt_bench.loaders.schema import LEGACY_VALUES, upgrade_table
+
+    old = SCHEMAS["measurements"]
+    v1 = pa.table({f.name: pa.nulls(2, f.type) for f in old if f.name not in
+                   ("model_memory_mib", "tensor_peak_mib", "tensor_peak_method", "tensor_peak_missing_reason",
+                    "session_id", "session_missing_reason")})
+    v1 = v1.set_column(v1.schema.get_field_index("peak_memory_mib"), "peak_memory_mib", pa.array([300.0, None]))
+    v1 = v1.set_column(v1.schema.get_field_index("memory_baseline_mib"), "memory_baseline_mib",
+                       pa.array([250.0, None]))
+    up = upgrade_table("measurements", v1)
+    assert up.column("model_memory_mib").to_pylist() == [50.0, None]
+    assert up.column("session_id").to_pylist() == [None, None]
+    reason = LEGACY_VALUES["measurements"]["session_missing_reason"]
+    assert up.column("session_missing_reason").to_pylist() == [reason] * 2
+    assert up.column("tensor_peak_mib").to_pylist() == [None, None]
+    assert upgrade_table("measurements", up) is up  # nothing missing: unchanged
+    with pytest.raises(ValueError, match=r"missing columns \['threads'\]"):
+        cast_table("measurements", upgrade_table("measurements", v1.drop(["threads"])))

@@ -105,7 +105,7 @@ DEFECTS = {
     "load length": (_load_length_mismatch, ["column host_load_1m", "different from latency_ms"]),
     "summary tampered": (_tampered_summary, ["data/summary: column latency_ms_median differs"]),
     "unknown device": (_unknown_device, ["data/measurements: column device_id", "not in devices"]),
-    "orphan architecture": (_orphan_architecture, ["data/architectures", "no measurements or perplexity rows"]),
+    "orphan architecture": (_orphan_architecture, ["data/architectures", "no measurements, perplexity or panel rows"]),
     "wrong type": (_wrong_type, ["data/perplexity/train-00000-of-00001.parquet", "perplexity.eval_tokens: type int32"]),
     "perplexity below 1": (_bad_perplexity, ["data/perplexity: column perplexity: 1 row(s) with a value < 1"]),
     "accuracy above 1": (_bad_accuracy, ["data/perplexity: column accuracy: 1 row(s) with a value outside [0, 1]"]),

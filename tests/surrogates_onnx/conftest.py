@@ -40,7 +40,9 @@ def measurement(arch_id: str, device: str, batch: int, latency: list[float], ene
                host_load_1m=[0.5] * len(latency), threads=2, device_name=f"Synthetic {device}",
                torch_version="2.13.0", run_id=f"run-{device}", measured_at=WHEN, peak_memory_mib=memory,
                memory_method="synthetic", energy_mj=energy, energy_method="synthetic" if energy else None,
-               energy_window_ms=1000.0 if energy else None, energy_missing_reason=None if energy else NO_ENERGY)
+               energy_window_ms=1000.0 if energy else None, energy_missing_reason=None if energy else NO_ENERGY,
+               session_missing_reason="synthetic rows have no session",
+               tensor_peak_missing_reason="synthetic rows have no tensor peak")
     return row
 
 
@@ -49,7 +51,8 @@ def device(device_id: str) -> dict:
     row = dict.fromkeys(SCHEMAS["devices"].names)
     row.update(device_id=device_id, kind="gpu" if gpu else "cpu", device_name=f"Synthetic {device_id}",
                logical_cores=2, threads=2, host_memory_gib=8.0, accelerator_memory_gib=16.0 if gpu else None,
-               energy_counter="synthetic" if gpu else None, energy_missing_reason=None if gpu else NO_ENERGY)
+               energy_counter="synthetic" if gpu else None, energy_missing_reason=None if gpu else NO_ENERGY,
+               fingerprinted=False)
     return row
 
 

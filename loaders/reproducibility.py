@@ -1,0 +1,88 @@
+"""How far a latency can be trusted: drift within a session, differences between sessions and between hosts.
+
+Every profiling session measures the same calibration panel (``hwgpt_bench.panel``) at its start and at its end
+(the ``panel`` table). From those repeats:
+
+- ``session_drift``: per session and space, end vs start: median over the panel of the ratio of the two medians, and
+  Kendall's tau between the two rankings (1 = the panel kept its order);
+- ``session_pairs``: per pair of sessions that measured the same space and workload: the median ratio of the later
+  session's panel medians to the earlier one's, and tau; ``same_device`` says whether both ran on one device id;
+- ``within_session_spread``: per device and space, the median relative IQR of the main workload's repeats.
+
+Light: numpy and polars only.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import polars as pl
+
+PANEL_WORKLOAD = ("phase", "batch_size", "seq_len", "dtype")
+
+
+def kendall_tau(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Kendall's tau-b of two equally long 1-D arrays (None for fewer than 3 pairs or a constant array)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3:
+        return None
+    i, j = np.triu_indices(len(x), k=1)
+    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    ties_x, ties_y = np.sum(dx == 0), np.sum(dy == 0)
+    n_pairs = len(i)
+    denominator = np.sqrt((n_pairs - ties_x) * (n_pairs - ties_y))
+    return None if denominator == 0 else float(np.sum(dx * dy) / denominator)
+
+
+def panel_medians(panel: pl.DataFrame) -> pl.DataFrame:
+    """One row per (session, position, space, workload, arch): ``median_ms`` of the panel repeats (milliseconds)."""
+    return panel.select("session_id", "device_id", "panel_position", "space", *PANEL_WORKLOAD, "arch_id",
+                        pl.col("latency_ms").list.median().alias("median_ms"))
+
+
+def _compare(a: pl.DataFrame, b: pl.DataFrame) -> dict:
+    joined = a.join(b, on="arch_id", suffix="_b")
+    if joined.is_empty():
+        return {"archs": 0, "median_ratio": None, "tau": None}
+    ratio = (joined["median_ms_b"] / joined["median_ms"]).median()
+    return {"archs": joined.height, "median_ratio": ratio,
+            "tau": kendall_tau(joined["median_ms"].to_numpy(), joined["median_ms_b"].to_numpy())}
+
+
+def session_drift(panel: pl.DataFrame) -> pl.DataFrame:
+    """Per session, space and workload: ``archs``, ``median_ratio`` (end / start, unitless) and ``tau``."""
+    medians = panel_medians(panel)
+    rows = []
+    for key, group in medians.group_by("session_id", "device_id", "space", *PANEL_WORKLOAD, maintain_order=True):
+        start = group.filter(pl.col("panel_position") == "start").select("arch_id", "median_ms")
+        end = group.filter(pl.col("panel_position") == "end").select("arch_id", "median_ms")
+        rows.append(dict(zip(("session_id", "device_id", "space", *PANEL_WORKLOAD), key, strict=True))
+                    | _compare(start, end))
+    return pl.DataFrame(rows, schema=_schema(("session_id", "device_id", "space"))).sort("space", "session_id")
+
+
+def session_pairs(panel: pl.DataFrame, sessions: pl.DataFrame) -> pl.DataFrame:
+    """Per pair of sessions with the same space and workload (earlier first, by ``started_at``): both device ids,
+    ``same_device``, ``archs``, ``median_ratio`` (later / earlier panel medians at the start) and ``tau``."""
+    starts = panel_medians(panel.filter(pl.col("panel_position") == "start")).join(
+        sessions.select("session_id", "started_at"), on="session_id", how="left")
+    rows = []
+    for key, group in starts.group_by("space", *PANEL_WORKLOAD, maintain_order=True):
+        order = group.select("session_id", "device_id", "started_at").unique().sort("started_at", "session_id")
+        for (sa, da, _), (sb, db, _) in itertools.combinations(order.iter_rows(), 2):
+            a = group.filter(pl.col("session_id") == sa).select("arch_id", "median_ms")
+            b = group.filter(pl.col("session_id") == sb).select("arch_id", "median_ms")
+            rows.append(dict(zip(("space", *PANEL_WORKLOAD), key, strict=True))
+                        | {"session_a": sa, "device_a": da, "session_b": sb, "device_b": db, "same_device": da == db}
+                        | _compare(a, b))
+    cols = ("space", *PANEL_WORKLOAD, "session_a", "device_a", "session_b", "device_b")
+    schema = {c: pl.Int32 if c in ("batch_size", "seq_len") else pl.String for c in cols} | {
+        "same_device": pl.Boolean, "archs": pl.Int64, "median_ratio": pl.Float64, "tau": pl.Float64}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def _schema(ids: tuple[str, ...]) -> dict:
+    return ({c: pl.String for c in ids} | {"phase": pl.String, "batch_size": pl.Int32, "seq_len": pl.Int32,
+                                          "dtype": pl.String, "archs": pl.Int64, "median_ratio": pl.Float64,
+                                          "tau": pl.Float64})

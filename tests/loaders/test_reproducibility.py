@@ -1,0 +1,47 @@
+"""Panel drift within and between sessions: Kendall tau against scipy, ratios on panels with a known effect."""
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from hwgpt_bench.loaders.reproducibility import kendall_tau, session_drift, session_pairs
+
+START = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_kendall_tau_matches_scipy_with_and_without_ties(seed):
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(size=20), rng.normal(size=20)
+    y[:5] = y[5]  # ties
+    assert kendall_tau(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
+    assert kendall_tau(x, x) == pytest.approx(1.0) and kendall_tau(x, -x) == pytest.approx(-1.0)
+    assert kendall_tau(x[:2], y[:2]) is None and kendall_tau(np.ones(5), x[:5]) is None
+
+
+def _panel(session: str, device: str, scale_start: float, scale_end: float, n: int = 8) -> list[dict]:
+    rows = []
+    for position, scale in (("start", scale_start), ("end", scale_end)):
+        for i in range(n):
+            base = 10.0 * (i + 1) * scale
+            rows.append({"session_id": session, "device_id": device, "panel_position": position,
+                         "arch_id": f"a{i}", "space": "gpt-nano", "phase": "forward", "batch_size": 1,
+                         "seq_len": 256, "dtype": "float32", "latency_ms": [base * 0.98, base, base * 1.03]})
+    return rows
+
+
+def test_drift_and_pairs_recover_known_ratios():
+    panel = pl.DataFrame(_panel("s1", "dev-a", 1.0, 1.1) + _panel("s2", "dev-a", 1.0, 1.0)
+                         + _panel("s3", "dev-b", 0.5, 0.5))
+    sessions = pl.DataFrame({"session_id": ["s1", "s2", "s3"],
+                             "started_at": [START, START + timedelta(hours=1), START + timedelta(hours=2)]})
+    drift = {r["session_id"]: r for r in session_drift(panel).iter_rows(named=True)}
+    assert drift["s1"]["median_ratio"] == pytest.approx(1.1) and drift["s2"]["median_ratio"] == pytest.approx(1.0)
+    assert drift["s1"]["tau"] == pytest.approx(1.0) and drift["s1"]["archs"] == 8
+    pairs = {(r["session_a"], r["session_b"]): r for r in session_pairs(panel, sessions).iter_rows(named=True)}
+    assert set(pairs) == {("s1", "s2"), ("s1", "s3"), ("s2", "s3")}
+    assert pairs[("s1", "s2")]["same_device"] and pairs[("s1", "s2")]["median_ratio"] == pytest.approx(1.0)
+    assert not pairs[("s2", "s3")]["same_device"] and pairs[("s2", "s3")]["median_ratio"] == pytest.approx(0.5)
