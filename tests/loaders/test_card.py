@@ -8,7 +8,7 @@ import pytest
 
 from hwgpt_bench.generation.release import build_release
 from hwgpt_bench.loaders import card
-from hwgpt_bench.loaders.io import release_tables
+from hwgpt_bench.loaders.io import read_manifest, release_tables
 from hwgpt_bench.loaders.validate import validate_release
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,9 +60,10 @@ def test_validate_catches_an_edited_card_number(release_copy, old, new, message)
 
 def test_render_is_idempotent_and_the_source_card_is_in_sync_with_the_shipped_release():
     tables = release_tables(REPO / "dataset")
+    version = read_manifest(REPO / "dataset")["version"]
     text = CARD.read_text()
-    once = card.render_card(text, tables, "0.1.0")
-    assert card.render_card(once, tables, "0.1.0") == once
+    once = card.render_card(text, tables, version)
+    assert card.render_card(once, tables, version) == once
     assert _facts(once) == _facts(text), "rebuild the release or re-render DATASET_CARD.md"
 
 
