@@ -28,7 +28,7 @@ def test_fresh_venv_imports_light_path_outside_repo(fresh_venv, tmp_path):
     )
     out = subprocess.run([str(fresh_venv / "bin" / "python"), "-c", code], check=True, capture_output=True,
                          text=True, cwd=tmp_path)
-    assert out.stdout.split() == ["1.0.0", "75c39e589515"]
+    assert out.stdout.split() == ["2.0.0", "75c39e589515"]
     cli = subprocess.run([str(fresh_venv / "bin" / "hwgpt-bench"), "spaces", "--json"], check=True,
                          capture_output=True, text=True, cwd=tmp_path)
     assert '"gpt-xl-wide"' in cli.stdout

@@ -216,7 +216,11 @@ def test_torchrun_two_ranks_gloo_matches_one_process(tmp_path):
     a = load_file(tmp_path / "single" / "supernet.safetensors")
     b = load_file(tmp_path / "ddp" / "supernet.safetensors")
     for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+        # Adam divides by sqrt(v), so the reordered float sums of the DDP average can move a single weight by a
+        # little more than 1e-5 on some CPUs (seen: 1 of 262,144 elements, 1.2e-5, on an AVX-512 Xeon); the mean
+        # difference stays at rounding level
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=3e-5)
+        assert (b[name] - a[name]).abs().mean() < 1e-6, name
 
 
 def test_module_is_runnable():
