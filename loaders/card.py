@@ -23,9 +23,9 @@ import polars as pl
 import pyarrow as pa
 
 from hwgpt_bench.files import write_text_atomic
+from hwgpt_bench.loaders.analysis import main_workload
 from hwgpt_bench.loaders.io import DATA_DIR
 from hwgpt_bench.loaders.schema import COLUMN_DOCS, PRIMARY_KEYS, SCHEMAS, schema_for
-from hwgpt_bench.metrics import MAIN_PHASE
 from hwgpt_bench.search_spaces import SPACES
 
 log = logging.getLogger(__name__)
@@ -175,17 +175,13 @@ def _frame(tables: dict[str, pa.Table], config: str) -> pl.DataFrame | None:
 def per_arch_noise(summary: pl.DataFrame) -> pl.DataFrame:
     """``summary`` with ``rel_iqr`` (IQR / median of an architecture's repeats, unitless) and ``main`` (bool).
 
-    ``main`` marks each (device, space)'s main workload: the ``forward`` workload measured on the most
-    architectures (ties: the smallest batch, then sequence length), the one the card's noise figures describe.
+    ``main`` marks the rows of each (device, space)'s main workload (``analysis.main_workload``: the ``forward``
+    workload measured on the most architectures), the one the card's noise figures describe.
     """
-    counts = (summary.filter(pl.col("phase") == MAIN_PHASE).group_by("device_id", "space", *WORKLOAD[1:])
-              .agg(pl.len().alias("n")).sort(["device_id", "space", "n", "batch_size", "seq_len", "dtype"],
-                                             descending=[False, False, True, False, False, False])
-              .unique(["device_id", "space"], keep="first").with_columns(pl.lit(True).alias("main"))
-              .with_columns(pl.lit(MAIN_PHASE).alias("phase")).drop("n"))
+    keys = ["device_id", "space", *WORKLOAD]
+    main = main_workload(summary).select(keys).unique().with_columns(pl.lit(True).alias("main"))
     return (summary.with_columns((pl.col("latency_ms_iqr") / pl.col("latency_ms_median")).alias("rel_iqr"))
-            .join(counts, on=["device_id", "space", *WORKLOAD], how="left")
-            .with_columns(pl.col("main").fill_null(False)))
+            .join(main, on=keys, how="left").with_columns(pl.col("main").fill_null(False)))
 
 
 def _architecture_facts(archs: pl.DataFrame) -> dict[str, str]:
