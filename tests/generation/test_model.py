@@ -10,9 +10,11 @@ torch = pytest.importorskip("torch")
 from hwgpt_bench.generation.model import (  # noqa: E402
     GPT,
     INIT_STD,
+    TILE_VALUES,
     KVCache,
     build_model,
     build_rope_cache,
+    init_weights,
     rope_heads,
 )
 from hwgpt_bench.search_spaces import SPACES, ArchConfig, random_arch  # noqa: E402
@@ -224,3 +226,21 @@ def test_build_model_initialisation_statistics():
             expected = proj_std if name.endswith("proj.weight") else INIT_STD
             assert abs(p.std().item() - expected) < 0.05 * expected, name
             assert abs(p.mean().item()) < 0.05 * expected, name
+
+
+def test_tiled_init_repeats_one_seeded_table_while_training_init_is_iid():
+    """``build_model`` (timed models) fills weights from one table of ``TILE_VALUES`` draws; ``init_weights``
+    (what training starts from) draws every value."""
+    arch = ArchConfig("gpt-nano", 256, 6, (8,) * 6, (4,) * 6, True)
+    wte = build_model(arch, seed=3).wte.weight.detach().flatten()  # 50304 x 256 values: many table periods
+    assert wte.numel() > 3 * TILE_VALUES
+    torch.testing.assert_close(wte[:TILE_VALUES], wte[TILE_VALUES:2 * TILE_VALUES], rtol=0, atol=0)
+    assert torch.unique(wte).numel() <= TILE_VALUES and not torch.any(wte == 0)
+    with torch.device("meta"):
+        trained = GPT(arch)
+    trained.to_empty(device="cpu")
+    init_weights(trained, arch.n_layer, torch.Generator().manual_seed(3))
+    iid = trained.wte.weight.detach().flatten()
+    assert not torch.equal(iid[:TILE_VALUES], iid[TILE_VALUES:2 * TILE_VALUES])
+    assert torch.unique(iid).numel() > 10 * TILE_VALUES
+    assert abs(iid.std().item() - INIT_STD) < 0.01 * INIT_STD and abs(wte.std().item() - INIT_STD) < 0.05 * INIT_STD
