@@ -1,6 +1,6 @@
 # Two quickstart targets: `make demo` (light venv, run the main job on the shipped dataset) and `make test`.
 # `make demo` needs the base dependencies only (numpy, pyarrow, polars, datasets, onnxruntime) in its own venv;
-# `make test` installs everything (CPU torch, the generation and surrogate extras, dev tools, the Node example).
+# `make test` installs everything (CPU torch, the generation, surrogate and search extras, dev tools, the Node example).
 VENV ?= .venv
 DEMO_VENV ?= .venv-demo
 PY := $(VENV)/bin/python
@@ -16,7 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[generation,surrogates,dev]"
+	$(PIP) install -e ".[generation,surrogates,search,dev]"
+	@# syne-tune's wheel alone: its metadata pulls xgboost and NVIDIA NCCL (~480 MB) that its MO-REA never imports
+	$(PIP) install --no-deps syne-tune==0.16.0
 	@# onnxruntime-node for the Node.js example's tests (skipped when npm is absent); CPU binaries only
 	-command -v npm >/dev/null && cd surrogates_onnx/examples/node && ONNXRUNTIME_NODE_INSTALL=skip npm ci --silent --no-audit --no-fund
 	touch $@

@@ -11,6 +11,8 @@ holds the rules):
   onnxruntime only, the training and evaluation side the ``surrogates`` extra;
 * ``hwgpt_bench.generation`` (``generation/``): supernet, training, profilers, runs and the release build (the
   ``generation`` extra: torch);
+* ``hwgpt_bench.benchmark``: the benchmark interface (``Benchmark``) and the search simulation, above the surrogates'
+  runtime and the loaders (the optimisers: the ``search`` extra);
 * the command line on top: ``hwgpt_bench.cli`` (``hwgpt-bench``, ``python -m hwgpt_bench``).
 
 The names a user touches are re-exported here and imported on first use, so ``import hwgpt_bench`` stays light::
@@ -37,6 +39,8 @@ _EXPORTS: dict[str, str] = {
     "tidy_join": "hwgpt_bench.loaders.join",
     "grouped_split": "hwgpt_bench.loaders.splits",
     "validate_release": "hwgpt_bench.loaders.validate",
+    "Benchmark": "hwgpt_bench.benchmark.interface",
+    **dict.fromkeys(("Normalisation", "hypervolume", "nondominated"), "hwgpt_bench.benchmark.pareto"),
 }
 
 # spelled out for static tools (ruff, type checkers); tests/test_public_api.py checks it matches _EXPORTS
@@ -45,9 +49,12 @@ __all__ = [
     "METRICS", "Metric", "get_metric",
     "Surrogate", "Prediction", "list_models",
     "load_table", "load_hf", "tidy_join", "grouped_split", "validate_release",
+    "Benchmark", "Normalisation", "hypervolume", "nondominated",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs only; at run time the names come from __getattr__
+    from hwgpt_bench.benchmark.interface import Benchmark
+    from hwgpt_bench.benchmark.pareto import Normalisation, hypervolume, nondominated
     from hwgpt_bench.loaders.io import load_hf, load_table
     from hwgpt_bench.loaders.join import tidy_join
     from hwgpt_bench.loaders.splits import grouped_split

@@ -202,6 +202,20 @@ def _cmd_evaluate_surrogates(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from hwgpt_bench.benchmark.simulate import SearchSettings, format_table, reference_normalisation, run_search
+
+    workload = {k: v for k, v in (("phase", args.phase), ("batch_size", args.batch_size), ("seq_len", args.seq_len),
+                                  ("dtype", args.dtype)) if v is not None} or None
+    settings = SearchSettings(args.space, args.device, tuple(args.objectives), tuple(args.methods), args.budget,
+                              args.seeds, mode=args.mode, noise=args.noise, domain=args.domain, workload=workload,
+                              release=args.release, models=args.models)
+    table = run_search(settings, args.out, progress=not args.quiet)
+    print(format_table(table, reference_normalisation(settings.benchmark())))
+    print(f"trajectories, tables and plots in {args.out}")
+    return 0
+
+
 # ---- the parser ---------------------------------------------------------------------------------------------------
 def _add_spaces(sub) -> None:
     p = sub.add_parser("spaces", help="print the search spaces", description="Print every search space.")
@@ -455,9 +469,37 @@ def _add_evaluate_surrogates(sub) -> None:
     p.set_defaults(handler=_cmd_evaluate_surrogates)
 
 
+def _add_search(sub) -> None:
+    from hwgpt_bench.benchmark.options import DOMAINS, MODES, NOISE
+
+    p = sub.add_parser("search", help="simulate multi-objective architecture search: methods x seeds (resumable)",
+                       description="Run every method --seeds times with --budget evaluations on one benchmark "
+                       "(surrogates or measured table), resumable per (method, seed); write trajectories, the "
+                       "hypervolume table after 10/25/50/100%% of the budget and plots under --out. Methods: "
+                       "random, motpe-optuna, nsga2-optuna, nsga2-pymoo, smsemoa-pymoo and syne-tune's where "
+                       "installed (the search extra).")
+    p.add_argument("--space", required=True, help="search space")
+    p.add_argument("--device", default=None, help="device id (needed for device objectives)")
+    p.add_argument("--objectives", nargs="+", required=True,
+                   help="two or more of the metrics and num_params, forward_flops")
+    p.add_argument("--methods", nargs="+", required=True, help="search methods")
+    p.add_argument("--budget", type=int, required=True, help="evaluations per run")
+    p.add_argument("--seeds", type=int, default=10, help="runs per method, seeds 0..K-1 (default 10)")
+    p.add_argument("--mode", default="surrogate", choices=list(MODES), help="answers from (default surrogate)")
+    p.add_argument("--noise", default="none", choices=list(NOISE), help="noise of the answers (default none)")
+    p.add_argument("--domain", default=None, choices=list(DOMAINS),
+                   help="architectures searched (default: space in surrogate mode, measured in table mode)")
+    _add_workload_filters(p, many=False)
+    p.add_argument("--release", default="dataset", help="release folder (table mode, domain measured)")
+    p.add_argument("--models", default=None, help="surrogates folder (default: the shipped ones)")
+    p.add_argument("--out", required=True, help="output folder (resumable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_search)
+
+
 _BUILDERS = [_add_demo, _add_figures, _add_spaces, _add_sample, _add_profile, _add_eval_perplexity, _add_train,
              _add_run_plan, _add_prepare_corpus, _add_merge, _add_build_release, _add_validate, _add_publish,
-             _add_predict, _add_train_surrogates, _add_evaluate_surrogates]
+             _add_predict, _add_train_surrogates, _add_evaluate_surrogates, _add_search]
 
 
 def build_parser() -> argparse.ArgumentParser:

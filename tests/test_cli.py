@@ -65,6 +65,8 @@ ARGPARSE_ALLOWED = {
     "benchmarks/surrogate_speed.py": "python benchmarks/surrogate_speed.py",
     "benchmarks/reproducibility.py": "python benchmarks/reproducibility.py",
     "benchmarks/cross_host_coverage.py": "python benchmarks/cross_host_coverage.py",
+    "benchmarks/search_agreement.py": "python benchmarks/search_agreement.py",
+    "benchmarks/search_speed.py": "python benchmarks/search_speed.py",
 }
 
 

@@ -7,6 +7,7 @@ Layers, lowest first; a module may import its own layer and those listed for it:
 * ``surrogates runtime``: ``hwgpt_bench.surrogates_onnx`` (the package) and ``.runtime`` (core only);
 * ``generation``: ``hwgpt_bench.generation.*`` (core, loaders; never surrogates_onnx);
 * ``surrogates training``: the rest of ``hwgpt_bench.surrogates_onnx.*`` (core, loaders, surrogates; never generation);
+* ``benchmark``: ``hwgpt_bench.benchmark.*`` (core, loaders, surrogates runtime; never generation or training);
 * ``top``: ``hwgpt_bench`` (the package face), ``hwgpt_bench.cli``, ``hwgpt_bench.__main__`` (anything).
 
 Besides: only ``hwgpt_bench.__main__`` imports ``hwgpt_bench.cli``; the package face imports its re-exports lazily
@@ -26,8 +27,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ROOT = "hwgpt_bench"
 
-CORE, LOADERS, RUNTIME, GENERATION, TRAINING, TOP = (
-    "core", "loaders", "surrogates runtime", "generation", "surrogates training", "top")
+CORE, LOADERS, RUNTIME, GENERATION, TRAINING, BENCHMARK, TOP = (
+    "core", "loaders", "surrogates runtime", "generation", "surrogates training", "benchmark", "top")
 # what each layer may import besides itself
 ALLOWED: dict[str, set[str]] = {
     CORE: set(),
@@ -35,7 +36,8 @@ ALLOWED: dict[str, set[str]] = {
     RUNTIME: {CORE},
     GENERATION: {CORE, LOADERS},
     TRAINING: {CORE, LOADERS, RUNTIME},
-    TOP: {CORE, LOADERS, RUNTIME, GENERATION, TRAINING},
+    BENCHMARK: {CORE, LOADERS, RUNTIME},
+    TOP: {CORE, LOADERS, RUNTIME, GENERATION, TRAINING, BENCHMARK},
 }
 CLI = f"{ROOT}.cli"
 CLI_IMPORTERS = {f"{ROOT}.__main__"}
@@ -56,6 +58,8 @@ def layer_of(module: str) -> str | None:
         return TRAINING
     if module == f"{ROOT}.generation" or module.startswith(f"{ROOT}.generation."):
         return GENERATION
+    if module == f"{ROOT}.benchmark" or module.startswith(f"{ROOT}.benchmark."):
+        return BENCHMARK
     return None
 
 
@@ -223,9 +227,9 @@ def _current_violations() -> dict[tuple[str, str], list[str]]:
 def test_the_walk_sees_every_layer():
     assert len(MODULES) > 40
     seen = {layer_of(m) for m in MODULES}
-    assert seen >= {CORE, LOADERS, RUNTIME, GENERATION, TRAINING, TOP}
+    assert seen >= {CORE, LOADERS, RUNTIME, GENERATION, TRAINING, BENCHMARK, TOP}
     assert {f"{ROOT}.search_spaces", f"{ROOT}.loaders.io", f"{ROOT}.surrogates_onnx.runtime",
-            f"{ROOT}.generation.runs", CLI} <= KNOWN
+            f"{ROOT}.generation.runs", f"{ROOT}.benchmark.interface", CLI} <= KNOWN
     assert len(EDGES) > 50
     # imports inside functions are seen (the CLI dispatches to its subcommands lazily)
     assert any(not e.module_level for e in EDGES if e.importer == CLI)
@@ -308,6 +312,11 @@ def test_checker_catches_planted_upward_imports():
      "generation -> surrogates runtime"),
     ("hwgpt_bench.surrogates_onnx.training", "from hwgpt_bench.generation.runs import PartWriter",
      "surrogates training -> generation"),
+    ("hwgpt_bench.benchmark.interface", "from hwgpt_bench.surrogates_onnx.training import Recipe",
+     "benchmark -> surrogates training"),
+    ("hwgpt_bench.benchmark.methods", "def f():\n    import hwgpt_bench.generation.model", "benchmark -> generation"),
+    ("hwgpt_bench.surrogates_onnx.runtime", "from hwgpt_bench.benchmark.noise import draw",
+     "surrogates runtime -> benchmark"),
     ("hwgpt_bench", "from hwgpt_bench.cli import main", "nothing imports hwgpt_bench.cli"),
     ("hwgpt_bench", "from hwgpt_bench.search_spaces import encode", "imports its re-exports lazily"),
     ("hwgpt_bench.loaders.io", "from hwgpt_bench import Surrogate", "may not import from the package face"),
@@ -329,6 +338,9 @@ def test_checker_names_importer_imported_and_rule(importer, source, needle):
     ("hwgpt_bench", "def __getattr__(name):\n    from hwgpt_bench.loaders import io"),
     ("hwgpt_bench", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .surrogates_onnx import runtime"),
     ("hwgpt_bench.cli", "import hwgpt_bench.generation.train"),
+    ("hwgpt_bench.benchmark.table", "def f():\n    from hwgpt_bench.loaders.io import load_table"),
+    ("hwgpt_bench.benchmark.interface", "from hwgpt_bench.surrogates_onnx.runtime import Surrogate"),
+    ("hwgpt_bench.cli", "from hwgpt_bench.benchmark.simulate import run_search"),
 ])
 def test_checker_allows_downward_imports(importer, source):
     is_package = importer == "hwgpt_bench"

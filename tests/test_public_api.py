@@ -25,6 +25,8 @@ HOMES = {
     "hwgpt_bench.loaders.join": ["tidy_join"],
     "hwgpt_bench.loaders.splits": ["grouped_split"],
     "hwgpt_bench.loaders.validate": ["validate_release"],
+    "hwgpt_bench.benchmark.interface": ["Benchmark"],
+    "hwgpt_bench.benchmark.pareto": ["Normalisation", "hypervolume", "nondominated"],
 }
 EXPECTED = {name: home for home, names in HOMES.items() for name in names}
 
@@ -140,3 +142,19 @@ def test_wheel_ships_the_models_and_assets_and_no_node_modules(wheel):
     assets = {Path(n).name for n in names if n.startswith("hwgpt_bench/generation/assets/")}
     assert assets >= {p.name for p in (REPO / "generation" / "assets").glob("*.json")}
     assert not [n for n in names if "node_modules" in n or "/examples/" in n]
+
+
+@pytest.mark.slow
+def test_benchmark_surrogate_mode_needs_only_numpy_and_onnxruntime(tmp_path):
+    """``hb.Benchmark`` on the surrogates (no table, no lookup) imports neither the dataset stack nor training."""
+    code = "import json, sys" + LOADED + f"""
+heavy = {TRAINING_SIDE!r}
+import hwgpt_bench as hb
+m = next(m for m in hb.list_models() if m["space"] == "gpt-nano" and m["metric"] == "latency_ms")
+bench = hb.Benchmark("gpt-nano", m["device"], ("perplexity", "latency_ms", "num_params"), noise="sample", seed=0)
+values = bench.evaluate(bench.sample(100, seed=0))
+print(json.dumps({{"n": {{k: len(v) for k, v in values.items()}}, "heavy": loaded(*heavy)}}))
+"""
+    got = _run(code, tmp_path)
+    assert got["n"] == {"perplexity": 100, "latency_ms": 100, "num_params": 100}
+    assert got["heavy"] == []
