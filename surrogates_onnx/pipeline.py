@@ -30,6 +30,7 @@ from hwgpt_bench.metrics import TRANSFORMS, workload_text
 from hwgpt_bench.surrogates_onnx import data, export, runtime, training
 from hwgpt_bench.surrogates_onnx.data import Target
 from hwgpt_bench.surrogates_onnx.intervals import Intervals, interval_metrics
+from hwgpt_bench.surrogates_onnx.sessions import add_session_coverage
 from hwgpt_bench.surrogates_onnx.training import INTERVAL_COVERS, Recipe
 
 log = logging.getLogger(__name__)
@@ -254,6 +255,7 @@ def train_surrogates(dataset: str | Path, out: str | Path, recipe: Recipe | None
         entries, skipped = train_targets(targets, recipe, stage, info)
         mark_defaults(entries)
         publish_models(stage, out, entries)
+        add_session_coverage(entries, dataset, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     created = datetime.now(UTC).isoformat(timespec="seconds")

@@ -56,7 +56,9 @@ VARIANTS = ("quantile", "residual")
 CALIBRATIONS = ("cross", "split")
 FOLD_SEED_OFFSET = 7919  # folds hash arch ids with seed + this, independently of the outer split
 INTERVAL_COVERS = ("a single new measurement of an unseen architecture (one repeat drawn at random), with probability "
-                   "`level` over architectures of the space and repeats; marginal, not per architecture")
+                   "`level` over architectures of the space and repeats; marginal, not per architecture; within the "
+                   "session(s) and host the model was trained on: on another session of the same device the share "
+                   "can be far lower (each latency model's `sessions` gives it, measured on the calibration panels)")
 
 
 def smallest_calibration_set(level: float, symmetric: bool = False) -> int:
