@@ -257,7 +257,82 @@ def render_report(results: list[dict], header: dict) -> str:
              "are n/a where the split leaves too few calibration architectures for the top level; rel. IS = Winkler "
              "interval score / median of the test architectures' medians, averaged over levels.", "",
              *comparison_table(results), "", f"Wins on mean relative interval score: {win_counts(results)}", ""]
+    if header.get("session_lines"):
+        lines += ["## Within and outside the training session", "",
+                  "The promise above holds within the session a model was trained on. Latency models of "
+                  "fingerprinted devices, evaluated on the calibration panels (single repeats) of their training "
+                  "session and of the device's other sessions (`sessions` in the manifest):", "",
+                  *header["session_lines"], ""]
+    if header.get("cross_host_lines"):
+        lines += ["## On another host", "",
+                  "Each device's models evaluated on every measured architecture of another device (all of its raw "
+                  "values): what the intervals of one host say about another.", "", *header["cross_host_lines"], ""]
     return "\n".join(lines)
+
+
+# ---- outside the training session and host ---------------------------------------------------------------------
+def session_table(results: list[dict], entries: list[dict]) -> list[str]:
+    """Markdown rows: per latency model with sessions, coverage at 0.5 / 0.9 on its held-out test architectures
+    (within its session), on the panels of its training sessions and on those of the device's other sessions, with
+    the other sessions' median measured / predicted and tau (``sessions.session_coverage``)."""
+    by_label = {r["label"]: r for r in results}
+    head = ["model", "test cov 0.5", "test cov 0.9", "panel, same session: cov 0.5", "cov 0.9",
+            "panel, other sessions: cov 0.5", "cov 0.9", "sessions", "measured / predicted", "tau"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for entry in entries:
+        sessions = entry.get("sessions") or {}
+        same, other = sessions.get("training_sessions"), sessions.get("other_sessions")
+        result = by_label.get(model_label(entry))
+        if same is None or result is None:
+            continue
+        test = result["methods"]["cqr"]["coverage"]
+        cells = [model_label(entry), _fmt(test.get("0.5")), _fmt(test.get("0.9")), _fmt(same["coverage"].get("0.5")),
+                 _fmt(same["coverage"].get("0.9"))]
+        cells += ([_fmt(other["coverage"].get("0.5")), _fmt(other["coverage"].get("0.9")), str(other["sessions"]),
+                   _fmt(other["median_measured_over_predicted"]), _fmt(other["kendall_tau"])]
+                  if other else ["n/a"] * 5)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cross_host(entry: dict, target: Target, root: Path) -> dict:
+    """Coverage at 0.5 / 0.9 of every raw value of ``target`` (another device) by ``entry``'s model, the median over
+    architectures of measured median / predicted point, and Kendall's tau between them."""
+    from hwgpt_bench.loaders.reproducibility import kendall_tau
+
+    model = runtime.Surrogate.load(entry["space"], entry["device"], entry["metric"], entry["workload"], root=root)
+    res = model.predict_features(target.features)
+    out = {}
+    for level in ("0.5", "0.9"):
+        lower, upper = res.interval(float(level))
+        inside = sum(int(np.sum((v >= lower[i]) & (v <= upper[i]))) for i, v in enumerate(target.values))
+        out[level] = inside / sum(v.size for v in target.values)
+    medians = np.array([np.median(v) for v in target.values])
+    return {"coverage": out, "ratio": float(np.median(medians / res.point)), "tau": kendall_tau(res.point, medians),
+            "archs": len(target.values)}
+
+
+def cross_host_rows(entries: list[dict], targets: dict, root: Path) -> list[dict]:
+    """Every device model evaluated on each other device's rows of the same space, metric and workload."""
+    rows = []
+    for entry in entries:
+        if entry["device"] is None:
+            continue
+        for key, target in targets.items():
+            same_kind = key[0] == entry["space"] and key[2] == entry["metric"] and key[3] == workload_text(
+                entry["workload"])
+            if same_kind and target.device != entry["device"]:
+                rows.append({"label": model_label(entry), "on": target.device, **_cross_host(entry, target, root)})
+    return rows
+
+
+def cross_host_table(rows: list[dict]) -> list[str]:
+    head = ["model", "evaluated on", "archs", "cov 0.5", "cov 0.9", "measured / predicted", "tau"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([r["label"], f"`{r['on']}`", str(r["archs"]), _fmt(r["coverage"]["0.5"]),
+                                        _fmt(r["coverage"]["0.9"]), _fmt(r["ratio"]), _fmt(r["tau"])]) + " |")
+    return lines
 
 
 # ---- evaluation of trained models ---------------------------------------------------------------------------------
@@ -304,6 +379,10 @@ def evaluate_models(dataset: str | Path, models: str | Path) -> tuple[list[dict]
         results.append(evaluate_entry(entry, target, recipe, Path(models)))
     header = {"dataset_version": info["version"], "manifest_sha256": info["manifest_sha256"], "models": str(models),
               "fractions": list(recipe.fractions), "seed": recipe.seed, "interval_covers": INTERVAL_COVERS}
+    session_lines = session_table(results, manifest["models"])
+    header["session_lines"] = session_lines if len(session_lines) > 2 else []
+    cross = cross_host_rows(manifest["models"], targets, Path(models))
+    header["cross_host_lines"] = cross_host_table(cross) if cross else []
     return results, header
 
 

@@ -88,6 +88,15 @@ def test_three_ways_examples_run_on_the_shipped_release(index):
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True, text=True)
 
 
+def test_search_journey_runs_on_the_shipped_release_and_models():
+    pytest.importorskip("moocore")
+    pytest.importorskip("ConfigSpace")
+    (code,) = _python_blocks("Run a hardware-aware search method")
+    code += ("\nassert len(front) >= 5 and set(real) == {'perplexity', 'latency_ms'}"
+             "\nassert set(noisy.evaluate(archs[:3])) == set(values) and config.space == 'gpt-nano'\n")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True, text=True)
+
+
 def _map_block() -> str:
     (block,) = re.findall(r"```\n(.*?)```", _section("Repository map"), re.S)
     return block

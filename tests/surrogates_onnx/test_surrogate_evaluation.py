@@ -102,3 +102,24 @@ def test_evaluate_models_on_the_trained_release(trained, synthetic_release):
         assert r["methods"]["cqr"]["coverage"] == pytest.approx(manifest[r["label"]]["test"]["coverage"])
     ppl = next(r for r in results if r["metric"] == "perplexity")
     assert ppl["methods"]["gaussian"] is None and ppl["methods"]["noise"] is None  # one value per architecture
+
+
+def test_report_evaluates_each_device_model_on_the_other_device(trained, synthetic_release):
+    """The synthetic release has two devices with batch-1 latency (the GPU ten times faster): each one's latency
+    model, evaluated on the other's rows, is off by about that factor and its intervals cover almost nothing."""
+    results, header = evaluation.evaluate_models(synthetic_release, trained)
+    manifest = runtime.read_manifest(trained)
+    targets = {evaluation._target_key(t.space, t.device, t.metric, t.workload): t
+               for t in evaluation.data.load_targets(synthetic_release)}
+    rows = evaluation.cross_host_rows(manifest["models"], targets, trained)
+    latency = {(r["label"], r["on"]): r for r in rows if "latency_ms" in r["label"] and "b1" in r["label"]}
+    assert len(latency) == 2
+    (cpu_on_gpu,) = [r for (label, on), r in latency.items() if on == "gpu-syn"]
+    (gpu_on_cpu,) = [r for (label, on), r in latency.items() if on == "cpu-syn-2t"]
+    assert 0.05 < cpu_on_gpu["ratio"] < 0.2 and 5 < gpu_on_cpu["ratio"] < 20
+    assert cpu_on_gpu["coverage"]["0.9"] < 0.1 and gpu_on_cpu["coverage"]["0.9"] < 0.1
+    assert cpu_on_gpu["tau"] > 0.5  # the ranking carries over, the level does not
+    text = evaluation.render_report(results, header)
+    assert "## On another host" in text and "`gpu-syn`" in text
+    assert header["session_lines"] == []  # no sessions in the synthetic release: no such section
+    assert "## Within and outside the training session" not in text
