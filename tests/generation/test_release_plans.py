@@ -11,10 +11,18 @@ def _key(entry: dict) -> tuple:
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in entry.items()))
 
 
+BLOCKS = ("a", "b1", "b2", "c")
+
+
 def test_the_blocks_of_0_2_0_are_the_0_1_0_plan_exactly():
-    blocks = [load_plan(PLANS / f"cpu-v0.2.0-{b}.toml") for b in "abc"]
+    assert sorted(p.name for p in PLANS.glob("cpu-v0.2.0-*.toml")) == [f"cpu-v0.2.0-{b}.toml" for b in BLOCKS]
+    blocks = [load_plan(PLANS / f"cpu-v0.2.0-{b}.toml") for b in BLOCKS]
     v010 = load_plan(PLANS / "cpu-v0.1.0.toml")
     merged = sorted(_key(e) for block in blocks for e in block)
     assert merged == sorted(_key(e) for e in v010)
-    spaces = [{e["space"] for e in block} for block in blocks]
-    assert spaces[0] & spaces[1] == set(), "a space's main workload is measured in one block (one session)"
+    main = [{e["space"] for e in block if e.get("phase", ["forward"]) == ["forward"] and not e.get("no_memory")}
+            for block in blocks]
+    for i in range(len(main)):
+        for j in range(i + 1, len(main)):
+            assert main[i] & main[j] == set(), "a space's main workload is measured in one block (one session)"
+    assert set().union(*main) == {e["space"] for e in v010}
