@@ -90,7 +90,8 @@ class Benchmark:
     Args:
         space: a search space name (``hwgpt_bench.SPACES``).
         device: a device id of the surrogates (surrogate mode) or of the release (table mode); needed when an
-            objective is a device metric, ignored otherwise.
+            objective is a device metric; with device-free objectives only it still names the device of ``lookup``
+            and of the measured candidates (and must be one the release has for the space).
         objectives: names, each a registry metric or one of ``EXACT_OBJECTIVES``.
         workload: any of ``phase``, ``batch_size``, ``seq_len``, ``dtype``; None: the default one (the surrogates'
             default workload; in table mode the most-measured forward workload).
@@ -123,7 +124,9 @@ class Benchmark:
         device_metrics = [n for n in self.objective_names if n in METRICS and not METRICS[n].device_free]
         if device_metrics and device is None:
             raise ValueError(f"device: needed for the device objectives {device_metrics}")
-        self.device = device if device_metrics else None
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise ValueError(f"seed: an integer expected, got {seed!r}")
+        self.device = device
         self.seed = int(seed)
         self._rng = np.random.default_rng(self.seed)
         self._release = Path(release)
@@ -181,6 +184,8 @@ class Benchmark:
 
     def reseed(self, seed: int) -> None:
         """Restart the noise draws from ``seed`` (a search run reseeds per run, so runs are reproducible alone)."""
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise ValueError(f"seed: an integer expected, got {seed!r}")
         self.seed = int(seed)
         self._rng = np.random.default_rng(self.seed)
 

@@ -143,6 +143,8 @@ def test_config_space_round_trip_through_the_benchmark(bench):
     ({"noise": "gaussian"}, r"noise: 'gaussian' is not allowed; allowed values: 'none', 'sample'"),
     ({"mode": "table", "domain": "space"}, r"domain: table mode answers measured architectures only"),
     ({"workload": {"batch": 2}}, r"workload: unknown key\(s\) \['batch'\]"),
+    ({"seed": True}, r"seed: an integer expected, got True"),
+    ({"seed": 1.5}, r"seed: an integer expected, got 1.5"),
 ])
 def test_bad_arguments_are_clear_errors(device, release, kwargs, message):
     args = {"space": SPACE, "device": device, "objectives": OBJECTIVES, "release": release, **kwargs}
