@@ -16,13 +16,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from hwgpt_bench.generation.runs import read_parts
-from hwgpt_bench.loaders.reproducibility import kendall_tau
 from hwgpt_bench.search_spaces import ArchConfig
 from hwgpt_bench.surrogates_onnx.runtime import Surrogate
+from hwgpt_bench.surrogates_onnx.sessions import panel_stats
 
 LEVELS = (0.5, 0.9)
 
@@ -34,7 +33,8 @@ def _archs(runs: Sequence[Path]) -> dict[str, ArchConfig]:
 
 
 def coverage_rows(panel: pl.DataFrame, archs: dict[str, ArchConfig], device: str, models: str | None) -> list[dict]:
-    """One dict per (session, position, space): archs, coverage at each level of single repeats, ratio, tau."""
+    """One dict per (session, position, space): archs, coverage at each level of single repeats, ratio, tau
+    (``surrogates_onnx.sessions.panel_stats``)."""
     out = []
     for (session, position, space, phase, batch, seq, dtype), group in panel.group_by(
             "session_id", "panel_position", "space", "phase", "batch_size", "seq_len", "dtype", maintain_order=True):
@@ -44,16 +44,10 @@ def coverage_rows(panel: pl.DataFrame, archs: dict[str, ArchConfig], device: str
         except ValueError as err:
             print(f"# {space}: no surrogate ({err})", file=sys.stderr)
             continue
-        pred = model.predict([archs[a] for a in group["arch_id"]])
-        repeats = [np.asarray(v) for v in group["latency_ms"]]
-        medians = np.array([np.median(v) for v in repeats])
-        row = {"session": session, "position": position, "space": space, "archs": group.height,
-               "measured/predicted": float(np.median(medians / pred.point)),
-               "tau": kendall_tau(pred.point, medians)}
-        for level in LEVELS:
-            lo, hi = pred.interval(level)
-            hits = np.concatenate([(v >= lo[i]) & (v <= hi[i]) for i, v in enumerate(repeats)])
-            row[f"cov {level}"] = float(hits.mean())
+        stats = panel_stats(group, model, archs)
+        row = {"session": session, "position": position, "space": space, "archs": stats["archs"],
+               "measured/predicted": stats["median_measured_over_predicted"], "tau": stats["kendall_tau"]}
+        row.update({f"cov {level}": stats["coverage"][f"{level:g}"] for level in LEVELS})
         out.append(row)
     return out
 

@@ -203,7 +203,7 @@ def _cmd_evaluate_surrogates(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from hwgpt_bench.benchmark.simulate import SearchSettings, format_table, reference_normalisation, run_search
+    from hwgpt_bench.benchmark.simulate import SearchSettings, format_table, read_normalisation, run_search
 
     workload = {k: v for k, v in (("phase", args.phase), ("batch_size", args.batch_size), ("seq_len", args.seq_len),
                                   ("dtype", args.dtype)) if v is not None} or None
@@ -211,7 +211,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
                               args.seeds, mode=args.mode, noise=args.noise, domain=args.domain, workload=workload,
                               release=args.release, models=args.models)
     table = run_search(settings, args.out, progress=not args.quiet)
-    print(format_table(table, reference_normalisation(settings.benchmark())))
+    print(format_table(table, read_normalisation(args.out)))
     print(f"trajectories, tables and plots in {args.out}")
     return 0
 

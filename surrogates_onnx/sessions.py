@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 METRIC = "latency_ms"  # the panel measures latency only
 
 
-def _group_stats(rows: pl.DataFrame, model: Surrogate, archs: dict[str, ArchConfig]) -> dict:
-    """Coverage per level of single repeats, median measured / predicted and tau over the rows' architectures."""
+def panel_stats(rows: pl.DataFrame, model: Surrogate, archs: dict[str, ArchConfig]) -> dict:
+    """Of panel ``rows`` (one model's space and workload): sessions, architectures and repeats, the share of single
+    repeats inside each level's interval, the median of measured median / predicted point and Kendall's tau between
+    the points and the architectures' measured medians."""
     pred = model.predict([archs[a] for a in rows["arch_id"]])
     repeats = [np.asarray(v, dtype=float) for v in rows["latency_ms"]]
     coverage = {}
@@ -72,7 +74,7 @@ def session_coverage(entry: dict, model: Surrogate, tables: dict) -> dict:
     out = {"reason": None}
     for name, mask in (("training_sessions", True), ("other_sessions", False)):
         group = rows.filter(pl.col("session_id").is_in(sorted(trained_on)) == mask) if rows.height else rows
-        out[name] = _group_stats(group, model, tables["archs"]) if group.height else None
+        out[name] = panel_stats(group, model, tables["archs"]) if group.height else None
     if out["other_sessions"] is None:
         out["reason"] = "no panel rows of another session of this device and workload"
     return out

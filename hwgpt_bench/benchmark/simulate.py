@@ -116,6 +116,13 @@ def _check_settings(out: Path, settings: SearchSettings, normalisation: Normalis
     write_json_atomic(wanted, path)
 
 
+def read_normalisation(out: str | Path) -> Normalisation:
+    """The hypervolume normalisation that ``run_search`` wrote to ``out/search.json``."""
+    stored = json.loads((Path(out) / SETTINGS_FILE).read_text(encoding="utf-8"))["normalisation"]
+    return Normalisation(tuple(stored["objectives"]), tuple(stored["lower"]), tuple(stored["upper"]),
+                         tuple(stored["reference"]), stored["source"])
+
+
 def _done(out: Path, method: str, seed: int) -> bool:
     stem = out / "trajectories" / _run_name(method, seed)
     return stem.with_suffix(".parquet").is_file() and stem.with_suffix(".json").is_file()

@@ -67,6 +67,8 @@ def test_search_writes_tables_resumes_and_refuses_other_settings(device, release
     assert (tmp_path / "hypervolume.csv").is_file() and (tmp_path / "hypervolume_curve.csv").is_file()
     stored = json.loads((tmp_path / "search.json").read_text())
     assert stored["normalisation"]["objectives"] == list(OBJECTIVES) and "formula" in stored["normalisation"]
+    bench = Benchmark(SPACE, device, OBJECTIVES, release=release)
+    assert simulate.read_normalisation(tmp_path) == simulate.reference_normalisation(bench)
     timing = simulate.read_timings(tmp_path)
     assert (timing["benchmark_s"] + timing["optimiser_s"] - timing["wall_s"]).abs().max() < 1e-6
 
