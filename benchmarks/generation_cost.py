@@ -8,6 +8,7 @@ evaluations per hour of the CPU-trainable family (gpt-nano) at the release's hel
 
     python benchmarks/generation_cost.py [--checkpoint runs/supernet-gpt-nano/supernet.safetensors]
     python benchmarks/generation_cost.py --warmup 2 --no-perplexity   # the 0.1.0 plan's warm-ups
+    python benchmarks/generation_cost.py --no-perplexity --cases gpt-nano:20 gpt-s:6 gpt-m:4
     python benchmarks/generation_cost.py --runs runs/cpu-amd-epyc-2t runs/ppl-gpt-nano
 
 The first form measures afresh (run it on an otherwise idle machine) with the warm-ups and repeats of the release plan
@@ -103,12 +104,13 @@ def report_runs(run_dirs: list[str]) -> None:
               f"{r['eval_tokens']:.0f} held-out tokens in {r['wall_s'] / 3600:.2f} h = {r['per_hour']:.0f} per hour")
 
 
-def measure_afresh(checkpoint: str | None, eval_tokens: int, warmup: int, repeats: int, perplexity: bool) -> None:
-    """Profile small samples with and without memory, evaluate 10 perplexities (unless not ``perplexity``), print
-    the tables."""
+def measure_afresh(checkpoint: str | None, eval_tokens: int, warmup: int, repeats: int, perplexity: bool,
+                   cases: list[tuple[str, int]] = PROFILE_CASES) -> None:
+    """Profile small samples (``cases``: (space, architectures)) with and without memory, evaluate 10 perplexities
+    (unless not ``perplexity``), print the tables."""
     rows, calls = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for space, n in PROFILE_CASES:
+        for space, n in cases:
             for memory in (False, True):
                 r = profile_overhead(space, n, memory, Path(tmp), warmup, repeats)
                 rows.append((f"{space} (warm-up {warmup}, repeats {repeats})", n, "yes" if memory else "no",
@@ -122,6 +124,17 @@ def measure_afresh(checkpoint: str | None, eval_tokens: int, warmup: int, repeat
         print(f"\ngpt-nano perplexity evaluations per hour ({eval_tokens} held-out tokens each): {rate:.0f}")
 
 
+def _case(text: str) -> tuple[str, int]:
+    """``SPACE:N`` as ``(space, n)``; ``argparse.ArgumentTypeError`` naming the allowed spaces otherwise."""
+    from hwgpt_bench.search_spaces import SPACES
+
+    space, _, n = text.partition(":")
+    if space not in SPACES or not n.isdigit() or int(n) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected SPACE:N with N >= 2 and SPACE one of "
+                                         f"{', '.join(SPACES)}")
+    return space, int(n)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=None, help="gpt-nano supernet checkpoint (default: fresh weights)")
@@ -133,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None,
                         help=f"timed repeats per measurement (default: the [defaults] of {RELEASE_PLAN.name})")
     parser.add_argument("--no-perplexity", action="store_true", help="measure the profiling overhead only")
+    parser.add_argument("--cases", nargs="+", type=_case, default=PROFILE_CASES, metavar="SPACE:N",
+                        help="spaces and sample sizes measured afresh (default: "
+                             f"{' '.join(f'{s}:{n}' for s, n in PROFILE_CASES)})")
     args = parser.parse_args(argv)
     if args.runs:
         report_runs(args.runs)
@@ -140,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_defaults() if args.warmup is None or args.repeats is None else {}
     warmup = plan["warmup"] if args.warmup is None else args.warmup
     repeats = plan["repeats"] if args.repeats is None else args.repeats
-    measure_afresh(args.checkpoint, args.eval_tokens, warmup, repeats, not args.no_perplexity)
+    measure_afresh(args.checkpoint, args.eval_tokens, warmup, repeats, not args.no_perplexity, args.cases)
     return 0
 
 

@@ -62,6 +62,8 @@ class ProfileRequest:
         threads: torch intra-op threads (None: all logical cores).
         no_memory: skip the peak-memory measurement.
         flush_every: seconds between atomic part writes; limit: stop after this many new architectures.
+        pick: measure only these positions of the seeded sample (distinct, each ``< n``; the sample is a prefix-stable
+            stream, so position ``i`` is the same architecture for every ``n > i``); None: all ``n``.
     """
 
     space: str
@@ -82,9 +84,10 @@ class ProfileRequest:
     no_memory: bool = False
     flush_every: float = 30.0
     limit: int | None = None
+    pick: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("phase", "batch_size", "seq_len"):
+        for name in ("phase", "batch_size", "seq_len", "pick"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
@@ -108,6 +111,19 @@ class ProfileRequest:
                 raise ValueError(f"{name}: needs at least one value")
         if self.seq_len is not None and not self.seq_len:
             raise ValueError("seq_len: needs at least one value (or leave it out for the space's block size)")
+        if self.pick is not None:
+            self._check_pick()
+
+    def _check_pick(self) -> None:
+        if not isinstance(self.pick, tuple) or not self.pick:
+            raise ValueError(f"pick: needs at least one sample position (0..{self.n - 1}), got {self.pick!r}")
+        for i, position in enumerate(self.pick):
+            _check_int(f"pick[{i}]", position, 0, f"0..{self.n - 1} (positions of the sample of n = {self.n})")
+            if position >= self.n:
+                raise ValueError(f"pick[{i}]: {position} is not a position of the sample of n = {self.n}; allowed: "
+                                 f"0..{self.n - 1}")
+        if len(set(self.pick)) != len(self.pick):
+            raise ValueError(f"pick: positions must be distinct, got {list(self.pick)}")
 
     @property
     def n_threads(self) -> int:
@@ -184,15 +200,48 @@ def profile(request: ProfileRequest, out: str | Path, session=None) -> int:
         log.info("%s: %d measurements to do on %s (shard %s, session %s), %d already on disk", request.space,
                  len(todo), facts["device_id"], shard, session.session_id, len(writer.done_keys))
         todo = _limited(todo, request.limit)
+        built = _LastBuiltModel()
         for arch, settings in tqdm(todo, desc=f"profile {request.space}", unit="meas"):
-            writer.add([profilers.profile_arch(arch, settings, run_id, facts, measure_memory=not request.no_memory,
-                                               session_id=session.session_id)])
+            measure_memory = not request.no_memory
+            model = None if profilers.measured_in_child(settings, measure_memory) else built.model_for(arch, settings)
+            writer.add([profilers.profile_arch(arch, settings, run_id, facts, measure_memory=measure_memory,
+                                               model=model, session_id=session.session_id)])
     return len(todo)
+
+
+class _LastBuiltModel:
+    """The model of the architecture measured last in this process, kept for the next workloads of that architecture.
+
+    Where ``profile_arch`` builds in this process (no memory measured, CUDA, no fork), a workload grid would build
+    the same seeded model once per workload: a gpt-s build costs about two forwards. The todo list runs the grid of
+    one architecture in a row, so one slot suffices; the previous model is dropped before the next is built (two
+    large models never coexist). The weights are ``build_model``'s, identical to a fresh build; ``None`` (so that
+    ``profile_arch`` builds, or rejects the settings) for weights other than ``random-init``.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.model = None
+
+    def model_for(self, arch: ArchConfig, settings):
+        """``build_model(arch, seed=settings.seed, device=settings.device)``, built only when the key changes."""
+        if settings.weights != "random-init":
+            return None
+        key = (arch.arch_id, settings.seed, str(settings.device))
+        if key != self.key:
+            from hwgpt_bench.generation.model import build_model
+
+            self.key, self.model = None, None
+            self.model = build_model(arch, seed=settings.seed, device=settings.device)
+            self.key = key
+        return self.model
 
 
 def write_sample_architectures(request: ProfileRequest, out: str | Path) -> list[ArchConfig]:
     """Record the ``architectures`` rows of the request's sample (those not on disk); returns the sample."""
     archs, rows = sample_with_rows(request.space, request.n, request.seed)
+    if request.pick is not None:
+        archs, rows = [archs[i] for i in request.pick], [rows[i] for i in request.pick]
     write_architectures(Path(out), rows, Shard.parse(request.shard))
     return archs
 

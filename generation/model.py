@@ -135,11 +135,10 @@ def init_weights_tiled(model: nn.Module, n_layer: int, seed: int) -> None:
     def fill(weight: Tensor, std: float) -> None:
         flat = weight.view(-1)
         start = int(torch.randint(TILE_VALUES, (1,), generator=generator))
-        window = table[start:start + TILE_VALUES]
+        window = table[start:start + TILE_VALUES] * std  # scaled once: one pass over the weight, not two
         whole, rest = divmod(flat.numel(), TILE_VALUES)
         flat[:whole * TILE_VALUES].view(whole, TILE_VALUES).copy_(window.expand(whole, TILE_VALUES))
         flat[whole * TILE_VALUES:].copy_(window[:rest])
-        flat.mul_(std)
 
     _init_modules(model, n_layer, fill)
 

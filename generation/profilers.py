@@ -423,6 +423,13 @@ def profile_child(request: dict) -> dict:
 _FACT_KEYS = ("device_id", "device_name", "torch_version", "driver_version", "cuda_version", "gpu_power_limit_w")
 
 
+def measured_in_child(settings: ProfileSettings, measure_memory: bool) -> bool:
+    """Whether ``profile_arch`` (without a model) measures in a forked process of its own, which builds the model
+    there: CPU with memory measured where fork is available. Otherwise it builds the model in this process, and a
+    caller measuring several workloads of one architecture may build it once and pass it in (``jobs.profile``)."""
+    return measure_memory and not is_cuda(settings.device) and fork_supported()
+
+
 def profile_arch(arch: ArchConfig, settings: ProfileSettings, run_id: str, facts: dict, measure_memory: bool = True,
                  model: GPT | None = None, session_id: str | None = None,
                  session_missing_reason: str | None = None) -> dict:
@@ -446,7 +453,7 @@ def profile_arch(arch: ArchConfig, settings: ProfileSettings, run_id: str, facts
     if model is None:
         if settings.weights != "random-init":
             raise ValueError(f"weights: {settings.weights!r} needs the model passed in; only 'random-init' is built")
-        if measure_memory and not is_cuda(settings.device) and fork_supported():
+        if measured_in_child(settings, measure_memory):
             child = measure_in_child(arch, settings)
             return _row(arch, settings, run_id, facts, sm_clock, child.latency, child.energy, child.memory,
                         child.tensor_peak, session)

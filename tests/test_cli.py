@@ -67,6 +67,9 @@ ARGPARSE_ALLOWED = {
     "benchmarks/cross_host_coverage.py": "python benchmarks/cross_host_coverage.py",
     "benchmarks/search_agreement.py": "python benchmarks/search_agreement.py",
     "benchmarks/search_speed.py": "python benchmarks/search_speed.py",
+    "benchmarks/recalibration.py": "python benchmarks/recalibration.py",
+    "benchmarks/device_transfer.py": "python benchmarks/device_transfer.py",
+    "benchmarks/tensor_peak_order.py": "python benchmarks/tensor_peak_order.py",
 }
 
 

@@ -244,3 +244,33 @@ def test_tiled_init_repeats_one_seeded_table_while_training_init_is_iid():
     assert not torch.equal(iid[:TILE_VALUES], iid[TILE_VALUES:2 * TILE_VALUES])
     assert torch.unique(iid).numel() > 10 * TILE_VALUES
     assert abs(iid.std().item() - INIT_STD) < 0.01 * INIT_STD and abs(wte.std().item() - INIT_STD) < 0.05 * INIT_STD
+
+
+def test_tiled_init_weights_are_bitwise_those_of_release_0_2_0():
+    """The one-pass fill (window scaled once) gives exactly the weights of the two-pass fill that measured release
+    0.2.0's models (copy the table window, then multiply the weight by its std), so rows stay comparable."""
+    from hwgpt_bench.generation.model import _init_modules
+
+    arch = ArchConfig("gpt-nano", 192, 4, (4, 8, 2, 4), (4, 2, 3, 2), True)
+    with torch.device("meta"):
+        reference = GPT(arch)
+    reference.to_empty(device="cpu")
+    generator = torch.Generator().manual_seed(5)
+    table = torch.randn(TILE_VALUES, generator=generator)
+    table = torch.cat([table, table])
+
+    def two_pass_fill(weight, std):
+        flat = weight.view(-1)
+        start = int(torch.randint(TILE_VALUES, (1,), generator=generator))
+        window = table[start:start + TILE_VALUES]
+        whole, rest = divmod(flat.numel(), TILE_VALUES)
+        flat[:whole * TILE_VALUES].view(whole, TILE_VALUES).copy_(window.expand(whole, TILE_VALUES))
+        flat[whole * TILE_VALUES:].copy_(window[:rest])
+        flat.mul_(std)
+
+    _init_modules(reference, arch.n_layer, two_pass_fill)
+    built = build_model(arch, seed=5).state_dict()
+    expected = reference.state_dict()
+    assert built.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(built[name], value), name

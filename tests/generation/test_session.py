@@ -182,6 +182,37 @@ def test_profile_checks_the_session_before_writing(tmp_path):
     assert check_table("measurements", data) == []
 
 
+
+def test_a_workload_grid_builds_each_architecture_once_with_the_weights_of_a_fresh_build(tmp_path, monkeypatch):
+    """Without memory, ``profile`` builds a model once per architecture for its whole grid; the rows' tensor peaks
+    (deterministic) are those of a fresh build measured alone."""
+    pytest.importorskip("torch")
+    from hwgpt_bench.generation import model as model_module
+    from hwgpt_bench.generation.architectures import sample_with_rows
+    from hwgpt_bench.generation.jobs import ProfileRequest, profile
+    from hwgpt_bench.generation.profilers import measure_tensor_peak
+
+    builds = []
+    real_build = model_module.build_model
+    monkeypatch.setattr(model_module, "build_model", lambda arch, **kw: builds.append(arch.arch_id) or
+                        real_build(arch, **kw))
+    request = ProfileRequest(space="gpt-nano", n=2, seq_len=(SEQ, 2 * SEQ), batch_size=(1, 2), warmup=1, repeats=1,
+                             threads=1, no_memory=True)
+    with _session(tmp_path / "run", k=2) as session:
+        builds.clear()  # the start panel's own builds
+        assert profile(request, tmp_path / "run", session=session) == 8
+        grid_builds = list(builds)  # before the end panel builds its own
+    rows = read_parts([tmp_path / "run" / "measurements"], "measurements").to_pylist()
+    assert len(grid_builds) == 2 and len(set(grid_builds)) == 2
+    assert {r["arch_id"] for r in rows} == set(grid_builds)
+    by_workload = {(r["arch_id"], r["batch_size"], r["seq_len"]): r["tensor_peak_mib"] for r in rows}
+    settings = {(s.batch_size, s.seq_len): s for s in request.settings_grid()}
+    archs = {a.arch_id: a for a in sample_with_rows("gpt-nano", 2, request.seed)[0]}
+    for (arch_id, batch, seq), peak in by_workload.items():
+        fresh = real_build(archs[arch_id], seed=settings[(batch, seq)].seed)
+        assert measure_tensor_peak(fresh, settings[(batch, seq)]).mib == peak
+
+
 # ---- end to end: the CLI, then a release built from the run validates ------------------------------------------------
 @pytest.mark.slow
 def test_profile_then_release_validates(tmp_path):
