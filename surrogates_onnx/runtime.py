@@ -273,6 +273,59 @@ class Surrogate:
         """Point and interval bounds for one or many architectures (``ArchConfig`` or plain dicts, validated)."""
         return self.predict_features(encode_archs(archs, self.space))
 
+    def predict_columns(self, columns) -> Prediction:
+        """Point and bounds for N architectures given as columns, encoded without a loop per architecture.
+
+        ``columns``: a dict of arrays or a polars / pandas DataFrame with ``embed_dim``, ``n_layer``, ``bias``
+        ``(N,)`` and ``n_head``, ``mlp_ratio`` as ``(N, max_layers)`` zero-padded arrays, per-row sequences or list
+        columns (``encoding.encode_columns``; validated, errors name the column and row).
+        """
+        from hwgpt_bench.surrogates_onnx.encoding import encode_columns
+
+        return self.predict_features(encode_columns(self.space, columns))
+
+    def recalibrate(self, archs: Iterable[ArchConfig | Mapping], repeats: Iterable[Iterable[float]],
+                    device: str | None = None) -> RecalibratedSurrogate:
+        """This model corrected for another session or host of its device kind from a few measured architectures.
+
+        ``archs``: n >= 5 architectures measured there (the space's calibration panel, ``hwgpt_bench.panel``, is
+        the intended set: it spans the FLOPs range); ``repeats``: n sequences of their single measurements, in
+        ``unit``. The point is rescaled and each level's interval widened or narrowed by split conformal on those
+        architectures (``recalibration.fit_recalibration``). ``device`` names the new host in the result (default:
+        this model's device). Returns a model with the same ``predict`` API whose ``recalibration`` says what was
+        fitted.
+        """
+        from hwgpt_bench.surrogates_onnx.recalibration import fit_recalibration
+
+        archs = list(archs)
+        pred = self.predict(archs)
+        fit = fit_recalibration(pred.point, pred.lower, pred.upper, [np.asarray(list(r), dtype=float)
+                                                                     for r in repeats], self.levels)
+        return RecalibratedSurrogate(self, fit, device)
+
     def __repr__(self) -> str:
         return (f"Surrogate(space={self.space!r}, device={self.device!r}, metric={self.metric!r}, "
                 f"workload={workload_text(self.workload)!r}, levels={self.levels}, unit={self.unit!r})")
+
+
+class RecalibratedSurrogate(Surrogate):
+    """A ``Surrogate`` whose predictions pass through a fitted ``Recalibration`` (``Surrogate.recalibrate``).
+
+    ``entry`` is the base model's manifest entry with ``device`` set to the new host's (when given) and
+    ``recalibration`` (the fitted figures) and ``recalibrated_from`` (the base model's device) added.
+    """
+
+    def __init__(self, base: Surrogate, recalibration, device: str | None = None) -> None:
+        entry = {**base.entry, "device": base.device if device is None else device,
+                 "recalibration": recalibration.to_dict(), "recalibrated_from": base.device}
+        super().__init__(entry, base.session, base.dataset)
+        self.base = base
+        self.recalibration = recalibration
+
+    def predict_features(self, features: np.ndarray) -> Prediction:
+        raw = self.base.predict_features(features)
+        point, lower, upper = self.recalibration.apply(raw.point, raw.lower, raw.upper)
+        return Prediction(point, lower, upper, raw.levels, raw.unit, raw.metric)
+
+    def __repr__(self) -> str:
+        return f"Recalibrated{super().__repr__()} (from {self.base.device!r}, scale {self.recalibration.scale:.3f})"

@@ -4,7 +4,8 @@ Layers, lowest first; a module may import its own layer and those listed for it:
 
 * ``core``: ``hwgpt_bench.files``, ``hwgpt_bench.metrics``, ``hwgpt_bench.search_spaces``;
 * ``loaders``: ``hwgpt_bench.loaders`` and its modules (core, loaders);
-* ``surrogates runtime``: ``hwgpt_bench.surrogates_onnx`` (the package) and ``.runtime`` (core only);
+* ``surrogates runtime``: ``hwgpt_bench.surrogates_onnx`` (the package), ``.runtime``, ``.encoding`` and
+  ``.recalibration`` (numpy + onnxruntime; core only);
 * ``generation``: ``hwgpt_bench.generation.*`` (core, loaders; never surrogates_onnx);
 * ``surrogates training``: the rest of ``hwgpt_bench.surrogates_onnx.*`` (core, loaders, surrogates; never generation);
 * ``benchmark``: ``hwgpt_bench.benchmark.*`` (core, loaders, surrogates runtime; never generation or training);
@@ -52,7 +53,8 @@ def layer_of(module: str) -> str | None:
         return CORE
     if module == f"{ROOT}.loaders" or module.startswith(f"{ROOT}.loaders."):
         return LOADERS
-    if module in (f"{ROOT}.surrogates_onnx", f"{ROOT}.surrogates_onnx.runtime"):
+    if module in (f"{ROOT}.surrogates_onnx", *(f"{ROOT}.surrogates_onnx.{m}" for m in ("runtime", "encoding",
+                                                                                       "recalibration"))):
         return RUNTIME
     if module.startswith(f"{ROOT}.surrogates_onnx."):
         return TRAINING

@@ -154,3 +154,15 @@ def _fit_cqr_intervals(split, recipe, transform: str = "log"):
 def cqr_intervals():
     """``(split, recipe, transform="log") -> Intervals`` of a freshly fitted CQR surrogate on the test split."""
     return _fit_cqr_intervals
+
+
+@pytest.fixture
+def measurement_row():
+    """``measurement(arch_id, device, batch, latency, energy, memory)``: one complete synthetic measurements row."""
+    return measurement
+
+
+@pytest.fixture
+def noise_sd():
+    """``_noise_sd(n_layer)``: the synthetic release's log-space spread of one repeat."""
+    return _noise_sd
