@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hwgpt_bench.metrics import DTYPES, METRIC_NAMES, PHASES
+from hwgpt_bench.metrics import DEVICE_FREE_METRICS, DTYPES, METRIC_NAMES, PHASES
 
 log = logging.getLogger("hwgpt_bench")
 
@@ -53,7 +53,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from hwgpt_bench.generation.jobs import ProfileRequest, profile
 
     fields = ("space", "n", "seed", "shard", "device", "device_id", "dtype", "phase", "batch_size", "seq_len",
-              "warmup", "repeats", "energy_samples", "energy_window_ms", "threads", "no_memory", "flush_every", "limit")
+              "warmup", "repeats", "energy_samples", "energy_window_ms", "threads", "no_memory", "flush_every", "limit",
+              "pick")
     written = profile(ProfileRequest(**{f: getattr(args, f) for f in fields}), args.out)
     print(f"{written} measurement(s) written to {args.out}")
     return 0
@@ -74,6 +75,21 @@ def _cmd_run_plan(args: argparse.Namespace) -> int:
 
     written = run_plan(args.plan, args.out, spaces=args.space, shard=args.shard)
     print(f"{written} measurement(s) written to {args.out}")
+    return 0
+
+
+def _cmd_plan_device(args: argparse.Namespace) -> int:
+    from hwgpt_bench.generation.device_plan import plan_text, write_plan
+
+    given = {"space": args.space, "k": args.k, "holdout": args.holdout, "device": args.device, "threads": args.threads,
+             "dtype": args.dtype, "phase": args.phase, "batch-size": args.batch_size, "seq-len": args.seq_len,
+             "warmup": args.warmup, "repeats": args.repeats}
+    command = "hwgpt-bench plan-device " + " ".join(f"--{k} {v}" for k, v in given.items() if v is not None)
+    text = plan_text(args.space, args.k, args.holdout, device=args.device, threads=args.threads, dtype=args.dtype,
+                     phase=args.phase, batch_size=args.batch_size, seq_len=args.seq_len, warmup=args.warmup,
+                     repeats=args.repeats, command=command)
+    write_plan(text, args.out)
+    print(f"wrote {args.out}: run it with `hwgpt-bench run-plan {args.out} --out runs/<device>`")
     return 0
 
 
@@ -178,6 +194,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit_device(args: argparse.Namespace) -> int:
+    from hwgpt_bench.surrogates_onnx.device_fit import fit_device_model
+
+    workload = {k: v for k, v in (("phase", args.phase), ("batch_size", args.batch_size), ("seq_len", args.seq_len),
+                                  ("dtype", args.dtype)) if v is not None}
+    entry = fit_device_model(args.runs, args.space, args.metric, args.out, device_id=args.device_id,
+                             workload=workload, prior_device=args.prior, prior_root=args.prior_models)
+    fit, test = entry["fit"], entry["test"]
+    print(f"{entry['file']} in {args.out}: fitted on {entry['n_archs']['fit']} architectures of {entry['device']} "
+          f"(leave-one-out tau {fit['loo']['kendall_tau']:.3f}, +-10% {fit['loo']['within_10pct']:.2f})")
+    if test is not None:
+        print(f"held out ({test['n_archs']} architectures): tau {test['kendall_tau']:.3f}, +-10% "
+              f"{test['within_10pct']:.2f}, coverage " + ", ".join(f"{k} {v:.2f}" for k, v in test["coverage"].items()))
+    print(f"use it: Surrogate.load({args.space!r}, {entry['device']!r}, {args.metric!r}, root={str(args.out)!r})")
+    return 0
+
+
 def _cmd_train_surrogates(args: argparse.Namespace) -> int:
     from hwgpt_bench.surrogates_onnx.pipeline import train_surrogates
     from hwgpt_bench.surrogates_onnx.runtime import MANIFEST
@@ -267,6 +300,8 @@ def _add_profile(sub) -> None:
                    help="minimum duration of one energy sample in ms (default 1000)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all logical cores)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--pick", nargs="+", type=int, default=None, metavar="I",
+                   help="measure only these positions (0-based) of the seeded sample of --n (a `plan-device` choice)")
     p.set_defaults(handler=_cmd_profile)
 
 
@@ -383,6 +418,26 @@ def _add_run_plan(sub) -> None:
     p.set_defaults(handler=_cmd_run_plan)
 
 
+def _add_plan_device(sub) -> None:
+    p = sub.add_parser("plan-device", help="choose the few architectures to measure on a new device (a run-plan plan)",
+                       description="Write a run-plan plan for a new device: the session's calibration panel, K "
+                       "fitting architectures chosen from the release sample by farthest points in cost features, "
+                       "and optionally H held-out ones (generation/device_plan.py).")
+    p.add_argument("--space", required=True, help="search space name (see `hwgpt-bench spaces`)")
+    p.add_argument("--k", type=int, required=True, help="fitting architectures besides the panel (at least 10)")
+    p.add_argument("--holdout", type=int, default=0, help="held-out architectures to judge the fit (default 0)")
+    p.add_argument("--out", required=True, help="plan file to write (never overwritten)")
+    p.add_argument("--device", default="cpu", help="torch device: 'cpu' or 'cuda' (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all logical cores)")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="compute dtype (default float32)")
+    p.add_argument("--phase", default="forward", choices=list(PHASES), help="workload phase (default forward)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens (default: 256 or the space's block if smaller)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-ups (default 2)")
+    p.add_argument("--repeats", type=int, default=10, help="recorded repeats (default 10)")
+    p.set_defaults(handler=_cmd_plan_device)
+
+
 def _add_workload_filters(p: argparse.ArgumentParser, many: bool) -> None:
     nargs = {"nargs": "+"} if many else {}
     what = "only these" if many else "the model's"
@@ -420,6 +475,26 @@ def _add_predict(sub) -> None:
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     p.add_argument("--json", action="store_true", help="one JSON object per architecture instead of text")
     p.set_defaults(handler=_cmd_predict)
+
+
+def _add_fit_device(sub) -> None:
+    p = sub.add_parser("fit-device", help="a surrogate for a new device from a few measured architectures",
+                       description="Fit a log-space ridge model with leave-one-out conformal intervals on the "
+                       "architectures a run measured on one device (a `plan-device` plan: its fitting architectures "
+                       "and panel; held-out ones are judged), optionally on top of a shipped device's surrogate "
+                       "(--prior), and write an ONNX model and manifest entry that Surrogate.load reads.")
+    p.add_argument("--runs", nargs="+", required=True, help="run directories of the new device")
+    p.add_argument("--space", required=True, help="search space name (see `hwgpt-bench spaces`)")
+    p.add_argument("--metric", default="latency_ms", choices=[m for m in _METRICS if m not in DEVICE_FREE_METRICS],
+                   help="measured metric to model (default latency_ms)")
+    p.add_argument("--device-id", default=None, help="the device in the runs (default: the only one)")
+    _add_workload_filters(p, many=False)
+    p.add_argument("--prior", default=None, help="device id of a shipped surrogate used as a feature (same space, "
+                   "metric and workload), e.g. cpu-intel-xeon-2t-d712558a")
+    p.add_argument("--prior-models", default=None, help="folder of the prior's models (default: the shipped ones)")
+    p.add_argument("--out", required=True, help="model folder: <out>/models/*.onnx and <out>/manifest.json (other "
+                   "entries kept)")
+    p.set_defaults(handler=_cmd_fit_device)
 
 
 def _add_train_surrogates(sub) -> None:
@@ -498,8 +573,9 @@ def _add_search(sub) -> None:
 
 
 _BUILDERS = [_add_demo, _add_figures, _add_spaces, _add_sample, _add_profile, _add_eval_perplexity, _add_train,
-             _add_run_plan, _add_prepare_corpus, _add_merge, _add_build_release, _add_validate, _add_publish,
-             _add_predict, _add_train_surrogates, _add_evaluate_surrogates, _add_search]
+             _add_run_plan, _add_plan_device, _add_prepare_corpus, _add_merge, _add_build_release, _add_validate,
+             _add_publish,
+             _add_predict, _add_train_surrogates, _add_evaluate_surrogates, _add_fit_device, _add_search]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,149 @@
+"""A device model from K architectures (``device_fit``, ``hwgpt-bench fit-device``): small-K interval validity on a
+known noise model, ONNX parity with and without an embedded prior, the run-to-manifest path, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hwgpt_bench.search_spaces import encode, sample_archs
+from hwgpt_bench.surrogates_onnx.device_fit import (
+    BASE_FEATURES,
+    MIN_ARCHS,
+    design,
+    export_onnx,
+    fit_device,
+)
+
+SPACE = "gpt-nano"
+POOL = sample_archs(SPACE, 1200, seed=5)
+X = np.asarray([encode(a) for a in POOL], dtype=np.float32)
+TRUTH = 0.8 * (X[:, -1] * 1e3) ** 0.9 * (1 + 0.03 * X[:, 1])  # ms: near-power law in FLOPs, a little per layer
+
+
+def _repeats(idx: np.ndarray, rng, sd: float = 0.05, n: int = 5) -> list[np.ndarray]:
+    return [TRUTH[i] * np.exp(rng.normal(0, sd, n)) for i in idx]
+
+
+def _coverage(lower, upper, values) -> float:
+    return float(np.mean([np.mean((v >= lo) & (v <= up)) for v, lo, up in zip(values, lower, upper, strict=True)]))
+
+
+@pytest.mark.parametrize("k", [10, 20, 50])
+def test_small_k_intervals_cover_new_architectures_at_their_level(k):
+    """Over 60 devices' worth of K-architecture fits, the 0.5 / 0.9 intervals cover single measurements of 400 new
+    architectures at about their level (split conformal's guarantee: at least the level on average)."""
+    rng = np.random.default_rng(k)
+    z_all = design(X, SPACE)
+    covered = {0.5: [], 0.9: []}
+    taus = []
+    for _ in range(60):
+        idx = rng.permutation(len(POOL))
+        fit_idx, new_idx = idx[:k], idx[k:k + 400]
+        fit = fit_device(z_all[fit_idx], _repeats(fit_idx, rng), SPACE, BASE_FEATURES)
+        point, lower, upper = fit.predict(z_all[new_idx])
+        values = _repeats(new_idx, rng)
+        for level in covered:
+            j = fit.levels.index(level)
+            covered[level].append(_coverage(lower[:, j], upper[:, j], values))
+        taus.append(fit.loo["kendall_tau"])
+    for level, shares in covered.items():
+        assert level - 0.03 <= np.mean(shares) <= level + 1 / (k + 1) + 0.04, (k, level, np.mean(shares))
+    assert np.median(taus) > 0.6
+
+
+def test_too_few_architectures_is_a_clear_error():
+    rng = np.random.default_rng(0)
+    idx = np.arange(MIN_ARCHS - 1)
+    with pytest.raises(ValueError, match=f"architectures: at least {MIN_ARCHS} measured architectures"):
+        fit_device(design(X[idx], SPACE), _repeats(idx, rng), SPACE, BASE_FEATURES)
+
+
+def test_the_onnx_graph_computes_the_fit(tmp_path):
+    from hwgpt_bench.surrogates_onnx.runtime import open_session
+
+    rng = np.random.default_rng(1)
+    idx = np.arange(30)
+    fit = fit_device(design(X[idx], SPACE), _repeats(idx, rng), SPACE, BASE_FEATURES)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(export_onnx(fit).SerializeToString())
+    point, lower, upper = open_session(path).run(["y_pred", "y_lower", "y_upper"], {"X": X[:200]})
+    expected = fit.predict(design(X[:200], SPACE))
+    np.testing.assert_allclose(point, expected[0], rtol=1e-10)
+    np.testing.assert_allclose(lower, expected[1], rtol=1e-10)
+    np.testing.assert_allclose(upper, expected[2], rtol=1e-10)
+
+
+def test_a_prior_surrogate_is_embedded_in_the_graph(trained, tmp_path):
+    from hwgpt_bench.surrogates_onnx.runtime import Surrogate, open_session
+
+    prior = Surrogate.load(SPACE, "cpu-syn-2t", "latency_ms", root=trained)  # conftest's synthetic release
+    rng = np.random.default_rng(2)
+    idx = np.arange(25)
+    prior_point = prior.predict_features(X).point
+    z = design(X, SPACE, prior_point)
+    fit = fit_device(z[idx], _repeats(idx, rng), SPACE, [*BASE_FEATURES, "prior"])
+    path = tmp_path / "with-prior.onnx"
+    path.write_bytes(export_onnx(fit, trained / prior.entry["file"]).SerializeToString())
+    point, _, upper = open_session(path).run(["y_pred", "y_lower", "y_upper"], {"X": X})
+    np.testing.assert_allclose(point, fit.predict(z)[0], rtol=1e-9)
+    np.testing.assert_allclose(upper, fit.predict(z)[2], rtol=1e-9)
+
+
+# ---- from a run directory to a model folder ---------------------------------------------------------------------
+def _write_run(run, measurement, n_fit: int = 24, n_holdout: int = 8, device: str = "cpu-new-1t"):
+    from hwgpt_bench.generation.architectures import architecture_row
+    from hwgpt_bench.generation.runs import PartWriter
+
+    rng = np.random.default_rng(3)
+    fit_archs, held_archs = sample_archs(SPACE, n_fit, seed=0), sample_archs(SPACE, n_holdout, seed=1)
+    rows = [architecture_row(a, 0, i) for i, a in enumerate(fit_archs)]
+    rows += [architecture_row(a, 1, i) for i, a in enumerate(held_archs)]
+    measured = []
+    for arch in [*fit_archs, *held_archs]:
+        base = 0.8 * (encode(arch)[-1] * 1e3) ** 0.9
+        measured.append(measurement(arch.arch_id, device, 1, (base * np.exp(rng.normal(0, 0.04, 5))).tolist(), None,
+                                    40.0 + arch.num_params() / 1e6))
+    with PartWriter(run, "architectures") as writer:
+        writer.add(rows)
+    with PartWriter(run, "measurements") as writer:
+        writer.add(measured)
+
+
+def test_fit_device_writes_a_model_that_surrogate_load_uses(tmp_path, capsys, measurement_row):
+    from hwgpt_bench.cli import main
+    from hwgpt_bench.surrogates_onnx.runtime import Surrogate
+
+    run, out = tmp_path / "run", tmp_path / "models"
+    _write_run(run, measurement_row)
+    assert main(["fit-device", "--runs", str(run), "--space", SPACE, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    # seed 1's extremes (its positions 0 and 1) are seed 0's too: fitted, not held out
+    assert "fitted on 24 architectures of cpu-new-1t" in printed and "held out (6 architectures)" in printed
+    model = Surrogate.load(SPACE, "cpu-new-1t", "latency_ms", root=out)
+    entry = model.entry
+    assert entry["n_archs"] == {"fit": 24, "holdout": 6} and entry["test"]["n_archs"] == 6
+    assert entry["test"]["kendall_tau"] > 0.6 and entry["prior"] is None
+    assert model.predict(sample_archs(SPACE, 3, seed=9)).point.shape == (3,)
+    assert main(["fit-device", "--runs", str(run), "--space", SPACE, "--metric", "peak_memory_mib", "--out",
+                 str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(m["metric"] for m in manifest["models"]) == ["latency_ms", "peak_memory_mib"]  # first one kept
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--space", "gpt-s"], "space: no gpt-s measurements"),
+    (["--space", SPACE, "--device-id", "cpu-other"], "device_id: 'cpu-other' not in"),
+    (["--space", SPACE, "--batch-size", "4"], "batch_size: 4 not in"),
+    (["--space", SPACE, "--metric", "energy_mj"], "architectures: at least 10"),
+])
+def test_bad_fit_device_input_names_the_field(tmp_path, capsys, measurement_row, argv, message):
+    from hwgpt_bench.cli import main
+
+    run = tmp_path / "run"
+    _write_run(run, measurement_row)
+    assert main(["fit-device", "--runs", str(run), *argv, "--out", str(tmp_path / "models")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "models" / "manifest.json").exists()
