@@ -1,6 +1,7 @@
 """A new device from K measured architectures, judged leave-one-device-out on the paper's 13 gpt-s devices.
 
     python benchmarks/device_transfer.py [--metrics latency energy] [--ks 10 20 50 100] [--draws 5]
+        [--prior-choice select|best|mean]
 
 Reads ``../shared/reference/hwgpt_bench/hwgpt_bench_s.parquet`` beside the checkout (or ``--path``; exits 0 with a
 message when it is absent; nothing of it is written anywhere). Architectures are split once by ``grouped_split``
@@ -10,9 +11,11 @@ target's training split, on the target's test split (about 2,000 architectures):
 * **flops**: ``device_fit`` on log FLOPs and log parameters alone (ridge, leave-one-out conformal intervals);
 * **scratch**: the project's usual model family trained from scratch on the K (a HistGradientBoosting point model on
   the encoding, log target, leaves of at least max(2, K / 10) architectures; point only);
-* **transfer**: ``device_fit`` on log FLOPs, log parameters, layer count and the log point of one source device's
-  model, the source chosen among the 12 others by leave-one-out error on the K (each source model: a
-  HistGradientBoosting point model trained on that device's training split, as a shipped surrogate would be);
+* **transfer**: ``device_fit`` on log FLOPs, log parameters, layer count and the log point of source models (each a
+  HistGradientBoosting point model trained on a source device's training split, as a shipped surrogate would be);
+  ``--prior-choice`` (``transfer_fit``): ``select`` (default) keeps whichever of the FLOPs fit, the fit on the 12
+  sources' mean log point and the fits on each single source has the lowest leave-one-out error on the K; ``best``
+  picks among the single sources only; ``mean`` always uses the mean;
 * **ceiling**: the same point model trained on the target's whole training split (about 6,000 architectures).
 
 Prints per (metric, device, K): Kendall tau of each, +-10% shares, coverage of single repeats at 0.5 and 0.9 for the
@@ -66,7 +69,32 @@ def device_tables(frame: pl.DataFrame, archs: dict, metric: str) -> dict[str, di
     return out
 
 
-def evaluate_target(target: str, tables: dict, x_of: dict, splits: dict, sources: dict, ks, draws: int) -> list[dict]:
+def _mean_log(priors: dict[str, np.ndarray], rows=slice(None)) -> np.ndarray:
+    """exp of the mean log point over the source devices (a prior that selection on K architectures cannot overfit)."""
+    return np.exp(np.mean([np.log(p[rows]) for p in priors.values()], axis=0))
+
+
+def transfer_fit(x_fit, x_test, reps, prior_train, prior_test, pick, flops, z_flops_test, choice: str):
+    """The transfer model and its test design under ``choice``: ``best`` (the source with the lowest leave-one-out
+    error on the K), ``mean`` (the sources' mean log point), ``select`` (lowest leave-one-out error among the FLOPs
+    fit, the mean prior and every single source)."""
+    candidates = {}
+    if choice in ("mean", "select"):
+        candidates["mean"] = (fit_device(design(x_fit, SPACE, _mean_log(prior_train, pick)), reps, SPACE,
+                                         [*BASE_FEATURES, "mean prior"]), design(x_test, SPACE, _mean_log(prior_test)))
+    if choice in ("best", "select"):
+        for d in prior_train:
+            candidates[d] = (fit_device(design(x_fit, SPACE, prior_train[d][pick]), reps, SPACE, [*BASE_FEATURES, d]),
+                             None)
+    if choice == "select":
+        candidates["flops"] = (flops, z_flops_test)
+    name = min(candidates, key=lambda c: candidates[c][0].loo["rmse_log"])
+    fit, z = candidates[name]
+    return fit, (design(x_test, SPACE, prior_test[name]) if z is None else z)
+
+
+def evaluate_target(target: str, tables: dict, x_of: dict, splits: dict, sources: dict, ks, draws: int,
+                    prior_choice: str = "best") -> list[dict]:
     """Rows of the module docstring for one target device."""
     repeats = tables[target]
     train = sorted(i for i in splits["train"] if i in repeats)
@@ -87,13 +115,10 @@ def evaluate_target(target: str, tables: dict, x_of: dict, splits: dict, sources
             reps = [repeats[train[i]] for i in pick]
             y_log = np.log([np.median(r) for r in reps])
             flops = fit_device(z_flops_train[pick], reps, SPACE, BASE_FEATURES[:2])
-            fits = {d: fit_device(design(x_train[pick], SPACE, prior_train[d][pick]), reps, SPACE,
-                                  [*BASE_FEATURES, d]) for d in others}
-            best = min(fits, key=lambda d: fits[d].loo["rmse_log"])
-            transfer = fits[best]
+            transfer, z_transfer = transfer_fit(x_train[pick], x_test, reps, prior_train, prior_test, pick, flops,
+                                                z_flops_test, prior_choice)
             scratch = np.exp(point_model(x_train[pick], y_log, max(2, k // 10)).predict(x_test))
-            for name, fit, z in (("flops", flops, z_flops_test),
-                                 ("transfer", transfer, design(x_test, SPACE, prior_test[best]))):
+            for name, fit, z in (("flops", flops, z_flops_test), ("transfer", transfer, z_transfer)):
                 point, lower, upper = fit.predict(z)
                 acc.setdefault(f"{name}_tau", []).append(_tau(point, med_test))
                 acc.setdefault(f"{name}_within", []).append(_within(point, med_test))
@@ -140,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ks", nargs="+", type=int, default=[10, 20, 50, 100])
     parser.add_argument("--draws", type=int, default=5, help="draws of K architectures per device and K")
     parser.add_argument("--devices", nargs="+", default=None, help="only these target devices")
+    parser.add_argument("--prior-choice", default="select", choices=["best", "mean", "select"],
+                        help="which source model the transfer fit builds on (see transfer_fit; default select)")
     args = parser.parse_args(argv)
     if not args.path.is_file():
         print(f"{args.path}: reference data not found (it lives in ../shared beside the checkout); nothing to do")
@@ -160,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         for target in sorted(tables):
             if args.devices and target not in args.devices:
                 continue
-            rows += evaluate_target(target, tables, x_of, splits, sources, args.ks, args.draws)
+            rows += evaluate_target(target, tables, x_of, splits, sources, args.ks, args.draws, args.prior_choice)
             print(f"{metric} {target} done", file=sys.stderr, flush=True)
         print_rows(metric, rows)
         print_goals(metric, rows)

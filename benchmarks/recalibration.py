@@ -3,9 +3,9 @@
 For every space whose latency model of ``--from-device`` exists (shipped, or ``--models``) and whose panel and
 measurements exist on ``--to-device`` in the release (``--dataset``): the model recalibrated with the panel rows of
 one session of the new host (both positions, start and end, all repeats), then evaluated on that host's measured
-architectures at the panel's workload that are in the model's test split (never trained on, on either host) and not
-in the panel. Prints per space: the architectures used, the coverage of single repeats at 0.5 and 0.9 before and
-after, the fitted scale, and Kendall tau (unchanged by a scale). Nothing is measured here.
+architectures of the same session at the panel's workload that are in the model's test split (never trained on, on
+either host) and not in the panel. Prints per space: the architectures used, the coverage of single repeats at 0.5
+and 0.9 before and after, the fitted scale, and Kendall tau (unchanged by a scale). Nothing is measured here.
 
     python benchmarks/recalibration.py [--dataset dataset] [--from-device cpu-amd-epyc-2t]
         [--to-device cpu-intel-xeon-2t-d712558a]
@@ -50,14 +50,16 @@ def _figures(model: Surrogate, archs: list[ArchConfig], repeats: list[np.ndarray
 
 def evaluate_space(model: Surrogate, panel: pl.DataFrame, measured: pl.DataFrame, archs: dict[str, ArchConfig],
                    session: str) -> dict:
-    """Before/after figures of ``model`` on ``measured`` (test-split, non-panel architectures), recalibrated with
-    ``panel``'s rows of ``session``."""
+    """Before/after figures of ``model`` on ``measured``'s rows of ``session`` (test-split, non-panel
+    architectures), recalibrated with ``panel``'s rows of the same session."""
     panel_repeats = _repeats_by_arch(panel.filter(pl.col("session_id") == session))
     ids = sorted(panel_repeats)
     fitted = model.recalibrate([archs[a] for a in ids], [panel_repeats[a] for a in ids], device="new host")
-    held = _repeats_by_arch(measured.filter(~pl.col("arch_id").is_in(ids)))
+    held = _repeats_by_arch(measured.filter(~pl.col("arch_id").is_in(ids), pl.col("session_id") == session))
     held_ids = sorted(a for a in held if split_of(a) == "test")
     held_archs, held_values = [archs[a] for a in held_ids], [held[a] for a in held_ids]
+    if not held_ids:
+        return {"archs": 0}
     before, after = _figures(model, held_archs, held_values), _figures(fitted, held_archs, held_values)
     return {"panel_archs": len(ids), "panel_repeats": int(sum(v.size for v in panel_repeats.values())),
             "archs": len(held_ids), "before": before, "after": after, "scale": fitted.recalibration.scale}
@@ -79,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     entries = [m for m in list_models(args.models) if m["device"] == args.from_device and m["metric"] == METRIC]
     print(f"{args.from_device} latency models recalibrated with the panel of one {args.to_device} session, on that "
           "host's test-split architectures outside the panel (coverage of single repeats)\n")
-    print("| space | workload | panel archs (repeats) | test archs | coverage 0.5 before -> after | coverage 0.9 "
-          "before -> after | scale | tau |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| space | workload | session | panel archs (repeats) | test archs | coverage 0.5 before -> after | "
+          "coverage 0.9 before -> after | scale | tau |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for entry in entries:
         wl = entry["workload"]
         where = [pl.col("space") == entry["space"], *[pl.col(k) == wl[k] for k in WORKLOAD_KEYS]]
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             if not res["archs"]:
                 continue
             cov = {lv: f"{res['before']['coverage'][lv]:.2f} -> {res['after']['coverage'][lv]:.2f}" for lv in LEVELS}
-            print(f"| {entry['space']} | {wl['phase']} b{wl['batch_size']} s{wl['seq_len']} | {res['panel_archs']} "
+            print(f"| {entry['space']} | {wl['phase']} b{wl['batch_size']} s{wl['seq_len']} | {session} | "
+                  f"{res['panel_archs']} "
                   f"({res['panel_repeats']}) | {res['archs']} | {cov['0.5']} | {cov['0.9']} | {res['scale']:.3f} | "
                   f"{res['after']['kendall_tau']:.3f} |")
     return 0
