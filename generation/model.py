@@ -132,10 +132,12 @@ def init_weights_tiled(model: nn.Module, n_layer: int, seed: int) -> None:
     table = torch.randn(TILE_VALUES, generator=generator)
     table = torch.cat([table, table])  # any window of <= TILE_VALUES values from an offset < TILE_VALUES is contiguous
 
+    window = torch.empty(TILE_VALUES)  # one buffer for every weight's scaled window (no temporaries per weight)
+
     def fill(weight: Tensor, std: float) -> None:
         flat = weight.view(-1)
         start = int(torch.randint(TILE_VALUES, (1,), generator=generator))
-        window = table[start:start + TILE_VALUES] * std  # scaled once: one pass over the weight, not two
+        torch.mul(table[start:start + TILE_VALUES], std, out=window)  # scaled once: one pass over the weight
         whole, rest = divmod(flat.numel(), TILE_VALUES)
         flat[:whole * TILE_VALUES].view(whole, TILE_VALUES).copy_(window.expand(whole, TILE_VALUES))
         flat[whole * TILE_VALUES:].copy_(window[:rest])
