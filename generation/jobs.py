@@ -213,8 +213,8 @@ class _LastBuiltModel:
     """The model of the architecture measured last in this process, kept for the next workloads of that architecture.
 
     Where ``profile_arch`` builds in this process (no memory measured, CUDA, no fork), a workload grid would build
-    the same seeded model once per workload: a gpt-s build costs about two forwards. The todo list runs the grid of
-    one architecture in a row, so one slot suffices; the previous model is dropped before the next is built (two
+    the same seeded model once per workload (each build allocates and fills every weight). The todo list runs the
+    grid of one architecture in a row, so one slot suffices; the previous model is dropped before the next is built (two
     large models never coexist). The weights are ``build_model``'s, identical to a fresh build; ``None`` (so that
     ``profile_arch`` builds, or rejects the settings) for weights other than ``random-init``.
     """
