@@ -60,7 +60,7 @@ def point_model(x: np.ndarray, y_log: np.ndarray, min_leaf: int = 20) -> HistGra
                                          l2_regularization=1.0, random_state=0).fit(x, y_log)
 
 
-def device_tables(frame: pl.DataFrame, archs: dict, metric: str) -> dict[str, dict[int, np.ndarray]]:
+def device_tables(frame: pl.DataFrame, metric: str) -> dict[str, dict[int, np.ndarray]]:
     """``device -> {arch_index: repeats}`` in the project's units."""
     factor = METRICS[metric][2]
     out: dict[str, dict[int, np.ndarray]] = {}
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     by_id = grouped_split(id_of.values())
     splits = {name: {i for i, a in id_of.items() if a in ids} for name, ids in by_id.items()}
     for metric in args.metrics:
-        tables = device_tables(frame, x_of, metric)
+        tables = device_tables(frame, metric)
         sources = {}
         for device, repeats in sorted(tables.items()):
             idx = sorted(i for i in splits["train"] if i in repeats)

@@ -345,7 +345,7 @@ def fit_device_model(runs: Sequence[str | Path], space: str, metric: str, out: s
     """
     from hwgpt_bench.files import file_sha256, write_bytes_atomic
     from hwgpt_bench.metrics import UNITS, workload_text
-    from hwgpt_bench.surrogates_onnx.runtime import Surrogate, encode_archs, open_session
+    from hwgpt_bench.surrogates_onnx.runtime import DEFAULT_ROOT, Surrogate, encode_archs, open_session
 
     data = measured_repeats(runs, space, metric, device_id, workload)
     device, wl = data["device_id"], data["workload"]
@@ -360,7 +360,7 @@ def fit_device_model(runs: Sequence[str | Path], space: str, metric: str, out: s
         features.append(f"log {prior_device} {metric} surrogate")
     z = design(x, space, prior_point)
     fit = fit_device(z, [data["fit"][a] for a in ids], space, features, levels)
-    prior_path = None if prior is None else Path(prior_root or Path(__file__).resolve().parent) / prior.entry["file"]
+    prior_path = None if prior is None else Path(prior_root or DEFAULT_ROOT) / prior.entry["file"]
     onnx_bytes = export_onnx(fit, prior_path).SerializeToString()
     out = Path(out)
     file = f"models/{space}__{device}__{metric}__{workload_text(wl)}.onnx"
