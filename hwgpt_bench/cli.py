@@ -219,7 +219,7 @@ def _cmd_train_surrogates(args: argparse.Namespace) -> int:
     recipe = Recipe(seed=args.seed, max_repeats_per_arch=args.max_repeats, max_iter=args.max_iter,
                     learning_rate=args.learning_rate, max_leaf_nodes=args.max_leaf_nodes, variant=args.variant,
                     calibration=args.calibration, folds=args.folds, mondrian_bins=args.mondrian_bins,
-                    threads=args.threads)
+                    threads=args.threads, physical_metrics=tuple(args.physical_metrics))
     manifest = train_surrogates(args.dataset, args.out, recipe, metrics=args.metric, spaces=args.space,
                                 devices=args.device, phases=args.phase, batch_sizes=args.batch_size,
                                 seq_lens=args.seq_len, dtypes=args.dtype)
@@ -527,6 +527,10 @@ def _add_train_surrogates(sub) -> None:
                    "each with its own corrections, at most; fewer where a bin would hold fewer architectures than the "
                    "recipe's min_bin_archs (default 5; 1: one correction for the whole space)")
     p.add_argument("--threads", type=int, default=1, help="OpenMP threads of the fits (default 1)")
+    p.add_argument("--physical-metrics", nargs="*", default=["latency_ms", "energy_mj"],
+                   choices=["latency_ms", "energy_mj"], help="metrics fitted by the physical cost model (one "
+                   "non-negative cost per unit of work, pooled over the spaces of a device and workload) instead of "
+                   "the HGB CQR; give the flag alone for none (default: latency_ms energy_mj)")
     p.set_defaults(handler=_cmd_train_surrogates)
 
 

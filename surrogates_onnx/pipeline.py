@@ -27,7 +27,7 @@ import numpy as np
 from hwgpt_bench.loaders.io import MANIFEST as DATASET_MANIFEST
 from hwgpt_bench.loaders.io import read_manifest as read_dataset_manifest
 from hwgpt_bench.metrics import TRANSFORMS, workload_text
-from hwgpt_bench.surrogates_onnx import data, export, runtime, training
+from hwgpt_bench.surrogates_onnx import data, export, physical, runtime, training
 from hwgpt_bench.surrogates_onnx.data import Target
 from hwgpt_bench.surrogates_onnx.intervals import Intervals, interval_metrics
 from hwgpt_bench.surrogates_onnx.sessions import add_session_coverage
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 PARITY_RTOL = 1e-4
 POINT = "median of a single measurement (the 0.5 quantile model)"
+PHYSICAL_POINT = "median of the measurements (the non-negative cost model fitted on medians)"
 
 
 class _DropMapieSortNotes(logging.Filter):
@@ -217,16 +218,98 @@ def write_manifest(out: Path, manifest: dict) -> Path:
 
 
 def train_targets(targets: list[Target], recipe: Recipe, stage: Path, info: dict) -> tuple[list[dict], list[dict]]:
-    """Train every target into ``stage/models``; (manifest entries, skipped targets with their reason)."""
+    """Train every target into ``stage/models``; (manifest entries, skipped targets with their reason), in the order
+    of ``targets``. Metrics of ``recipe.physical_metrics`` get the physical model, fitted per (device, metric,
+    workload) over every space at once (``train_physical``); the others the HGB CQR, one target at a time."""
+    results: dict[str, dict | str] = {}
+    for group in physical_groups(targets, recipe).values():
+        results.update(train_physical(group, recipe, stage, info))
+    for target in targets:
+        if model_stem(target) not in results:
+            results[model_stem(target)] = train_one(target, recipe, stage, info)
     entries, skipped = [], []
     for target in targets:
-        result = train_one(target, recipe, stage, info)
+        result = results[model_stem(target)]
         if isinstance(result, str):
             log.warning("skipping %s: %s", model_stem(target), result)
             skipped.append({"model": model_stem(target), "reason": result})
         else:
             entries.append(result)
     return entries, skipped
+
+
+# ---- the physical model ------------------------------------------------------------------------------------------
+def physical_groups(targets: list[Target], recipe: Recipe) -> dict[tuple, list[Target]]:
+    """Targets of ``recipe.physical_metrics`` grouped by (device, metric, workload): the spaces one fit pools."""
+    groups: dict[tuple, list[Target]] = {}
+    for t in targets:
+        if t.metric in recipe.physical_metrics and t.device is not None:
+            groups.setdefault((t.device, t.metric, workload_text(t.workload)), []).append(t)
+    return groups
+
+
+def _physical_reason(split: training.SplitData, recipe: Recipe) -> str | None:
+    values = [*split.train_values, *split.cal_values, *split.test_values]
+    if any(len(v) and np.min(v) <= 0 for v in values):
+        return "values <= 0 cannot be fitted in log space"
+    n, needed = len(split.fitting_archs("cross")[2]), physical.smallest_space(recipe.levels, symmetric=True)
+    return f"{n} fitting architectures (< {needed})" if n < needed else None
+
+
+def train_physical(targets: list[Target], recipe: Recipe, out: Path, dataset: dict) -> dict[str, dict | str]:
+    """Fit one physical model on the fitting architectures (training + calibration) of every space in ``targets``
+    (one device, metric and workload), export one graph per space and check it on the test architectures.
+    Returns ``{model_stem: manifest entry or skip reason}``."""
+    started = time.perf_counter()
+    splits = {model_stem(t): training.split_target(t, recipe) for t in targets}
+    results: dict[str, dict | str] = {}
+    usable = []
+    for t in targets:
+        reason = _physical_reason(splits[model_stem(t)], recipe)
+        if reason:
+            results[model_stem(t)] = reason
+        else:
+            usable.append(t)
+    if not usable:
+        return results
+    spaces = []
+    for t in usable:
+        x, values, ids, _ = splits[model_stem(t)].fitting_archs("cross")
+        spaces.append(physical.SpaceData(t.space, ids, x, values))
+    models = physical.fit_pooled(spaces, usable[0].workload, recipe.levels, recipe.folds, recipe.min_bin_archs,
+                                 recipe.mondrian_bins, recipe.seed)
+    for t in usable:
+        results[model_stem(t)] = export_physical(t, splits[model_stem(t)], models[t.space], recipe, out, dataset)
+    log.info("physical %s on %s: %d spaces, %.1f s", usable[0].metric, usable[0].device, len(usable),
+             time.perf_counter() - started)
+    return results
+
+
+def export_physical(target: Target, split: training.SplitData, model: physical.PhysicalModel, recipe: Recipe,
+                    out: Path, dataset: dict) -> dict:
+    """Write ``model``'s graph, check parity with ``model.predict`` on the test architectures (``RuntimeError`` on a
+    failure) and return its manifest entry."""
+    path = out / "models" / f"{model_stem(target)}.onnx"
+    meta = {**onnx_metadata(target, recipe, dataset), "point": PHYSICAL_POINT}
+    export.save_onnx(physical.export_onnx(model, meta), path)
+    reference = model.predict(split.x_test)
+    onnx_out = tuple(runtime.open_session(path).run(list(runtime.OUTPUTS), {"X": split.x_test}))
+    par = parity(reference, onnx_out, split.test_values)
+    check_parity(par, path.name)
+    pred = Intervals(*(np.asarray(o, np.float64) for o in onnx_out), tuple(recipe.levels))
+    test = interval_metrics(pred, split.test_values) if split.test_values else {}
+    return {
+        "dataset_version": dataset.get("version"), "dataset_manifest_sha256": dataset.get("manifest_sha256"),
+        "space": target.space, "device": target.device, "metric": target.metric, "unit": target.unit,
+        "workload": target.workload, "default_workload": False, "file": path.relative_to(out).as_posix(),
+        "sha256": runtime.file_sha256(path), "bytes": path.stat().st_size, "feature_names": target.feature_names,
+        "levels": list(recipe.levels), "point": PHYSICAL_POINT, "interval_covers": INTERVAL_COVERS,
+        "transform": "log", "variant": "physical", "physical": model.to_dict(),
+        "n_archs": {k: len(v) for k, v in split.ids.items()}, "n_train_rows": model.n_archs,
+        "repeats_per_arch": {"min": int(target.n_repeats.min()), "median": float(np.median(target.n_repeats)),
+                             "max": int(target.n_repeats.max())},
+        "test": test, "crossing_share_before_rearrangement": 0.0, "parity": par,
+    }
 
 
 def publish_models(stage: Path, out: Path, entries: list[dict]) -> None:

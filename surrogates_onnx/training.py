@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 VARIANTS = ("quantile", "residual")
 CALIBRATIONS = ("cross", "split")
+PHYSICAL_METRICS = ("latency_ms", "energy_mj")  # additive costs: the physical model (``physical``) fits them
 FOLD_SEED_OFFSET = 7919  # folds hash arch ids with seed + this, independently of the outer split
 INTERVAL_COVERS = ("a single new measurement of an unseen architecture (one repeat drawn at random), with probability "
                    "`level` over architectures of the space and repeats; marginal, not per architecture; within the "
@@ -111,6 +112,9 @@ class Recipe:
             minimum (20 at 0.95) where a symmetric correction is allowed, else the asymmetric one (40 at 0.95).
         min_train_archs: fewer fitting architectures than this skip the target.
         threads: OpenMP threads of the HGB fits.
+        physical_metrics: metrics whose targets get the physical model (``physical``: one non-negative cost per
+            unit of work, fitted on every space of a device and workload at once, cross-conformal log offsets per
+            space and Mondrian bin) instead of the HGB CQR; additive costs only (latency, energy). ``()``: none.
     """
 
     levels: tuple[float, ...] = LEVELS
@@ -136,12 +140,16 @@ class Recipe:
     min_calibration_archs: int = 20
     min_train_archs: int = 20
     threads: int = 1
+    physical_metrics: tuple[str, ...] = PHYSICAL_METRICS
 
     def __post_init__(self) -> None:
         for name, allowed in (("variant", (*VARIANTS, "auto")), ("train_on", ("repeats", "medians")),
                               ("calibration", CALIBRATIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: {getattr(self, name)!r} is not allowed; allowed values: {list(allowed)}")
+        bad = [m for m in self.physical_metrics if m not in PHYSICAL_METRICS]
+        if bad:
+            raise ValueError(f"physical_metrics: {bad} not allowed; allowed values: {list(PHYSICAL_METRICS)}")
         if any(not 0 < lv < 1 for lv in self.levels) or list(self.levels) != sorted(self.levels):
             raise ValueError(f"levels: need ascending values in (0, 1), got {self.levels}")
         for name, low in (("folds", 2), ("mondrian_bins", 1)):
@@ -187,7 +195,10 @@ class Recipe:
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out.update(model="sklearn HistGradientBoostingRegressor(loss='quantile') (+ loss='squared_error' point model "
+        out.update(physical_model="surrogates_onnx.physical: non-negative least squares of each architecture's median "
+                                  "on the work it does, pooled over the spaces of a (device, metric, workload); "
+                                  "cross-conformal log offsets per space and Mondrian bin",
+                   model="sklearn HistGradientBoostingRegressor(loss='quantile') (+ loss='squared_error' point model "
                          "in the residual variant)",
                    conformal="mapie ConformalizedQuantileRegressor(prefit=True) on the calibration architectures' "
                              "quantile predictions by models that did not see them (out-of-fold with calibration="

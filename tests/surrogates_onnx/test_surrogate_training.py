@@ -291,12 +291,20 @@ def test_manifest_lists_every_measured_target_with_its_facts(trained, synthetic_
         assert m["unit"] and "single new measurement" in m["interval_covers"]
         assert set(m["test"]["coverage"]) == {"0.5", "0.8", "0.9", "0.95"} and "worst_quintile_coverage" in m["test"]
         assert m["parity"]["coverage_flips"] == 0 and max(m["parity"]["max_rel_diff"].values()) < 1e-4
+        assert m["dataset_version"] == "0.0.1"
+        assert m["dataset_manifest_sha256"] == manifest["dataset"]["manifest_sha256"]
+        assert m["transform"] == TRANSFORMS[m["metric"]]
+        if m["metric"] in training.PHYSICAL_METRICS:  # the physical cost model (the recipe's default for them)
+            fit = m["physical"]
+            assert m["variant"] == "physical" and min(fit["coefficients"].values()) >= 0
+            assert np.shape(fit["lower_log"]) == (len(fit["bin_edges_log"]) + 1, 4)
+            assert fit["n_archs"] == m["n_archs"]["train"] + m["n_archs"]["calibration"] >= 40
+            continue
         corrections = m["conformal_corrections"]
         assert corrections["calibration"] == "cross" and corrections["n_calibration_archs"] >= 40
         assert np.shape(corrections["lower"]) == (len(corrections["bin_edges"]) + 1, 4)
-        assert m["dataset_version"] == "0.0.1"
-        assert m["dataset_manifest_sha256"] == manifest["dataset"]["manifest_sha256"]
-        assert m["variant"] in training.VARIANTS and m["transform"] == TRANSFORMS[m["metric"]]
+        assert m["variant"] in training.VARIANTS
+    assert {m["variant"] for m in manifest["models"] if m["metric"] in ("latency_ms", "energy_mj")} == {"physical"}
 
 
 def test_one_default_workload_per_space_device_metric(trained):

@@ -1,0 +1,365 @@
+"""Physical cost surrogates: latency and energy as a non-negative sum of the work a forward pass does.
+
+On a CPU the operations of a GPT run one after another, so the time (and the energy) of one call is close to a sum
+over its work: a fixed cost per call and per layer, multiply-accumulates of the attention linears, the MLP, the
+attention scores and the LM head, element-wise work (norms, GELU, softmax, bias adds, RoPE) and the weights streamed
+from memory. Each is an exact function of the architecture and the workload (batch ``b``; tokens through the linears
+``t_new``; attention context ``t_ctx``; positions through the LM head ``t_out``):
+
+==================  ======================================================  ======================================
+feature             per call                                                unit of its coefficient
+==================  ======================================================  ======================================
+call                1                                                       unit per call
+layer               n_layer                                                 unit per layer
+attn_linear_gmac    b t_new sum_i 4 d a_i / 1e9                             unit per GMAC
+mlp_gmac            b t_new sum_i 2 d h_i / 1e9                             unit per GMAC
+attn_score_gmac     b t_new t_ctx sum_i 2 a_i / 1e9                         unit per GMAC
+lm_head_gmac        b t_out V d / 1e9                                       unit per GMAC
+attn_melem          b t_new sum_i a_i / 1e6                                 unit per million elements
+mlp_melem           b t_new sum_i h_i / 1e6                                 unit per million elements
+norm_melem          b t_new n_layer d / 1e6                                 unit per million elements
+softmax_melem       b t_new t_ctx sum_i n_head_i / 1e6                      unit per million elements
+bias_melem          bias b t_new n_layer d / 1e6                            unit per million elements
+params_millions     parameters / 1e6                                        unit per million parameters
+==================  ======================================================  ======================================
+
+(``a_i = n_head_i x head_size`` and ``h_i = mlp_ratio_i x d``: the attention and MLP widths of layer ``i``; ``V`` the
+vocabulary.) One model per (device, metric, workload) is fitted on every space measured there at once, so that a
+space with 30 architectures borrows the coefficients that 2,000 others pin down: non-negative least squares on each
+architecture's median in relative terms (weights ``1 / median``), so every coefficient is a cost (monotone: more
+work never predicts less time).
+
+Intervals are cross-conformal on log residuals of single measurements, per space: the pooled architectures fall into
+``folds`` folds (by arch id hash); each architecture's point comes from a fit without its fold; Mondrian bins by
+that point give each range of the metric its own lower and upper log offsets per level (conformal quantiles of every
+repeat, each architecture weighing 1, with the finite-sample correction). The coefficients are then refitted on
+every architecture.
+
+Within one space and workload the twelve features are linear in ten quantities of the encoding (``QUANTITIES``), so
+the exported graph computes those ten from ``X`` and multiplies them by ten effective coefficients: a few dozen
+element-wise nodes and one MatMul, no trees. ``quantities`` is the numpy twin of the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwgpt_bench.loaders.splits import unit_hash
+from hwgpt_bench.search_spaces import feature_names, get_space
+
+log = logging.getLogger(__name__)
+
+LEVELS = (0.5, 0.8, 0.9, 0.95)
+FOLD_SEED_OFFSET = 7919  # as training.FOLD_SEED_OFFSET: folds hash arch ids independently of the outer split
+TINY = 1e-9  # floor of the point (the log of zero is undefined); far below any measured value
+PHASES = ("forward", "prefill", "decode")
+FEATURES = ("call", "layer", "attn_linear_gmac", "mlp_gmac", "attn_score_gmac", "lm_head_gmac", "attn_melem",
+            "mlp_melem", "norm_melem", "softmax_melem", "bias_melem", "params_millions")
+QUANTITIES = ("one", "n_layer", "d_sum_heads", "d2_sum_ratios", "sum_heads", "d", "d_sum_ratios", "n_layer_d",
+              "bias_n_layer_d", "params_millions")
+
+
+# ---- features ----------------------------------------------------------------------------------------------------
+def token_counts(workload: Mapping) -> tuple[int, int, int, int]:
+    """``(b, t_new, t_ctx, t_out)`` of a workload dict (``phase``, ``batch_size``, ``seq_len``).
+
+    ``forward`` and ``prefill`` run ``seq_len`` tokens against ``seq_len`` of context and the LM head over all of
+    them; ``decode`` runs one token against ``seq_len + 1`` positions (``generation.workload``).
+    """
+    phase, b, t = workload.get("phase"), workload.get("batch_size"), workload.get("seq_len")
+    if phase not in PHASES:
+        raise ValueError(f"phase: {phase!r} is not allowed; allowed values: {list(PHASES)}")
+    for name, value in (("batch_size", b), ("seq_len", t)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}: {value!r} is not allowed; allowed values: integers >= 1")
+    b, t = int(b), int(t)
+    return (b, 1, t + 1, 1) if phase == "decode" else (b, t, t, t)
+
+
+def feature_map(space: str, workload: Mapping) -> np.ndarray:
+    """``(len(FEATURES), len(QUANTITIES))``: the features of one space and workload as ``quantities @ map.T``."""
+    sp = get_space(space)
+    b, t_new, t_ctx, t_out = token_counts(workload)
+    m, s, hs = b * t_new, b * t_new * t_ctx, sp.head_size
+    q = {name: i for i, name in enumerate(QUANTITIES)}
+    rows = {"call": ("one", 1.0), "layer": ("n_layer", 1.0),
+            "attn_linear_gmac": ("d_sum_heads", 4e-9 * m * hs), "mlp_gmac": ("d2_sum_ratios", 2e-9 * m),
+            "attn_score_gmac": ("sum_heads", 2e-9 * s * hs), "lm_head_gmac": ("d", 1e-9 * b * t_out * sp.vocab_size),
+            "attn_melem": ("sum_heads", 1e-6 * m * hs), "mlp_melem": ("d_sum_ratios", 1e-6 * m),
+            "norm_melem": ("n_layer_d", 1e-6 * m), "softmax_melem": ("sum_heads", 1e-6 * s),
+            "bias_melem": ("bias_n_layer_d", 1e-6 * m), "params_millions": ("params_millions", 1.0)}
+    out = np.zeros((len(FEATURES), len(QUANTITIES)))
+    for i, name in enumerate(FEATURES):
+        quantity, factor = rows[name]
+        out[i, q[quantity]] = factor
+    return out
+
+
+def _columns(space: str) -> dict[str, list[int]]:
+    names, sp = feature_names(space), get_space(space)
+    return {"embed_dim": [names.index("embed_dim")], "n_layer": [names.index("n_layer")],
+            "bias": [names.index("bias")], "params_millions": [names.index("params_millions")],
+            "n_head": [names.index(f"n_head_{i}") for i in range(sp.max_layers)],
+            "mlp_ratio": [names.index(f"mlp_ratio_{i}") for i in range(sp.max_layers)]}
+
+
+def quantities(space: str, x: np.ndarray) -> np.ndarray:
+    """``(N, len(QUANTITIES))`` float64 from the encoded rows ``x`` ``(N, n_features)`` (padding layers are 0)."""
+    cols = _columns(space)
+    x = np.asarray(x, dtype=np.float64)
+    d, n_layer, bias = (x[:, cols[k][0]] for k in ("embed_dim", "n_layer", "bias"))
+    heads, ratios = x[:, cols["n_head"]].sum(1), x[:, cols["mlp_ratio"]].sum(1)
+    return np.stack([np.ones(len(x)), n_layer, d * heads, d * d * ratios, heads, d, d * ratios, n_layer * d,
+                     bias * n_layer * d, x[:, cols["params_millions"][0]]], axis=1)
+
+
+def features(space: str, workload: Mapping, x: np.ndarray) -> np.ndarray:
+    """``(N, len(FEATURES))`` physical features of encoded rows ``x`` under ``workload``."""
+    return quantities(space, x) @ feature_map(space, workload).T
+
+
+# ---- fitting -----------------------------------------------------------------------------------------------------
+def fit_coefficients(feats: np.ndarray, medians: np.ndarray) -> np.ndarray:
+    """Non-negative coefficients ``(n_features,)`` minimising ``sum ((feats @ c - m) / m)^2`` (relative error).
+
+    Columns are scaled to a maximum of 1 for the solver; a column no row uses gets 0.
+    """
+    from scipy.optimize import nnls
+
+    medians = np.asarray(medians, dtype=np.float64)
+    w = 1.0 / medians
+    scale = np.abs(feats).max(axis=0)
+    scale[scale == 0] = 1.0
+    coef, _ = nnls(feats / scale * w[:, None], medians * w, maxiter=100 * feats.shape[1])
+    return coef / scale
+
+
+def folds_of(arch_ids: Sequence[str], n_folds: int, seed: int) -> np.ndarray:
+    """``(n,)`` fold of each architecture from a hash of its id (the same id, the same fold, in any order)."""
+    return np.array([min(int(unit_hash(a, seed + FOLD_SEED_OFFSET) * n_folds), n_folds - 1) for a in arch_ids])
+
+
+def out_of_fold(feats: np.ndarray, medians: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """``(n,)`` each architecture's point from coefficients fitted without its fold."""
+    pred = np.empty(len(medians))
+    for k in np.unique(folds):
+        held = folds == k
+        pred[held] = feats[held] @ fit_coefficients(feats[~held], medians[~held])
+    return np.maximum(pred, TINY)
+
+
+def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """The smallest value whose normalised cumulative weight reaches ``q`` (in [0, 1])."""
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(weights[order]) / weights.sum()
+    return float(values[order][min(int(np.searchsorted(cum, q - 1e-12)), len(values) - 1)])
+
+
+def smallest_space(levels: Sequence[float], symmetric: bool = False) -> int:
+    """Fewest architectures with finite offsets at every level: ``2 / (1 - max(levels))`` for one offset per bound
+    (40 at 0.95), ``1 / (1 - max(levels))`` for a symmetric one (20)."""
+    return math.ceil((1 if symmetric else 2) / (1 - max(levels)) - 1e-9)
+
+
+def conformal_offsets(residuals: Sequence[np.ndarray], levels: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper log offsets ``(n_levels,)`` from each architecture's log residuals (single measurements).
+
+    Every architecture weighs 1 (each of its repeats ``1 / repeats``). With ``n`` architectures and at least
+    ``smallest_space(levels)`` of them, the upper offset is the weighted quantile at ``min(1, (1 + 1/n) (1 + level)
+    / 2)`` and the lower one at ``max(0, (1 + 1/n) (1 - level) / 2 - 1/n)`` (split conformal's finite-sample
+    correction per bound). With fewer (but at least ``smallest_space(levels, symmetric=True)``) one symmetric offset
+    per level: the weighted quantile of ``|residual|`` at ``min(1, (1 + 1/n) level)``. Offsets contain the point and
+    are nested across levels. Fewer architectures are a ``ValueError``.
+    """
+    n = len(residuals)
+    if n < smallest_space(levels, symmetric=True):
+        raise ValueError(f"architectures: {n} are too few for level {max(levels)}; allowed: >= "
+                         f"{smallest_space(levels, symmetric=True)}")
+    r = np.concatenate(residuals)
+    w = np.concatenate([np.full(len(v), 1.0 / len(v)) for v in residuals])
+    if n < smallest_space(levels):
+        half = np.array([weighted_quantile(np.abs(r), w, min(1.0, (1 + 1 / n) * lv)) for lv in levels])
+        lower, upper = -half, half
+    else:
+        lower = np.array([weighted_quantile(r, w, max(0.0, (1 + 1 / n) * (1 - lv) / 2 - 1 / n)) for lv in levels])
+        upper = np.array([weighted_quantile(r, w, min(1.0, (1 + 1 / n) * (1 + lv) / 2)) for lv in levels])
+    return np.minimum.accumulate(np.minimum(lower, 0.0)), np.maximum.accumulate(np.maximum(upper, 0.0))
+
+
+def bin_edges(log_points: np.ndarray, n_bins: int) -> np.ndarray:
+    """``(n_bins - 1,)`` edges at quantiles of ``log_points`` (bins of equal counts)."""
+    return np.quantile(log_points, np.arange(1, n_bins) / n_bins) if n_bins > 1 else np.zeros(0)
+
+
+def bin_index(log_points: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """``(N,)`` bin of each log point: the number of edges strictly below it (as the graph computes it)."""
+    return (np.asarray(log_points, dtype=np.float64)[:, None] > np.asarray(edges)[None, :]).sum(axis=1)
+
+
+@dataclass(frozen=True)
+class PhysicalModel:
+    """The fitted model of one (space, device, metric, workload).
+
+    Attributes:
+        space: search space of the encoding.
+        workload: ``phase``, ``batch_size``, ``seq_len`` (and ``dtype``) it predicts.
+        coefficients: ``(len(FEATURES),)`` non-negative costs per feature (shared by every space of the fit).
+        levels: confidence levels, ascending.
+        edges: ``(n_bins - 1,)`` Mondrian bin edges on the log of the point.
+        lower, upper: ``(n_bins, n_levels)`` log offsets added to the log point (lower <= 0 <= upper, nested).
+        n_archs: this space's architectures the offsets rest on; ``n_pooled``: architectures of the pooled fit.
+    """
+
+    space: str
+    workload: dict
+    coefficients: np.ndarray
+    levels: tuple[float, ...]
+    edges: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    n_archs: int
+    n_pooled: int
+
+    @property
+    def effective(self) -> np.ndarray:
+        """``(len(QUANTITIES),)``: the coefficients folded into this space's and workload's quantities."""
+        return feature_map(self.space, self.workload).T @ self.coefficients
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Point ``(N,)`` and bounds ``(N, n_levels)`` in the metric's unit for encoded rows ``x``."""
+        point = np.maximum(quantities(self.space, x) @ self.effective, TINY)
+        log_point = np.log(point)
+        b = bin_index(log_point, self.edges)
+        return point, np.exp(log_point[:, None] + self.lower[b]), np.exp(log_point[:, None] + self.upper[b])
+
+    def to_dict(self) -> dict:
+        """JSON-ready figures for the manifest."""
+        return {"coefficients": dict(zip(FEATURES, self.coefficients.tolist(), strict=True)),
+                "effective": dict(zip(QUANTITIES, self.effective.tolist(), strict=True)),
+                "bin_edges_log": self.edges.tolist(), "lower_log": self.lower.tolist(),
+                "upper_log": self.upper.tolist(), "offsets_shape": "[bin][level]; bin = number of bin_edges_log "
+                "below log(point)", "n_archs": self.n_archs, "n_pooled_archs": self.n_pooled}
+
+
+@dataclass(frozen=True)
+class SpaceData:
+    """One space's fitting architectures of a pooled fit: ids, encodings ``(n, n_features)`` and raw values."""
+
+    space: str
+    arch_ids: list[str]
+    x: np.ndarray
+    values: list[np.ndarray]
+
+
+def _check_values(data: SpaceData) -> None:
+    if any(len(v) == 0 or np.min(v) <= 0 for v in data.values):
+        raise ValueError(f"values of {data.space}: every architecture needs at least one measurement, all > 0")
+
+
+def fit_pooled(spaces: Sequence[SpaceData], workload: Mapping, levels: Sequence[float] = LEVELS, folds: int = 5,
+               min_bin_archs: int = 150, max_bins: int = 5, seed: int = 0) -> dict[str, PhysicalModel]:
+    """One coefficient vector for every space of one (device, metric, workload); per space, its conformal offsets.
+
+    Bins per space: at most ``max_bins``, each with at least ``min_bin_archs`` architectures (at least one bin).
+    A space needs ``smallest_space(levels, symmetric=True)`` architectures (20 at 0.95; below
+    ``smallest_space(levels)``, 40, its offsets are symmetric); fewer is a ``ValueError`` naming it.
+    """
+    minimum = smallest_space(levels, symmetric=True)
+    for data in spaces:
+        _check_values(data)
+        if len(data.values) < minimum:
+            raise ValueError(f"{data.space}: {len(data.values)} architectures are too few for level {max(levels)}; "
+                             f"allowed: >= {minimum}")
+    feats = np.concatenate([features(d.space, workload, d.x) for d in spaces])
+    medians = np.concatenate([[np.median(v) for v in d.values] for d in spaces])
+    ids = [a for d in spaces for a in d.arch_ids]
+    oof = out_of_fold(feats, medians, folds_of(ids, folds, seed))
+    coefficients = fit_coefficients(feats, medians)
+    models, start = {}, 0
+    for data in spaces:
+        point = oof[start:start + len(data.values)]
+        start += len(data.values)
+        models[data.space] = _space_model(data, dict(workload), coefficients, point, levels, min_bin_archs, max_bins,
+                                          len(ids))
+    return models
+
+
+def _space_model(data: SpaceData, workload: dict, coefficients: np.ndarray, oof: np.ndarray,
+                 levels: Sequence[float], min_bin_archs: int, max_bins: int, n_pooled: int) -> PhysicalModel:
+    residuals = [np.log(v) - np.log(p) for v, p in zip(data.values, oof, strict=True)]
+    n_bins = max(1, min(max_bins, len(residuals) // min_bin_archs))
+    edges = bin_edges(np.log(oof), n_bins)
+    which = bin_index(np.log(oof), edges)
+    offsets = [conformal_offsets([r for r, b in zip(residuals, which, strict=True) if b == k], levels)
+               for k in range(n_bins)]
+    return PhysicalModel(data.space, workload, coefficients, tuple(float(lv) for lv in levels), edges,
+                         np.stack([o[0] for o in offsets]), np.stack([o[1] for o in offsets]), len(residuals),
+                         n_pooled)
+
+
+# ---- ONNX --------------------------------------------------------------------------------------------------------
+def export_onnx(model: PhysicalModel, metadata: Mapping[str, str] | None = None):
+    """One ONNX graph computing ``model.predict`` from ``X`` (float32 ``(N, n_features)``): outputs ``y_pred``
+    ``(N,)``, ``y_lower`` and ``y_upper`` ``(N, n_levels)`` in float64. Needs the ``onnx`` package."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    cols, names = _columns(model.space), feature_names(model.space)
+
+    def const(name: str, value, dtype=np.float64) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+    def node(op: str, inputs: list[str], output: str, **attrs) -> onnx.NodeProto:
+        return helper.make_node(op, inputs, [output], **attrs)
+
+    inits = [const(f"col_{k}", cols[k], np.int64) for k in cols]
+    inits += [const("axis1", [1], np.int64), const("one", [[1.0]]), const("tiny", [[TINY]]),
+              const("effective", model.effective[:, None]),
+              const("edges", np.concatenate([model.edges, [np.inf]])[None, :]),
+              const("lower_table", model.lower), const("upper_table", model.upper)]
+    nodes = [node("Cast", ["X"], "x64", to=TensorProto.DOUBLE)]
+    nodes += [node("Gather", ["x64", f"col_{k}"], f"g_{k}", axis=1) for k in cols]
+    nodes += [node("ReduceSum", ["g_n_head", "axis1"], "heads", keepdims=1),
+              node("ReduceSum", ["g_mlp_ratio", "axis1"], "ratios", keepdims=1),
+              node("Mul", ["g_embed_dim", "heads"], "d_heads"),
+              node("Mul", ["g_embed_dim", "ratios"], "d_ratios"),
+              node("Mul", ["g_embed_dim", "d_ratios"], "d2_ratios"),
+              node("Mul", ["g_n_layer", "g_embed_dim"], "nl_d"),
+              node("Mul", ["g_bias", "nl_d"], "bias_nl_d"),
+              node("Sub", ["g_n_layer", "g_n_layer"], "zero"),
+              node("Add", ["zero", "one"], "ones"),
+              node("Concat", ["ones", "g_n_layer", "d_heads", "d2_ratios", "heads", "g_embed_dim", "d_ratios",
+                              "nl_d", "bias_nl_d", "g_params_millions"], "q", axis=1),
+              node("MatMul", ["q", "effective"], "raw_point"),
+              node("Max", ["raw_point", "tiny"], "point"),
+              node("Squeeze", ["point", "axis1"], "y_pred"),
+              node("Log", ["point"], "log_point"),
+              node("Greater", ["log_point", "edges"], "above"),
+              node("Cast", ["above"], "above_i", to=TensorProto.INT64),
+              node("ReduceSum", ["above_i", "axis1"], "bin", keepdims=0),
+              node("Gather", ["lower_table", "bin"], "lower_off", axis=0),
+              node("Gather", ["upper_table", "bin"], "upper_off", axis=0),
+              node("Add", ["log_point", "lower_off"], "log_lower"),
+              node("Add", ["log_point", "upper_off"], "log_upper"),
+              node("Exp", ["log_lower"], "y_lower"),
+              node("Exp", ["log_upper"], "y_upper")]
+    n_levels = len(model.levels)
+    graph = helper.make_graph(
+        nodes, f"physical_{model.space}",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", len(names)])],
+        [helper.make_tensor_value_info("y_pred", TensorProto.DOUBLE, ["N"]),
+         helper.make_tensor_value_info("y_lower", TensorProto.DOUBLE, ["N", n_levels]),
+         helper.make_tensor_value_info("y_upper", TensorProto.DOUBLE, ["N", n_levels])], inits)
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                   producer_name="hwgpt-bench physical surrogate")
+    onnx_model.ir_version = 8
+    for key, value in (metadata or {}).items():
+        onnx_model.metadata_props.add(key=key, value=value if isinstance(value, str) else json.dumps(value))
+    onnx.checker.check_model(onnx_model)
+    return onnx_model

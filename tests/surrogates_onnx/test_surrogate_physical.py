@@ -1,0 +1,163 @@
+"""The physical cost surrogate (``surrogates_onnx.physical``): exact work features, recovery of known costs, interval
+coverage on a known noise model, pooling across spaces, ONNX parity and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hwgpt_bench.search_spaces import encode, sample_archs
+from hwgpt_bench.surrogates_onnx import physical
+from hwgpt_bench.surrogates_onnx.runtime import open_session
+from hwgpt_bench.surrogates_onnx.training import Recipe
+
+WORKLOAD = {"phase": "forward", "batch_size": 1, "seq_len": 256, "dtype": "float32"}
+#: invented costs per feature (ms per unit): a call, a layer, GMACs of each kind, element work, weights
+TRUE_COSTS = np.array([0.5, 0.2, 9.0, 7.0, 14.0, 6.0, 0.02, 0.01, 0.03, 0.004, 0.01, 0.002])
+
+
+def _encoded(space: str, n: int, seed: int) -> tuple[list, np.ndarray]:
+    archs = sample_archs(space, n, seed=seed)
+    return archs, np.asarray([encode(a) for a in archs], dtype=np.float32)
+
+
+def _measure(truth: np.ndarray, n_layer: np.ndarray, rng, n: int = 10) -> list[np.ndarray]:
+    """Log-normal repeats around ``truth`` whose spread grows with depth (heteroscedastic), ms."""
+    return [t * np.exp(rng.normal(0, 0.02 + 0.02 * (nl - n_layer.min()), n)) for t, nl in zip(truth, n_layer,
+                                                                                              strict=True)]
+
+
+def _coverage(lower: np.ndarray, upper: np.ndarray, values: list[np.ndarray]) -> float:
+    return float(np.mean([np.mean((v >= lo) & (v <= up)) for v, lo, up in zip(values, lower, upper, strict=True)]))
+
+
+@pytest.mark.parametrize("space", ["gpt-nano", "gpt-s", "gpt-xl-wide"])
+@pytest.mark.parametrize("batch, seq_len", [(1, 256), (4, 128)])
+def test_the_gmac_features_add_up_to_the_exact_forward_flops(space, batch, seq_len):
+    """2e9 x (attention linears + MLP + scores + LM head) GMACs is ``ArchConfig.forward_flops`` exactly, and the
+    weights feature is ``num_params``: the features are the project's exact counts, not estimates."""
+    archs, x = _encoded(space, 40, seed=3)
+    wl = {"phase": "forward", "batch_size": batch, "seq_len": seq_len}
+    feats = physical.features(space, wl, x)
+    idx = [physical.FEATURES.index(f) for f in ("attn_linear_gmac", "mlp_gmac", "attn_score_gmac", "lm_head_gmac")]
+    flops = np.array([a.forward_flops(batch, seq_len) for a in archs], dtype=np.float64)
+    np.testing.assert_allclose(2e9 * feats[:, idx].sum(1), flops, rtol=1e-6)
+    params = np.array([a.num_params() / 1e6 for a in archs])
+    np.testing.assert_allclose(feats[:, physical.FEATURES.index("params_millions")], params, rtol=1e-6)
+
+
+def test_decode_runs_one_token_against_the_whole_cache():
+    assert physical.token_counts({"phase": "decode", "batch_size": 4, "seq_len": 128}) == (4, 1, 129, 1)
+    assert physical.token_counts({"phase": "prefill", "batch_size": 2, "seq_len": 64}) == (2, 64, 64, 64)
+
+
+def test_noise_free_costs_are_recovered_and_predicted_exactly():
+    archs, x = _encoded("gpt-nano", 300, seed=1)
+    truth = physical.features("gpt-nano", WORKLOAD, x) @ TRUE_COSTS
+    values = [np.full(3, t) for t in truth]
+    data = physical.SpaceData("gpt-nano", [a.arch_id for a in archs], x, values)
+    model = physical.fit_pooled([data], WORKLOAD)["gpt-nano"]
+    point, lower, upper = model.predict(x)
+    np.testing.assert_allclose(point, truth, rtol=1e-6)
+    assert np.all(lower <= point[:, None] + 1e-9) and np.all(upper >= point[:, None] - 1e-9)
+
+
+def test_intervals_cover_single_measurements_of_new_architectures_at_their_level():
+    """Fitted on 600 architectures with heteroscedastic log-normal noise, the intervals cover single repeats of 1,000
+    new ones within 0.03 of every level, and the point ranks them as the truth does."""
+    rng = np.random.default_rng(7)
+    archs, x = _encoded("gpt-nano", 1600, seed=2)
+    truth = physical.features("gpt-nano", WORKLOAD, x) @ TRUE_COSTS
+    n_layer = x[:, 1]
+    values = _measure(truth, n_layer, rng)
+    fit, new = slice(0, 600), slice(600, None)
+    data = physical.SpaceData("gpt-nano", [a.arch_id for a in archs[fit]], x[fit], values[fit])
+    model = physical.fit_pooled([data], WORKLOAD)["gpt-nano"]
+    assert len(model.edges) == 3  # 600 architectures, bins of at least 150: 4 bins
+    point, lower, upper = model.predict(x[new])
+    for j, level in enumerate(model.levels):
+        assert abs(_coverage(lower[:, j], upper[:, j], values[new]) - level) < 0.03, level
+    rel = np.abs(point / truth[new] - 1)
+    assert np.median(rel) < 0.01
+
+
+def _small_space_fits(seed: int) -> tuple[dict, np.ndarray, list[np.ndarray], np.ndarray]:
+    """30 gpt-xl-wide architectures fitted alone and pooled with 500 gpt-nano ones that share the costs per unit of
+    work: ({"alone": model, "pooled": model}, truth and repeats of 100 new gpt-xl-wide architectures, their x)."""
+    rng = np.random.default_rng(11 + seed)
+    nano_archs, nano_x = _encoded("gpt-nano", 500, seed=4)
+    xl_archs, xl_x = _encoded("gpt-xl-wide", 130, seed=4)
+    nano_truth = physical.features("gpt-nano", WORKLOAD, nano_x) @ TRUE_COSTS
+    xl_truth = physical.features("gpt-xl-wide", WORKLOAD, xl_x) @ TRUE_COSTS
+    xl_values = _measure(xl_truth, xl_x[:, 1], rng)
+    nano = physical.SpaceData("gpt-nano", [a.arch_id for a in nano_archs], nano_x, _measure(nano_truth, nano_x[:, 1],
+                                                                                               rng))
+    xl = physical.SpaceData("gpt-xl-wide", [a.arch_id for a in xl_archs[:30]], xl_x[:30], xl_values[:30])
+    models = {"alone": physical.fit_pooled([xl], WORKLOAD)["gpt-xl-wide"],
+              "pooled": physical.fit_pooled([nano, xl], WORKLOAD)["gpt-xl-wide"]}
+    return models, xl_truth[30:], xl_values[30:], xl_x[30:]
+
+
+def test_a_small_space_borrows_the_costs_of_a_large_one():
+    """Over 5 draws, 30 gpt-xl-wide architectures pooled with 500 gpt-nano ones predict 100 new gpt-xl-wide ones
+    closer to the truth than the same 30 fitted alone (median relative error, every draw), and their symmetric
+    intervals still cover new measurements."""
+    errors, coverage = {"alone": [], "pooled": []}, []
+    for seed in range(5):
+        models, truth, values, x = _small_space_fits(seed)
+        assert models["pooled"].n_archs == 30 and models["pooled"].n_pooled == 530
+        np.testing.assert_allclose(models["pooled"].lower[0], -models["pooled"].upper[0])  # < 40: symmetric
+        for name, model in models.items():
+            errors[name].append(float(np.median(np.abs(model.predict(x)[0] / truth - 1))))
+        _, lower, upper = models["pooled"].predict(x)
+        coverage.append(_coverage(lower[:, 2], upper[:, 2], values))
+    assert all(p < a for p, a in zip(errors["pooled"], errors["alone"], strict=True)), errors
+    assert np.mean(errors["pooled"]) < 0.7 * np.mean(errors["alone"]), errors
+    assert np.mean(coverage) >= 0.85, coverage
+
+
+@pytest.mark.parametrize("n_archs", [25, 200])
+def test_the_onnx_graph_computes_the_model(tmp_path, n_archs):
+    rng = np.random.default_rng(n_archs)
+    archs, x = _encoded("gpt-s", n_archs + 300, seed=6)
+    truth = physical.features("gpt-s", WORKLOAD, x) @ TRUE_COSTS
+    values = _measure(truth, x[:, 1], rng)
+    data = physical.SpaceData("gpt-s", [a.arch_id for a in archs[:n_archs]], x[:n_archs], values[:n_archs])
+    model = physical.fit_pooled([data], WORKLOAD, min_bin_archs=40)["gpt-s"]
+    path = tmp_path / "m.onnx"
+    path.write_bytes(physical.export_onnx(model, {"space": "gpt-s", "levels": [0.5]}).SerializeToString())
+    got = open_session(path).run(["y_pred", "y_lower", "y_upper"], {"X": x})
+    for out, expected in zip(got, model.predict(x), strict=True):
+        np.testing.assert_allclose(out, expected, rtol=1e-12)
+
+
+def test_input_column_order_of_the_encoding_is_what_the_graph_reads(tmp_path):
+    """Permuting the per-layer columns of a row (another architecture) changes nothing only where the model says
+    so: the graph reads sums over layers, so swapping two layers' heads gives the same prediction."""
+    archs, x = _encoded("gpt-nano", 60, seed=8)
+    values = [np.full(2, t) for t in physical.features("gpt-nano", WORKLOAD, x) @ TRUE_COSTS]
+    model = physical.fit_pooled([physical.SpaceData("gpt-nano", [a.arch_id for a in archs], x, values)],
+                                WORKLOAD)["gpt-nano"]
+    row = x[[0]].copy()
+    swapped = row.copy()
+    swapped[0, [3, 4]] = row[0, [4, 3]]
+    np.testing.assert_allclose(model.predict(swapped)[0], model.predict(row)[0])
+
+
+def test_bad_input_is_a_clear_error():
+    archs, x = _encoded("gpt-nano", 30, seed=9)
+    ids = [a.arch_id for a in archs]
+    with pytest.raises(ValueError, match=r"phase: 'train' is not allowed; allowed values: \['forward'"):
+        physical.features("gpt-nano", {"phase": "train", "batch_size": 1, "seq_len": 8}, x)
+    with pytest.raises(ValueError, match="batch_size: 0 is not allowed"):
+        physical.token_counts({"phase": "forward", "batch_size": 0, "seq_len": 8})
+    with pytest.raises(ValueError, match="seq_len: 2.5 is not allowed"):
+        physical.token_counts({"phase": "forward", "batch_size": 1, "seq_len": 2.5})
+    few = physical.SpaceData("gpt-nano", ids[:19], x[:19], [np.ones(3)] * 19)
+    with pytest.raises(ValueError, match="gpt-nano: 19 architectures are too few for level 0.95; allowed: >= 20"):
+        physical.fit_pooled([few], WORKLOAD)
+    negative = physical.SpaceData("gpt-nano", ids, x, [np.array([1.0, -1.0])] * 30)
+    with pytest.raises(ValueError, match="values of gpt-nano: every architecture needs at least one measurement"):
+        physical.fit_pooled([negative], WORKLOAD)
+    with pytest.raises(ValueError, match=r"physical_metrics: \['peak_memory_mib'\] not allowed"):
+        Recipe(physical_metrics=("peak_memory_mib",))
