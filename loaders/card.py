@@ -308,11 +308,29 @@ def reproducibility_table(tables: dict[str, pa.Table]) -> str:
     return "\n".join(parts)
 
 
+def process_spread_table(tables: dict[str, pa.Table]) -> str:
+    """Per device and space: how far an architecture's median moves between profiling processes (panel)."""
+    from hwgpt_bench.loaders.reproducibility import process_spread
+
+    if "panel" not in tables:
+        return "No calibration panels in this release: the spread between processes cannot be measured."
+    spread = process_spread(_frame(tables, "panel"))
+    if not spread.height:
+        return "No space was measured by two panel processes yet."
+    rows = spread.select(
+        pl.format("`{}`", "device_id").alias("device"), pl.format("`{}`", "space").alias("space"),
+        pl.format("{} b{} x {} {}", *WORKLOAD).alias("workload"), "processes", "archs",
+        pl.col("process_sd").map_elements(_pct, pl.String).alias("between processes (sd)"),
+        pl.col("repeat_sd").map_elements(_pct, pl.String).alias("from the repeats alone (sd)"))
+    return markdown_table(rows)
+
+
 #: generated data tables of a card: ``<!-- table:<name>:start -->`` ... ``<!-- table:<name>:end -->``
 DATA_TABLES: dict[str, Callable[[dict[str, pa.Table]], str]] = {
     "contents": contents_table,
     "perplexity": perplexity_table,
     "reproducibility": reproducibility_table,
+    "process_spread": process_spread_table,
 }
 
 

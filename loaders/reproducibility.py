@@ -7,7 +7,10 @@ Every profiling session measures the same calibration panel (``hwgpt_bench.panel
   Kendall's tau between the two rankings (1 = the panel kept its order);
 - ``session_pairs``: per pair of sessions that measured the same space and workload: the median ratio of the later
   session's panel medians to the earlier one's, and tau; ``same_device`` says whether both ran on one device id;
-- ``within_session_spread``: per device and space, the median relative IQR of the main workload's repeats.
+- ``within_session_spread``: per device and space, the median relative IQR of the main workload's repeats;
+- ``process_spread``: per device, space and workload, how far one architecture's median moves from one profiling
+  process to the next once each process's level over the panel is removed (what the repeats of one process cannot
+  show), next to the spread that the repeats of one median alone would give.
 
 Light: numpy and polars only.
 """
@@ -86,3 +89,31 @@ def _schema(ids: tuple[str, ...]) -> dict:
     return ({c: pl.String for c in ids} | {"phase": pl.String, "batch_size": pl.Int32, "seq_len": pl.Int32,
                                           "dtype": pl.String, "archs": pl.Int64, "median_ratio": pl.Float64,
                                           "tau": pl.Float64})
+
+
+def process_spread(panel: pl.DataFrame) -> pl.DataFrame:
+    """Per device, space and workload with at least two panel processes (session x position): ``processes``,
+    ``archs``, ``process_sd`` and ``repeat_sd`` (both in log units, ~ relative).
+
+    ``process_sd``: the standard deviation of ``log(median)`` of one architecture between processes, after removing
+    each process's mean over the panel (so a host running uniformly faster or slower, i.e. drift, does not count) and
+    each architecture's mean, with the lost degrees of freedom restored (``sqrt(k / (k - 1))`` for ``k`` processes).
+    ``repeat_sd``: the median over panel rows of the standard error of a median of that row's repeats
+    (``1.2533 sd / mean / sqrt(n)``): what ``process_sd`` would be if repeats of one process told the whole story.
+    """
+    keys = ["device_id", "space", *PANEL_WORKLOAD]
+    rows = panel.with_columns(
+        pl.col("latency_ms").list.median().log().alias("log_median"),
+        (1.2533 * pl.col("latency_ms").list.std() / pl.col("latency_ms").list.mean()
+         / pl.col("latency_ms").list.len().sqrt()).alias("median_se"),
+        pl.concat_str("session_id", "panel_position", separator="/").alias("process"))
+    rows = rows.with_columns((pl.col("log_median") - pl.col("log_median").mean().over([*keys, "process"]))
+                             .alias("centred"))
+    rows = rows.with_columns((pl.col("centred") - pl.col("centred").mean().over([*keys, "arch_id"])).alias("resid"))
+    out = (rows.group_by(keys).agg(pl.col("process").n_unique().alias("processes"),
+                                   pl.col("arch_id").n_unique().alias("archs"), pl.col("resid").std().alias("sd"),
+                                   pl.col("median_se").median().alias("repeat_sd"))
+           .filter(pl.col("processes") >= 2)
+           .with_columns((pl.col("sd") * (pl.col("processes") / (pl.col("processes") - 1)).sqrt())
+                         .alias("process_sd")))
+    return out.select(*keys, "processes", "archs", "process_sd", "repeat_sd").sort("device_id", "space")

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from hwgpt_bench.loaders.reproducibility import kendall_tau, session_drift, session_pairs
+from hwgpt_bench.loaders.reproducibility import kendall_tau, process_spread, session_drift, session_pairs
 
 START = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -45,3 +45,29 @@ def test_drift_and_pairs_recover_known_ratios():
     assert set(pairs) == {("s1", "s2"), ("s1", "s3"), ("s2", "s3")}
     assert pairs[("s1", "s2")]["same_device"] and pairs[("s1", "s2")]["median_ratio"] == pytest.approx(1.0)
     assert not pairs[("s2", "s3")]["same_device"] and pairs[("s2", "s3")]["median_ratio"] == pytest.approx(0.5)
+
+
+def _process_panel(n_processes: int, process_sd: float, levels: list[float], seed: int = 0) -> pl.DataFrame:
+    """16 architectures measured by ``n_processes`` processes: each process runs uniformly at ``levels[k]`` and moves
+    each architecture's median by log-normal noise of ``process_sd``; 10 repeats within 0.1% of that median."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(n_processes):
+        session, position = f"s{k // 2}", ("start", "end")[k % 2]
+        for i in range(16):
+            median = 5.0 * (i + 1) * levels[k] * np.exp(rng.normal(0, process_sd))
+            rows.append({"session_id": session, "device_id": "dev", "panel_position": position, "arch_id": f"a{i}",
+                         "space": "gpt-s", "phase": "forward", "batch_size": 1, "seq_len": 256, "dtype": "float32",
+                         "latency_ms": (median * (1 + 0.001 * rng.standard_normal(10))).tolist()})
+    return pl.DataFrame(rows)
+
+
+def test_process_spread_recovers_the_spread_between_processes_and_ignores_drift():
+    """A uniform level per process (drift, 0.7x to 1.4x) adds nothing; a known 10% per-process spread is recovered
+    (16 archs x 6 processes), far above the repeats' own share; one process alone gives no row."""
+    only_drift = process_spread(_process_panel(6, 0.0, [1.0, 1.4, 0.7, 1.1, 0.9, 1.2]))
+    assert only_drift["process_sd"][0] < 0.002 and only_drift["processes"][0] == 6  # the repeats' 0.1% only
+    spread = process_spread(_process_panel(6, 0.10, [1.0, 1.4, 0.7, 1.1, 0.9, 1.2], seed=3)).row(0, named=True)
+    assert spread["process_sd"] == pytest.approx(0.10, rel=0.2) and spread["archs"] == 16
+    assert spread["repeat_sd"] < 0.001
+    assert process_spread(_process_panel(1, 0.10, [1.0])).height == 0
