@@ -243,16 +243,21 @@ def render_report(results: list[dict], header: dict) -> str:
              "of its estimate under exact calibration, sqrt(level (1 - level) / n) for n test architectures "
              "(family-wise 90%; an upper bound, since several repeats per architecture lower it): a miss within that "
              "allowance cannot be told from chance on a test set of this size.", "",
-             "## Shipped models (CQR, ONNX)", "", *coverage_table(results), "",
+             "## Shipped models (ONNX)", "",
+             "Latency and energy: the physical cost model (a non-negative cost per unit of work, fitted on every space "
+             "of a device and workload at once; cross-conformal log offsets per space and Mondrian bin). Memory, "
+             "perplexity and accuracy: cross-conformal CQR with Mondrian bins by prediction.", "",
+             *coverage_table(results), "",
              "## Noise ceiling (one held-out repeat predicted by the same architecture's other repeats)", "",
              "Read its point figures and widths: the empirical interval of a handful of repeats undercovers by "
              "construction, so its coverage (and `goals`) is not a target.", "",
              *coverage_table(results, "noise"), "",
              "## Method comparison on the same splits", "",
-             "cqr = the shipped models (cross-conformal CQR, Mondrian bins by prediction); cqr_split = the same "
-             "with split calibration (fit on the training architectures only, conformalize on the calibration ones); "
-             "cqr_pooled = the same with one correction for the whole space instead of Mondrian bins (n/a where the "
-             "shipped model has one bin); gaussian = the paper's approach (HGB on mean and log-std of repeats, "
+             "cqr = the shipped model (the physical cost model for latency and energy, cross-conformal CQR with "
+             "Mondrian bins by prediction for the rest); cqr_split = HGB CQR with split calibration (fit on the "
+             "training architectures only, conformalize on the calibration ones: plain split CQR); cqr_pooled = HGB "
+             "CQR with cross calibration and one correction for the whole space instead of Mondrian bins (n/a where "
+             "the recipe would use one bin); gaussian = the paper's approach (HGB on mean and log-std of repeats, "
              "mean +- z std); split_conformal = HGB point model + absolute residuals; cqr_split and split_conformal "
              "are n/a where the split leaves too few calibration architectures for the top level; rel. IS = Winkler "
              "interval score / median of the test architectures' medians, averaged over levels.", "",
@@ -263,11 +268,34 @@ def render_report(results: list[dict], header: dict) -> str:
                   "fingerprinted devices, evaluated on the calibration panels (single repeats) of their training "
                   "session and of the device's other sessions (`sessions` in the manifest):", "",
                   *header["session_lines"], ""]
+    if header.get("free_lines"):
+        lines += ["## Workloads between the measured ones", "",
+                  "Free-workload models (`workload_models` in the manifest; `Surrogate.load` answers a batch size and "
+                  "sequence length inside their ranges with them). Each row: the model fitted WITHOUT any cell of "
+                  "that workload (no space's), judged on the space's test architectures there; interior = the "
+                  "workload lies between the remaining ones (interpolation), edge = the model extrapolates to it.",
+                  "", *header["free_lines"], ""]
     if header.get("cross_host_lines"):
         lines += ["## On another host", "",
                   "Each device's models evaluated on every measured architecture of another device (all of its raw "
                   "values): what the intervals of one host say about another.", "", *header["cross_host_lines"], ""]
     return "\n".join(lines)
+
+
+def free_table(entries: list[dict]) -> list[str]:
+    """Markdown rows of the free-workload models' held-out workloads (empty without any)."""
+    head = ["model", "held-out workload", "where", "test archs", "cov 0.5", "cov 0.9", "worst quintile 0.9", "tau",
+            "+-10%"]
+    rows = []
+    for entry in entries:
+        label = f"{entry['space']} / {entry['device']} / {entry['metric']} / {entry['workload']['phase']} (any)"
+        for h in entry.get("held_out_workloads", []):
+            rows.append([label, workload_text(h["workload"]), "interior" if h["interior"] else "edge",
+                         str(h["n_archs"]), _fmt(h["coverage"]["0.5"]), _fmt(h["coverage"]["0.9"]),
+                         _fmt(h["worst_quintile_coverage"]), _fmt(h["kendall_tau"]), _fmt(h["within_10pct"], ".2f")])
+    if not rows:
+        return []
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 # ---- outside the training session and host ---------------------------------------------------------------------
@@ -381,6 +409,7 @@ def evaluate_models(dataset: str | Path, models: str | Path) -> tuple[list[dict]
               "fractions": list(recipe.fractions), "seed": recipe.seed, "interval_covers": INTERVAL_COVERS}
     session_lines = session_table(results, manifest["models"])
     header["session_lines"] = session_lines if len(session_lines) > 2 else []
+    header["free_lines"] = free_table(manifest.get("workload_models", []))
     cross = cross_host_rows(manifest["models"], targets, Path(models))
     header["cross_host_lines"] = cross_host_table(cross) if cross else []
     return results, header

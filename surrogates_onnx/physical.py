@@ -73,8 +73,7 @@ def token_counts(workload: Mapping) -> tuple[int, int, int, int]:
     them; ``decode`` runs one token against ``seq_len + 1`` positions (``generation.workload``).
     """
     phase, b, t = workload.get("phase"), workload.get("batch_size"), workload.get("seq_len")
-    if phase not in PHASES:
-        raise ValueError(f"phase: {phase!r} is not allowed; allowed values: {list(PHASES)}")
+    _check_phase(phase)
     for name, value in (("batch_size", b), ("seq_len", t)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name}: {value!r} is not allowed; allowed values: integers >= 1")
@@ -82,23 +81,48 @@ def token_counts(workload: Mapping) -> tuple[int, int, int, int]:
     return (b, 1, t + 1, 1) if phase == "decode" else (b, t, t, t)
 
 
-def feature_map(space: str, workload: Mapping) -> np.ndarray:
-    """``(len(FEATURES), len(QUANTITIES))``: the features of one space and workload as ``quantities @ map.T``."""
+def _check_phase(phase) -> None:
+    if phase not in PHASES:
+        raise ValueError(f"phase: {phase!r} is not allowed; allowed values: {list(PHASES)}")
+
+
+def workload_terms(b: float, t_new: float, t_ctx: float, t_out: float) -> np.ndarray:
+    """``(4,)``: 1, tokens through the linears ``b t_new``, attention pairs ``b t_new t_ctx``, LM-head rows
+    ``b t_out``: every feature is one quantity of the architecture times a constant times one of these."""
+    return np.array([1.0, b * t_new, b * t_new * t_ctx, b * t_out])
+
+
+#: per feature: (quantity, workload term, constant factor, space constant: "" / "head_size" / "vocab_size")
+_FEATURE_SPECS = {"call": ("one", 0, 1.0, ""), "layer": ("n_layer", 0, 1.0, ""),
+                  "attn_linear_gmac": ("d_sum_heads", 1, 4e-9, "head_size"), "mlp_gmac": ("d2_sum_ratios", 1, 2e-9, ""),
+                  "attn_score_gmac": ("sum_heads", 2, 2e-9, "head_size"), "lm_head_gmac": ("d", 3, 1e-9, "vocab_size"),
+                  "attn_melem": ("sum_heads", 1, 1e-6, "head_size"), "mlp_melem": ("d_sum_ratios", 1, 1e-6, ""),
+                  "norm_melem": ("n_layer_d", 1, 1e-6, ""), "softmax_melem": ("sum_heads", 2, 1e-6, ""),
+                  "bias_melem": ("bias_n_layer_d", 1, 1e-6, ""), "params_millions": ("params_millions", 0, 1.0, "")}
+
+
+def term_matrix(space: str) -> np.ndarray:
+    """``(len(FEATURES), 4)``: each feature's factor as ``term_matrix @ workload_terms(...)``."""
     sp = get_space(space)
-    b, t_new, t_ctx, t_out = token_counts(workload)
-    m, s, hs = b * t_new, b * t_new * t_ctx, sp.head_size
-    q = {name: i for i, name in enumerate(QUANTITIES)}
-    rows = {"call": ("one", 1.0), "layer": ("n_layer", 1.0),
-            "attn_linear_gmac": ("d_sum_heads", 4e-9 * m * hs), "mlp_gmac": ("d2_sum_ratios", 2e-9 * m),
-            "attn_score_gmac": ("sum_heads", 2e-9 * s * hs), "lm_head_gmac": ("d", 1e-9 * b * t_out * sp.vocab_size),
-            "attn_melem": ("sum_heads", 1e-6 * m * hs), "mlp_melem": ("d_sum_ratios", 1e-6 * m),
-            "norm_melem": ("n_layer_d", 1e-6 * m), "softmax_melem": ("sum_heads", 1e-6 * s),
-            "bias_melem": ("bias_n_layer_d", 1e-6 * m), "params_millions": ("params_millions", 1.0)}
+    out = np.zeros((len(FEATURES), 4))
+    for i, name in enumerate(FEATURES):
+        _, term, factor, constant = _FEATURE_SPECS[name]
+        out[i, term] = factor * (getattr(sp, constant) if constant else 1.0)
+    return out
+
+
+def quantity_matrix() -> np.ndarray:
+    """``(len(FEATURES), len(QUANTITIES))``: 1 where a feature is built on a quantity."""
     out = np.zeros((len(FEATURES), len(QUANTITIES)))
     for i, name in enumerate(FEATURES):
-        quantity, factor = rows[name]
-        out[i, q[quantity]] = factor
+        out[i, QUANTITIES.index(_FEATURE_SPECS[name][0])] = 1.0
     return out
+
+
+def feature_map(space: str, workload: Mapping) -> np.ndarray:
+    """``(len(FEATURES), len(QUANTITIES))``: the features of one space and workload as ``quantities @ map.T``."""
+    factors = term_matrix(space) @ workload_terms(*token_counts(workload))
+    return quantity_matrix() * factors[:, None]
 
 
 def _columns(space: str) -> dict[str, list[int]]:
@@ -204,16 +228,19 @@ def bin_index(log_points: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PhysicalModel:
-    """The fitted model of one (space, device, metric, workload).
+    """The fitted model of one (space, device, metric) at one workload, or at any workload of one phase.
 
     Attributes:
         space: search space of the encoding.
-        workload: ``phase``, ``batch_size``, ``seq_len`` (and ``dtype``) it predicts.
+        workload: ``phase``, ``batch_size``, ``seq_len`` (and ``dtype``) it predicts; without ``batch_size`` and
+            ``seq_len`` the model is *free*: they are inputs (``predict(x, batch_size, seq_len)``, the graph's ``W``)
+            within ``ranges``.
         coefficients: ``(len(FEATURES),)`` non-negative costs per feature (shared by every space of the fit).
         levels: confidence levels, ascending.
         edges: ``(n_bins - 1,)`` Mondrian bin edges on the log of the point.
         lower, upper: ``(n_bins, n_levels)`` log offsets added to the log point (lower <= 0 <= upper, nested).
         n_archs: this space's architectures the offsets rest on; ``n_pooled``: architectures of the pooled fit.
+        ranges: of a free model, ``{"batch_size": [low, high], "seq_len": [low, high]}`` measured for this space.
     """
 
     space: str
@@ -225,26 +252,49 @@ class PhysicalModel:
     upper: np.ndarray
     n_archs: int
     n_pooled: int
+    ranges: dict | None = None
 
     @property
-    def effective(self) -> np.ndarray:
-        """``(len(QUANTITIES),)``: the coefficients folded into this space's and workload's quantities."""
-        return feature_map(self.space, self.workload).T @ self.coefficients
+    def free(self) -> bool:
+        """Whether batch size and sequence length are inputs."""
+        return "batch_size" not in self.workload
 
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Point ``(N,)`` and bounds ``(N, n_levels)`` in the metric's unit for encoded rows ``x``."""
-        point = np.maximum(quantities(self.space, x) @ self.effective, TINY)
+    def at(self, batch_size: int | None = None, seq_len: int | None = None) -> dict:
+        """The full workload of a prediction: the model's own, or (free) ``batch_size`` and ``seq_len`` checked
+        against ``ranges`` (``ValueError`` naming the field and the allowed range)."""
+        if not self.free:
+            return dict(self.workload)
+        wl = {**self.workload, "batch_size": batch_size, "seq_len": seq_len}
+        token_counts(wl)
+        for name, (low, high) in (self.ranges or {}).items():
+            if not low <= wl[name] <= high:
+                raise ValueError(f"{name}: {wl[name]} is outside the measured range of {self.space} "
+                                 f"{self.workload['phase']}; allowed values: {low} to {high}")
+        return wl
+
+    def effective(self, workload: Mapping | None = None) -> np.ndarray:
+        """``(len(QUANTITIES),)``: the coefficients folded into this space's quantities at ``workload`` (default:
+        the model's own)."""
+        return feature_map(self.space, workload or self.workload).T @ self.coefficients
+
+    def predict(self, x: np.ndarray, batch_size: int | None = None,
+                seq_len: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Point ``(N,)`` and bounds ``(N, n_levels)`` in the metric's unit for encoded rows ``x`` (a free model
+        needs ``batch_size`` and ``seq_len``)."""
+        point = np.maximum(quantities(self.space, x) @ self.effective(self.at(batch_size, seq_len)), TINY)
         log_point = np.log(point)
         b = bin_index(log_point, self.edges)
         return point, np.exp(log_point[:, None] + self.lower[b]), np.exp(log_point[:, None] + self.upper[b])
 
     def to_dict(self) -> dict:
         """JSON-ready figures for the manifest."""
-        return {"coefficients": dict(zip(FEATURES, self.coefficients.tolist(), strict=True)),
-                "effective": dict(zip(QUANTITIES, self.effective.tolist(), strict=True)),
-                "bin_edges_log": self.edges.tolist(), "lower_log": self.lower.tolist(),
-                "upper_log": self.upper.tolist(), "offsets_shape": "[bin][level]; bin = number of bin_edges_log "
-                "below log(point)", "n_archs": self.n_archs, "n_pooled_archs": self.n_pooled}
+        out = {"coefficients": dict(zip(FEATURES, self.coefficients.tolist(), strict=True)),
+               "bin_edges_log": self.edges.tolist(), "lower_log": self.lower.tolist(),
+               "upper_log": self.upper.tolist(), "offsets_shape": "[bin][level]; bin = number of bin_edges_log below "
+               "log(point)", "n_archs": self.n_archs, "n_pooled_archs": self.n_pooled}
+        if self.free:
+            return {**out, "ranges": self.ranges}
+        return {**out, "effective": dict(zip(QUANTITIES, self.effective().tolist(), strict=True))}
 
 
 @dataclass(frozen=True)
@@ -257,9 +307,63 @@ class SpaceData:
     values: list[np.ndarray]
 
 
-def _check_values(data: SpaceData) -> None:
-    if any(len(v) == 0 or np.min(v) <= 0 for v in data.values):
-        raise ValueError(f"values of {data.space}: every architecture needs at least one measurement, all > 0")
+def _check_cells(cells: Sequence[tuple[SpaceData, Mapping]], levels: Sequence[float]) -> None:
+    minimum = smallest_space(levels, symmetric=True)
+    per_space: dict[str, int] = {}
+    for data, _ in cells:
+        if any(len(v) == 0 or np.min(v) <= 0 for v in data.values):
+            raise ValueError(f"values of {data.space}: every architecture needs at least one measurement, all > 0")
+        per_space[data.space] = per_space.get(data.space, 0) + len(data.values)
+    for space, n in per_space.items():
+        if n < minimum:
+            raise ValueError(f"{space}: {n} architectures are too few for level {max(levels)}; allowed: >= {minimum}")
+
+
+@dataclass
+class CellFit:
+    """A pooled fit over (space data, workload) cells: the coefficients and, per space, every cell architecture's
+    log residuals (single measurements against its out-of-fold point) and out-of-fold log point."""
+
+    coefficients: np.ndarray
+    residuals: dict[str, list[np.ndarray]]
+    log_oof: dict[str, list[float]]
+    n_pooled: int
+
+
+def fit_cells(cells: Sequence[tuple[SpaceData, Mapping]], levels: Sequence[float] = LEVELS, folds: int = 5,
+              seed: int = 0) -> CellFit:
+    """Non-negative costs over every (space data, workload) cell at once; the out-of-fold residuals of each.
+
+    Folds hash the architecture id, so one architecture measured in several workloads is held out in all of them
+    together. ``ValueError`` for non-positive values or a space with fewer than ``smallest_space(levels, True)``
+    architecture-workload cells.
+    """
+    _check_cells(cells, levels)
+    feats = np.concatenate([features(d.space, wl, d.x) for d, wl in cells])
+    medians = np.concatenate([[np.median(v) for v in d.values] for d, _ in cells])
+    ids = [a for d, _ in cells for a in d.arch_ids]
+    oof = out_of_fold(feats, medians, folds_of(ids, folds, seed))
+    fit = CellFit(fit_coefficients(feats, medians), {}, {}, len(set(ids)))
+    start = 0
+    for data, _ in cells:
+        point = oof[start:start + len(data.values)]
+        start += len(data.values)
+        fit.residuals.setdefault(data.space, []).extend(np.log(v) - np.log(p) for v, p in zip(data.values, point,
+                                                                                              strict=True))
+        fit.log_oof.setdefault(data.space, []).extend(np.log(point).tolist())
+    return fit
+
+
+def _offsets(fit: CellFit, space: str, levels: Sequence[float], min_bin_archs: int,
+             max_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(edges, lower, upper) of one space from its cells' out-of-fold residuals, per Mondrian bin."""
+    residuals, log_oof = fit.residuals[space], np.asarray(fit.log_oof[space])
+    n_bins = max(1, min(max_bins, len(residuals) // min_bin_archs))
+    edges = bin_edges(log_oof, n_bins)
+    which = bin_index(log_oof, edges)
+    offsets = [conformal_offsets([r for r, b in zip(residuals, which, strict=True) if b == k], levels)
+               for k in range(n_bins)]
+    return edges, np.stack([o[0] for o in offsets]), np.stack([o[1] for o in offsets])
 
 
 def fit_pooled(spaces: Sequence[SpaceData], workload: Mapping, levels: Sequence[float] = LEVELS, folds: int = 5,
@@ -270,43 +374,62 @@ def fit_pooled(spaces: Sequence[SpaceData], workload: Mapping, levels: Sequence[
     A space needs ``smallest_space(levels, symmetric=True)`` architectures (20 at 0.95; below
     ``smallest_space(levels)``, 40, its offsets are symmetric); fewer is a ``ValueError`` naming it.
     """
-    minimum = smallest_space(levels, symmetric=True)
+    fit = fit_cells([(d, workload) for d in spaces], levels, folds, seed)
+    models = {}
     for data in spaces:
-        _check_values(data)
-        if len(data.values) < minimum:
-            raise ValueError(f"{data.space}: {len(data.values)} architectures are too few for level {max(levels)}; "
-                             f"allowed: >= {minimum}")
-    feats = np.concatenate([features(d.space, workload, d.x) for d in spaces])
-    medians = np.concatenate([[np.median(v) for v in d.values] for d in spaces])
-    ids = [a for d in spaces for a in d.arch_ids]
-    oof = out_of_fold(feats, medians, folds_of(ids, folds, seed))
-    coefficients = fit_coefficients(feats, medians)
-    models, start = {}, 0
-    for data in spaces:
-        point = oof[start:start + len(data.values)]
-        start += len(data.values)
-        models[data.space] = _space_model(data, dict(workload), coefficients, point, levels, min_bin_archs, max_bins,
-                                          len(ids))
+        edges, lower, upper = _offsets(fit, data.space, levels, min_bin_archs, max_bins)
+        models[data.space] = PhysicalModel(data.space, dict(workload), fit.coefficients, tuple(map(float, levels)),
+                                           edges, lower, upper, len(data.values), fit.n_pooled)
     return models
 
 
-def _space_model(data: SpaceData, workload: dict, coefficients: np.ndarray, oof: np.ndarray,
-                 levels: Sequence[float], min_bin_archs: int, max_bins: int, n_pooled: int) -> PhysicalModel:
-    residuals = [np.log(v) - np.log(p) for v, p in zip(data.values, oof, strict=True)]
-    n_bins = max(1, min(max_bins, len(residuals) // min_bin_archs))
-    edges = bin_edges(np.log(oof), n_bins)
-    which = bin_index(np.log(oof), edges)
-    offsets = [conformal_offsets([r for r, b in zip(residuals, which, strict=True) if b == k], levels)
-               for k in range(n_bins)]
-    return PhysicalModel(data.space, workload, coefficients, tuple(float(lv) for lv in levels), edges,
-                         np.stack([o[0] for o in offsets]), np.stack([o[1] for o in offsets]), len(residuals),
-                         n_pooled)
+def fit_free(cells: Sequence[tuple[SpaceData, Mapping]], levels: Sequence[float] = LEVELS, folds: int = 5,
+             min_bin_archs: int = 150, max_bins: int = 5, seed: int = 0) -> dict[str, PhysicalModel]:
+    """Free-workload models of one (device, metric, phase): one coefficient vector over every cell (every space
+    and workload of that phase), and for each space measured in at least two workloads its offsets from all of its
+    cells and the range of batch sizes and sequence lengths it was measured at."""
+    phases = {wl["phase"] for _, wl in cells}
+    if len(phases) != 1:
+        raise ValueError(f"phase: cells of one phase expected, got {sorted(phases)}")
+    fit = fit_cells(cells, levels, folds, seed)
+    measured: dict[str, list[Mapping]] = {}
+    for data, wl in cells:
+        measured.setdefault(data.space, []).append(wl)
+    models = {}
+    for space, wls in measured.items():
+        if len(wls) < 2:
+            continue
+        edges, lower, upper = _offsets(fit, space, levels, min_bin_archs, max_bins)
+        ranges = {k: [min(int(w[k]) for w in wls), max(int(w[k]) for w in wls)] for k in ("batch_size", "seq_len")}
+        wl = {k: v for k, v in wls[0].items() if k not in ("batch_size", "seq_len")}
+        models[space] = PhysicalModel(space, wl, fit.coefficients, tuple(map(float, levels)), edges, lower, upper,
+                                      len(fit.residuals[space]), fit.n_pooled, ranges)
+    return models
 
 
 # ---- ONNX --------------------------------------------------------------------------------------------------------
+def _free_nodes(model: PhysicalModel, const, node) -> tuple[list, list]:
+    """Nodes computing ``effective`` ``(1, n_quantities)`` from ``W`` = (batch_size, seq_len) ``(1, 2)``."""
+    decode = model.workload["phase"] == "decode"
+    inits = [const("w_b", [0], np.int64), const("w_t", [1], np.int64),
+             const("new_scale", [[0.0 if decode else 1.0]]), const("new_shift", [[1.0 if decode else 0.0]]),
+             const("ctx_shift", [[1.0 if decode else 0.0]]), const("term_matrix_t", term_matrix(model.space).T),
+             const("coef_row", model.coefficients[None, :]), const("quantity_matrix", quantity_matrix())]
+    nodes = [node("Gather", ["W", "w_b"], "b", axis=1), node("Gather", ["W", "w_t"], "t", axis=1),
+             node("Mul", ["t", "new_scale"], "t_scaled"), node("Add", ["t_scaled", "new_shift"], "t_new"),
+             node("Add", ["t", "ctx_shift"], "t_ctx"), node("Mul", ["b", "t_new"], "tokens"),
+             node("Mul", ["tokens", "t_ctx"], "pairs"),
+             node("Concat", ["one", "tokens", "pairs", "tokens"], "terms", axis=1),
+             node("MatMul", ["terms", "term_matrix_t"], "factors"), node("Mul", ["factors", "coef_row"], "costs"),
+             node("MatMul", ["costs", "quantity_matrix"], "effective_row"),
+             node("Transpose", ["effective_row"], "effective", perm=[1, 0])]
+    return inits, nodes
+
+
 def export_onnx(model: PhysicalModel, metadata: Mapping[str, str] | None = None):
-    """One ONNX graph computing ``model.predict`` from ``X`` (float32 ``(N, n_features)``): outputs ``y_pred``
-    ``(N,)``, ``y_lower`` and ``y_upper`` ``(N, n_levels)`` in float64. Needs the ``onnx`` package."""
+    """One ONNX graph computing ``model.predict`` from ``X`` (float32 ``(N, n_features)``; a free model also reads
+    ``W``, float64 ``(1, 2)``: batch size and sequence length): outputs ``y_pred`` ``(N,)``, ``y_lower`` and
+    ``y_upper`` ``(N, n_levels)`` in float64. Needs the ``onnx`` package."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -320,10 +443,17 @@ def export_onnx(model: PhysicalModel, metadata: Mapping[str, str] | None = None)
 
     inits = [const(f"col_{k}", cols[k], np.int64) for k in cols]
     inits += [const("axis1", [1], np.int64), const("one", [[1.0]]), const("tiny", [[TINY]]),
-              const("effective", model.effective[:, None]),
               const("edges", np.concatenate([model.edges, [np.inf]])[None, :]),
               const("lower_table", model.lower), const("upper_table", model.upper)]
-    nodes = [node("Cast", ["X"], "x64", to=TensorProto.DOUBLE)]
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", len(names)])]
+    if model.free:
+        free_inits, nodes = _free_nodes(model, const, node)
+        inits += free_inits
+        inputs.append(helper.make_tensor_value_info("W", TensorProto.DOUBLE, [1, 2]))
+    else:
+        inits.append(const("effective", model.effective()[:, None]))
+        nodes = []
+    nodes += [node("Cast", ["X"], "x64", to=TensorProto.DOUBLE)]
     nodes += [node("Gather", ["x64", f"col_{k}"], f"g_{k}", axis=1) for k in cols]
     nodes += [node("ReduceSum", ["g_n_head", "axis1"], "heads", keepdims=1),
               node("ReduceSum", ["g_mlp_ratio", "axis1"], "ratios", keepdims=1),
@@ -351,8 +481,7 @@ def export_onnx(model: PhysicalModel, metadata: Mapping[str, str] | None = None)
               node("Exp", ["log_upper"], "y_upper")]
     n_levels = len(model.levels)
     graph = helper.make_graph(
-        nodes, f"physical_{model.space}",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", len(names)])],
+        nodes, f"physical_{model.space}", inputs,
         [helper.make_tensor_value_info("y_pred", TensorProto.DOUBLE, ["N"]),
          helper.make_tensor_value_info("y_lower", TensorProto.DOUBLE, ["N", n_levels]),
          helper.make_tensor_value_info("y_upper", TensorProto.DOUBLE, ["N", n_levels])], inits)

@@ -312,7 +312,111 @@ def export_physical(target: Target, split: training.SplitData, model: physical.P
     }
 
 
-def publish_models(stage: Path, out: Path, entries: list[dict]) -> None:
+# ---- free-workload physical models ------------------------------------------------------------------------------
+FREE_INPUTS = {"X": "float32 (N, n_features) in feature_names order (search_spaces.encode)",
+               "W": "float64 (1, 2): batch_size, seq_len of the workload asked for"}
+
+
+def free_groups(targets: list[Target], recipe: Recipe) -> dict[tuple, list[Target]]:
+    """Targets of ``recipe.physical_metrics`` grouped by (device, metric, phase, dtype), where some space is
+    measured in at least two workloads: the cells of one free-workload fit."""
+    groups: dict[tuple, list[Target]] = {}
+    for t in targets:
+        if t.metric in recipe.physical_metrics and t.device is not None:
+            groups.setdefault((t.device, t.metric, t.workload["phase"], t.workload["dtype"]), []).append(t)
+    return {k: g for k, g in groups.items() if max(sum(t.space == u.space for u in g) for t in g) >= 2}
+
+
+def _cells(targets: list[Target], splits: dict[str, training.SplitData]) -> list[tuple]:
+    cells = []
+    for t in targets:
+        x, values, ids, _ = splits[model_stem(t)].fitting_archs("cross")
+        cells.append((physical.SpaceData(t.space, ids, x, values), t.workload))
+    return cells
+
+
+def held_out_workloads(targets: list[Target], splits: dict[str, training.SplitData], space: str,
+                       recipe: Recipe) -> list[dict]:
+    """For each workload of ``space`` in ``targets``: the free model fitted without ANY cell of that workload (no
+    space's), judged on the space's test architectures there (interval metrics). ``interior``: whether the
+    workload lies between the remaining ones in batch size and in sequence length (interpolation); otherwise the
+    model extrapolates to it. Workloads outside the remaining space's measured range are skipped."""
+    out = []
+    for target in (t for t in targets if t.space == space):
+        wl = target.workload
+        others = [t for t in targets if t.workload != wl]
+        try:
+            model = physical.fit_free(_cells(others, splits), recipe.levels, recipe.folds, recipe.min_bin_archs,
+                                      recipe.mondrian_bins, recipe.seed).get(space)
+        except ValueError as err:
+            log.info("held-out %s %s: %s", space, workload_text(wl), err)
+            continue
+        split = splits[model_stem(target)]
+        if model is None or not split.test_values:
+            continue
+        pred = model.predict(split.x_test, wl["batch_size"], wl["seq_len"]) if _inside(model, wl) else None
+        if pred is not None:
+            interior = all(min(t.workload[k] for t in others) <= wl[k] <= max(t.workload[k] for t in others)
+                           for k in ("batch_size", "seq_len"))
+            out.append({"workload": wl, "interior": interior,
+                        **interval_metrics(Intervals(*pred, tuple(recipe.levels)), split.test_values)})
+    return out
+
+
+def _inside(model: physical.PhysicalModel, wl: dict) -> bool:
+    return all(low <= wl[k] <= high for k, (low, high) in model.ranges.items())
+
+
+def train_free(targets: list[Target], recipe: Recipe, out: Path, dataset: dict) -> list[dict]:
+    """Free-workload models of one (device, metric, phase, dtype) group: fitted on every cell's fitting
+    architectures, exported (graph inputs ``X`` and ``W``), checked against ``predict`` at every measured workload
+    and judged on held-out workloads. Returns their ``workload_models`` entries."""
+    splits = {model_stem(t): training.split_target(t, recipe) for t in targets}
+    usable = [t for t in targets if _physical_reason(splits[model_stem(t)], recipe) is None]
+    models = physical.fit_free(_cells(usable, splits), recipe.levels, recipe.folds, recipe.min_bin_archs,
+                               recipe.mondrian_bins, recipe.seed)
+    entries = []
+    for space, model in models.items():
+        entries.append(export_free(space, model, usable, splits, recipe, out, dataset))
+    return entries
+
+
+def export_free(space: str, model: physical.PhysicalModel, targets: list[Target],
+                splits: dict[str, training.SplitData], recipe: Recipe, out: Path, dataset: dict) -> dict:
+    """Write one free model's graph, check its parity at each measured workload, return its manifest entry."""
+    first = next(t for t in targets if t.space == space)
+    wl = model.workload
+    stem = re.sub(r"[^A-Za-z0-9._=-]", "_", f"{space}__{first.device}__{first.metric}__{wl['phase']}-any-"
+                                           f"{wl['dtype']}")
+    path = out / "models" / f"{stem}.onnx"
+    meta = {**onnx_metadata(first, recipe, dataset), "workload": wl, "inputs": FREE_INPUTS, "point": PHYSICAL_POINT}
+    export.save_onnx(physical.export_onnx(model, meta), path)
+    session = runtime.open_session(path)
+    worst = 0.0
+    for t in (t for t in targets if t.space == space):
+        x = splits[model_stem(t)].x_test
+        w = np.array([[t.workload["batch_size"], t.workload["seq_len"]]], dtype=np.float64)
+        got = session.run(list(runtime.OUTPUTS), {"X": x, "W": w})
+        ref = model.predict(x, t.workload["batch_size"], t.workload["seq_len"])
+        worst = max(worst, *(float(np.max(np.abs(g - r) / r, initial=0.0)) for g, r in zip(got, ref, strict=True)))
+    if worst >= PARITY_RTOL:
+        raise RuntimeError(f"{path.name}: ONNX/numpy parity failed: relative difference {worst}")
+    return {"dataset_version": dataset.get("version"), "dataset_manifest_sha256": dataset.get("manifest_sha256"),
+            "space": space, "device": first.device, "metric": first.metric, "unit": first.unit, "workload": wl,
+            "inputs": FREE_INPUTS, "ranges": model.ranges,
+            "measured_workloads": sorted((t.workload for t in targets if t.space == space), key=workload_text),
+            "file": path.relative_to(out).as_posix(), "sha256": runtime.file_sha256(path),
+            "bytes": path.stat().st_size, "feature_names": first.feature_names, "levels": list(recipe.levels),
+            "point": PHYSICAL_POINT, "interval_covers": INTERVAL_COVERS + FREE_COVERS, "transform": "log",
+            "variant": "physical", "physical": model.to_dict(), "parity": {"max_rel_diff": worst},
+            "held_out_workloads": held_out_workloads(targets, splits, space, recipe)}
+
+
+FREE_COVERS = ("; at a workload between the measured ones (batch size and sequence length inside `ranges`), with the "
+               "coverage that `held_out_workloads` measures on workloads left out of the fit")
+
+
+def publish_models(stage: Path, out: Path, entries: list[dict]) -> None:  # entries of both manifest lists
     """Move the staged model files into ``out/models`` and delete the ones the new manifest does not list."""
     (out / "models").mkdir(parents=True, exist_ok=True)
     for entry in entries:
@@ -337,14 +441,15 @@ def train_surrogates(dataset: str | Path, out: str | Path, recipe: Recipe | None
     try:
         entries, skipped = train_targets(targets, recipe, stage, info)
         mark_defaults(entries)
-        publish_models(stage, out, entries)
+        free = [e for group in free_groups(targets, recipe).values() for e in train_free(group, recipe, stage, info)]
+        publish_models(stage, out, entries + free)
         add_session_coverage(entries, dataset, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     created = datetime.now(UTC).isoformat(timespec="seconds")
     manifest = {"format_version": FORMAT_VERSION, "created_at": created,
                 "package_version": __version__, "dataset": info, "recipe": recipe.to_dict(),
-                "interval_covers": INTERVAL_COVERS, "models": entries, "skipped": skipped}
+                "interval_covers": INTERVAL_COVERS, "models": entries, "workload_models": free, "skipped": skipped}
     write_manifest(out, manifest)
     log.info("%d models written to %s (%d skipped)", len(entries), out, len(skipped))
     return manifest

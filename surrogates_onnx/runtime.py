@@ -128,6 +128,36 @@ def find_entry(manifest: dict, space: str, device: str | None, metric: str, work
                      f"{_allowed(sorted(_path(m) for m in found))}")
 
 
+def _int_in(wl: Mapping, key: str, low: int, high: int, where: str) -> int:
+    value = wl.get(key)
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise ValueError(f"{key}: {value!r} is not allowed for {where}; allowed values: integers {low} to {high}")
+    if not low <= value <= high:
+        raise ValueError(f"{key}: {value} is outside the measured range of {where}; allowed values: {low} to {high}")
+    return int(value)
+
+
+def find_workload_model(manifest: dict, space: str, device: str | None, metric: str,
+                        workload: Mapping | None) -> tuple[dict, np.ndarray] | None:
+    """The free-workload model (``manifest["workload_models"]``) of (space, device, metric) and the workload's
+    phase (and dtype, if given), with its ``W`` input ``(1, 2)`` float64; None when there is none or ``workload``
+    lacks ``phase``, ``batch_size`` or ``seq_len``. A batch size or sequence length outside the model's measured
+    ``ranges`` is a ``ValueError`` naming the field and the range."""
+    wl = dict(workload or {})
+    if not {"phase", "batch_size", "seq_len"} <= set(wl):
+        return None
+    for entry in manifest.get("workload_models", []):
+        own = entry["workload"]
+        if (entry["space"], entry["device"], entry["metric"]) != (space, device, metric):
+            continue
+        if all(str(own[k]) == str(wl[k]) for k in own if k in wl):
+            where = f"{space} {metric} on {device}, phase {own['phase']}"
+            b, t = (_int_in(wl, k, *entry["ranges"][k], where) for k in ("batch_size", "seq_len"))
+            return {**entry, "workload": {**own, "batch_size": b, "seq_len": t}, "interpolated": True}, \
+                np.array([[b, t]], dtype=np.float64)
+    return None
+
+
 def check_file(path: Path, expected_sha256: str) -> None:
     """``ValueError`` when ``path`` is missing or its sha256 is not the manifest's."""
     if not path.is_file():
@@ -225,9 +255,11 @@ class Prediction:
 class Surrogate:
     """One ONNX surrogate (space, device, metric, workload) with its manifest entry; load with ``Surrogate.load``."""
 
-    def __init__(self, entry: dict, session: ort.InferenceSession, dataset: dict | None = None) -> None:
+    def __init__(self, entry: dict, session: ort.InferenceSession, dataset: dict | None = None,
+                 workload_input: np.ndarray | None = None) -> None:
         self.entry = entry
         self.session = session
+        self.workload_input = workload_input  # ``W`` of a free-workload model (batch size, sequence length)
         self.dataset = dataset or {}
         self.space: str = entry["space"]
         self.device: str | None = entry["device"]
@@ -250,22 +282,33 @@ class Surrogate:
         """Load the model of (``space``, ``device``, ``metric``, ``workload``) from ``root`` (default: shipped).
 
         ``workload`` is a dict of any of ``phase``, ``batch_size``, ``seq_len``, ``dtype`` that narrows the choice;
-        None picks the manifest's default workload. The file's sha256 must match the manifest (else ``ValueError``).
+        None picks the manifest's default workload. A workload between the measured ones (``phase``, ``batch_size``
+        and ``seq_len`` given, no model of exactly that workload) is answered by the free-workload model of that
+        phase where one exists (``find_workload_model``; its entry has ``interpolated: true`` and the coverage on
+        held-out workloads, ``held_out_workloads``). The file's sha256 must match the manifest (else ``ValueError``).
         ``threads``: onnxruntime intra-op threads (default 1).
         """
         manifest = read_manifest(root)
-        entry = find_entry(manifest, space, device, metric, workload)
+        w = None
+        try:
+            entry = find_entry(manifest, space, device, metric, workload)
+        except ValueError:
+            found = find_workload_model(manifest, space, device, metric, workload)
+            if found is None:
+                raise
+            entry, w = found
         path = _root(root) / entry["file"]
         check_file(path, entry["sha256"])
         log.debug("loading %s", path)
-        return cls(entry, open_session(path, threads), manifest.get("dataset"))
+        return cls(entry, open_session(path, threads), manifest.get("dataset"), w)
 
     def predict_features(self, features: np.ndarray) -> Prediction:
         """Predict from already encoded rows: ``features`` of shape ``(N, n_features)`` in ``feature_names`` order."""
         x = np.ascontiguousarray(features, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != len(self.feature_names):
             raise ValueError(f"features: expected shape (N, {len(self.feature_names)}), got {x.shape}")
-        point, lower, upper = self.session.run(list(OUTPUTS), {"X": x})
+        feeds = {"X": x} if self.workload_input is None else {"X": x, "W": self.workload_input}
+        point, lower, upper = self.session.run(list(OUTPUTS), feeds)
         return Prediction(point.astype(np.float64), lower.astype(np.float64), upper.astype(np.float64), self.levels,
                           self.unit, self.metric)
 

@@ -123,3 +123,21 @@ def test_report_evaluates_each_device_model_on_the_other_device(trained, synthet
     assert "## On another host" in text and "`gpu-syn`" in text
     assert header["session_lines"] == []  # no sessions in the synthetic release: no such section
     assert "## Within and outside the training session" not in text
+
+
+def test_the_report_lists_free_workload_models_with_their_held_out_workloads(trained, synthetic_release):
+    """The synthetic CPU latency is measured at batch 1 and 2: one free model of that phase (batch 1 to 2 at 256
+    tokens). Leaving either batch out leaves one workload, too few for a free model, so nothing is judged: the
+    report has no such section. A held-out figure, once there, is one row of the table."""
+    manifest = runtime.read_manifest(trained)
+    (free,) = manifest["workload_models"]
+    assert (free["device"], free["metric"], free["workload"]["phase"]) == ("cpu-syn-2t", "latency_ms", "forward")
+    assert free["ranges"] == {"batch_size": [1, 2], "seq_len": [256, 256]} and free["held_out_workloads"] == []
+    results, header = evaluation.evaluate_models(synthetic_release, trained)
+    assert header["free_lines"] == [] and "## Workloads between" not in evaluation.render_report(results, header)
+    held = {"workload": {"phase": "forward", "batch_size": 2, "seq_len": 256, "dtype": "float32"}, "interior": False,
+            "n_archs": 52, "coverage": {"0.5": 0.5, "0.9": 0.88}, "worst_quintile_coverage": 0.8, "kendall_tau": 0.9,
+            "within_10pct": 0.7}
+    lines = evaluation.free_table([{**free, "held_out_workloads": [held]}])
+    assert len(lines) == 3
+    assert "| forward-b2-s256-float32 | edge | 52 | 0.500 | 0.880 | 0.800 | 0.900 | 0.70 |" in lines[2]

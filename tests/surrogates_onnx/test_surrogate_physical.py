@@ -161,3 +161,81 @@ def test_bad_input_is_a_clear_error():
         physical.fit_pooled([negative], WORKLOAD)
     with pytest.raises(ValueError, match=r"physical_metrics: \['peak_memory_mib'\] not allowed"):
         Recipe(physical_metrics=("peak_memory_mib",))
+
+
+# ---- free-workload models ----------------------------------------------------------------------------------------
+def _free_cells(workloads: list[tuple[int, int]], noise: float = 0.0, phase: str = "forward"):
+    """Cells of gpt-s (120 architectures, each measured in every workload) and gpt-nano (at the first workload
+    only), with known costs and optional log-normal noise."""
+    rng = np.random.default_rng(5)
+    cells = []
+    for space, wls in (("gpt-s", workloads), ("gpt-nano", workloads[:1])):
+        archs, x = _encoded(space, 120, seed=12)
+        for b, t in wls:
+            wl = {"phase": phase, "batch_size": b, "seq_len": t, "dtype": "float32"}
+            truth = physical.features(space, wl, x) @ TRUE_COSTS
+            values = [v * np.exp(rng.normal(0, noise, 5)) for v in truth]
+            cells.append((physical.SpaceData(space, [a.arch_id for a in archs], x, values), wl))
+    return cells
+
+
+@pytest.mark.parametrize("phase", ["forward", "decode"])
+def test_a_free_model_answers_workloads_between_the_measured_ones(phase):
+    """Fitted at batch 1 / 4 x 128 / 512 tokens, the free model predicts batch 2 x 384 exactly where the costs are
+    exactly linear in the work; only spaces measured in two workloads or more get one."""
+    cells = _free_cells([(1, 128), (1, 512), (4, 128), (4, 512)], phase=phase)
+    models = physical.fit_free(cells)
+    assert set(models) == {"gpt-s"} and models["gpt-s"].free
+    model = models["gpt-s"]
+    assert model.ranges == {"batch_size": [1, 4], "seq_len": [128, 512]}
+    archs, x = _encoded("gpt-s", 50, seed=13)
+    truth = physical.features("gpt-s", {"phase": phase, "batch_size": 2, "seq_len": 384}, x) @ TRUE_COSTS
+    np.testing.assert_allclose(model.predict(x, 2, 384)[0], truth, rtol=1e-6)
+    with pytest.raises(ValueError, match=f"seq_len: 1024 is outside the measured range of gpt-s {phase}"):
+        model.predict(x, 2, 1024)
+    with pytest.raises(ValueError, match="batch_size: None is not allowed"):
+        model.predict(x)
+
+
+def test_a_free_graph_reads_the_workload_from_w(tmp_path):
+    model = physical.fit_free(_free_cells([(1, 128), (4, 512)], noise=0.05))["gpt-s"]
+    path = tmp_path / "free.onnx"
+    path.write_bytes(physical.export_onnx(model).SerializeToString())
+    _, x = _encoded("gpt-s", 80, seed=14)
+    session = open_session(path)
+    for b, t in ((1, 128), (3, 200), (4, 512)):
+        got = session.run(["y_pred", "y_lower", "y_upper"], {"X": x, "W": np.array([[b, t]], dtype=np.float64)})
+        for out, expected in zip(got, model.predict(x, b, t), strict=True):
+            np.testing.assert_allclose(out, expected, rtol=1e-12)
+
+
+def test_the_runtime_answers_an_unmeasured_workload_from_the_free_model(tmp_path):
+    """``Surrogate.load`` with a workload no fixed model has: the free model of that phase, fed ``W``; outside its
+    ranges a clear error; without a free model the usual unknown-workload error."""
+    import json
+
+    from hwgpt_bench.files import file_sha256
+    from hwgpt_bench.search_spaces import feature_names
+    from hwgpt_bench.surrogates_onnx.runtime import Surrogate
+
+    model = physical.fit_free(_free_cells([(1, 128), (4, 512)], noise=0.05))["gpt-s"]
+    (tmp_path / "models").mkdir()
+    path = tmp_path / "models" / "free.onnx"
+    path.write_bytes(physical.export_onnx(model).SerializeToString())
+    common = {"space": "gpt-s", "device": "cpu-x", "metric": "latency_ms", "unit": "ms", "levels": list(model.levels),
+              "feature_names": feature_names("gpt-s"), "file": "models/free.onnx", "sha256": file_sha256(path)}
+    fixed = {**common, "workload": {"phase": "forward", "batch_size": 1, "seq_len": 128, "dtype": "float32"},
+             "default_workload": True}
+    free = {**common, "workload": model.workload, "ranges": model.ranges}
+    (tmp_path / "manifest.json").write_text(json.dumps({"models": [fixed], "workload_models": [free]}))
+    archs, x = _encoded("gpt-s", 5, seed=15)
+    s = Surrogate.load("gpt-s", "cpu-x", "latency_ms", {"phase": "forward", "batch_size": 3, "seq_len": 200},
+                       root=tmp_path)
+    assert s.entry["interpolated"] and s.workload["batch_size"] == 3
+    np.testing.assert_allclose(s.predict(archs).point, model.predict(x, 3, 200)[0], rtol=1e-12)
+    with pytest.raises(ValueError, match="batch_size: 8 is outside the measured range .*; allowed values: 1 to 4"):
+        Surrogate.load("gpt-s", "cpu-x", "latency_ms", {"phase": "forward", "batch_size": 8, "seq_len": 200},
+                       root=tmp_path)
+    with pytest.raises(ValueError, match="unknown workload"):
+        Surrogate.load("gpt-s", "cpu-x", "latency_ms", {"phase": "decode", "batch_size": 2, "seq_len": 200},
+                       root=tmp_path)
