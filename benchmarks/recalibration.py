@@ -3,9 +3,10 @@
 For every space whose latency model of ``--from-device`` exists (shipped, or ``--models``) and whose panel and
 measurements exist on ``--to-device`` in the release (``--dataset``): the model recalibrated with the panel rows of
 one session of the new host (both positions, start and end, all repeats), then evaluated on that host's measured
-architectures of the same session at the panel's workload that are in the model's test split (never trained on, on
-either host) and not in the panel. Prints per space: the architectures used, the coverage of single repeats at 0.5
-and 0.9 before and after, the fitted scale, and Kendall tau (unchanged by a scale). Nothing is measured here.
+architectures of the same session at the panel's workload that the model never saw (not measured on
+``--from-device`` at that workload, or in the model's test split there) and that are not in the panel. Prints per
+space: the architectures used, the coverage of single repeats at 0.5 and 0.9 before and after, the fitted scale,
+and Kendall tau (unchanged by a scale). Nothing is measured here.
 
     python benchmarks/recalibration.py [--dataset dataset] [--from-device cpu-amd-epyc-2t]
         [--to-device cpu-intel-xeon-2t-d712558a]
@@ -49,14 +50,14 @@ def _figures(model: Surrogate, archs: list[ArchConfig], repeats: list[np.ndarray
 
 
 def evaluate_space(model: Surrogate, panel: pl.DataFrame, measured: pl.DataFrame, archs: dict[str, ArchConfig],
-                   session: str) -> dict:
-    """Before/after figures of ``model`` on ``measured``'s rows of ``session`` (test-split, non-panel
-    architectures), recalibrated with ``panel``'s rows of the same session."""
+                   session: str, seen: set[str]) -> dict:
+    """Before/after figures of ``model`` on ``measured``'s rows of ``session`` (architectures outside the panel and
+    outside ``seen``, the ones the model was fitted on), recalibrated with ``panel``'s rows of the same session."""
     panel_repeats = _repeats_by_arch(panel.filter(pl.col("session_id") == session))
     ids = sorted(panel_repeats)
     fitted = model.recalibrate([archs[a] for a in ids], [panel_repeats[a] for a in ids], device="new host")
     held = _repeats_by_arch(measured.filter(~pl.col("arch_id").is_in(ids), pl.col("session_id") == session))
-    held_ids = sorted(a for a in held if split_of(a) == "test")
+    held_ids = sorted(a for a in held if a not in seen)
     held_archs, held_values = [archs[a] for a in held_ids], [held[a] for a in held_ids]
     if not held_ids:
         return {"archs": 0}
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.dataset).is_dir():
         raise SystemExit(f"--dataset: {args.dataset} is not a folder")
     panel = load_table("panel", args.dataset).filter(pl.col("device_id") == args.to_device)
-    measured = load_table("measurements", args.dataset).filter(pl.col("device_id") == args.to_device)
+    every = load_table("measurements", args.dataset)
+    measured = every.filter(pl.col("device_id") == args.to_device)
     archs = {r["arch_id"]: ArchConfig.from_canonical(r["canonical"])
              for r in load_table("architectures", args.dataset).iter_rows(named=True)}
     entries = [m for m in list_models(args.models) if m["device"] == args.from_device and m["metric"] == METRIC]
@@ -91,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         if not space_panel.height or not space_measured.height:
             continue
         model = Surrogate.load(entry["space"], args.from_device, METRIC, wl, root=args.models)
+        source = every.filter(pl.col("device_id") == args.from_device, *where)["arch_id"].unique()
+        seen = {a for a in source if split_of(a) != "test"}
         for session in sorted(space_panel["session_id"].unique()):
-            res = evaluate_space(model, space_panel, space_measured, archs, session)
+            res = evaluate_space(model, space_panel, space_measured, archs, session, seen)
             if not res["archs"]:
                 continue
             cov = {lv: f"{res['before']['coverage'][lv]:.2f} -> {res['after']['coverage'][lv]:.2f}" for lv in LEVELS}
