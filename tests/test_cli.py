@@ -70,6 +70,8 @@ ARGPARSE_ALLOWED = {
     "benchmarks/recalibration.py": "python benchmarks/recalibration.py",
     "benchmarks/device_transfer.py": "python benchmarks/device_transfer.py",
     "benchmarks/tensor_peak_order.py": "python benchmarks/tensor_peak_order.py",
+    "benchmarks/latency_drift.py": "python benchmarks/latency_drift.py",
+    "benchmarks/reference_physical.py": "python benchmarks/reference_physical.py",
 }
 
 
