@@ -450,6 +450,9 @@ def _add_workload_filters(p: argparse.ArgumentParser, many: bool) -> None:
 
 
 _METRICS = list(METRIC_NAMES)
+#: ``surrogates_onnx.training.PHYSICAL_METRICS`` (not imported here: training needs scikit-learn; a test checks)
+_PHYSICAL = ("latency_ms", "energy_mj", "peak_memory_mib", "tensor_peak_mib")
+_DEFAULT_PHYSICAL = ("latency_ms", "energy_mj", "tensor_peak_mib")  # ``training.DEFAULT_PHYSICAL``
 
 
 def _add_predict(sub) -> None:
@@ -527,10 +530,10 @@ def _add_train_surrogates(sub) -> None:
                    "each with its own corrections, at most; fewer where a bin would hold fewer architectures than the "
                    "recipe's min_bin_archs (default 5; 1: one correction for the whole space)")
     p.add_argument("--threads", type=int, default=1, help="OpenMP threads of the fits (default 1)")
-    p.add_argument("--physical-metrics", nargs="*", default=["latency_ms", "energy_mj"],
-                   choices=["latency_ms", "energy_mj"], help="metrics fitted by the physical cost model (one "
-                   "non-negative cost per unit of work, pooled over the spaces of a device and workload) instead of "
-                   "the HGB CQR; give the flag alone for none (default: latency_ms energy_mj)")
+    p.add_argument("--physical-metrics", nargs="*", default=list(_DEFAULT_PHYSICAL), choices=list(_PHYSICAL),
+                   help="metrics fitted by the physical model (a non-negative cost per unit of work, or of what is "
+                   "alive at the peak, pooled over the spaces of a device and workload) instead of the HGB CQR; "
+                   "give the flag alone for none (default: latency_ms energy_mj tensor_peak_mib)")
     p.set_defaults(handler=_cmd_train_surrogates)
 
 

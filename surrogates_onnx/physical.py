@@ -63,6 +63,13 @@ FEATURES = ("call", "layer", "attn_linear_gmac", "mlp_gmac", "attn_score_gmac", 
             "mlp_melem", "norm_melem", "softmax_melem", "bias_melem", "params_millions")
 QUANTITIES = ("one", "n_layer", "d_sum_heads", "d2_sum_ratios", "sum_heads", "d", "d_sum_ratios", "n_layer_d",
               "bias_n_layer_d", "params_millions")
+#: the memory design: what is alive at the step's peak (weights, the residual stream, the widest MLP hidden layer,
+#: the largest attention score matrix, the logits, the KV cache, the widest q/k/v) and a fixed part (the baseline)
+MEMORY_FEATURES = ("baseline", "weights_millions", "residual_melem", "mlp_hidden_melem", "attn_scores_melem",
+                   "logits_melem", "kv_cache_melem", "qkv_melem")
+MEMORY_QUANTITIES = ("one", "params_millions", "d", "d_max_ratios", "max_heads", "sum_heads")
+#: physical models of each metric: ``time`` (additive work) or ``memory`` (what is alive at the peak)
+KINDS = {"latency_ms": "time", "energy_mj": "time", "peak_memory_mib": "memory", "tensor_peak_mib": "memory"}
 
 
 # ---- features ----------------------------------------------------------------------------------------------------
@@ -87,42 +94,58 @@ def _check_phase(phase) -> None:
 
 
 def workload_terms(b: float, t_new: float, t_ctx: float, t_out: float) -> np.ndarray:
-    """``(4,)``: 1, tokens through the linears ``b t_new``, attention pairs ``b t_new t_ctx``, LM-head rows
-    ``b t_out``: every feature is one quantity of the architecture times a constant times one of these."""
-    return np.array([1.0, b * t_new, b * t_new * t_ctx, b * t_out])
+    """``(5,)``: 1, tokens through the linears ``b t_new``, attention pairs ``b t_new t_ctx``, LM-head rows
+    ``b t_out``, cached positions ``b t_ctx``: every feature is one quantity of the architecture times a constant
+    times one of these."""
+    return np.array([1.0, b * t_new, b * t_new * t_ctx, b * t_out, b * t_ctx])
 
 
-#: per feature: (quantity, workload term, constant factor, space constant: "" / "head_size" / "vocab_size")
-_FEATURE_SPECS = {"call": ("one", 0, 1.0, ""), "layer": ("n_layer", 0, 1.0, ""),
-                  "attn_linear_gmac": ("d_sum_heads", 1, 4e-9, "head_size"), "mlp_gmac": ("d2_sum_ratios", 1, 2e-9, ""),
-                  "attn_score_gmac": ("sum_heads", 2, 2e-9, "head_size"), "lm_head_gmac": ("d", 3, 1e-9, "vocab_size"),
-                  "attn_melem": ("sum_heads", 1, 1e-6, "head_size"), "mlp_melem": ("d_sum_ratios", 1, 1e-6, ""),
-                  "norm_melem": ("n_layer_d", 1, 1e-6, ""), "softmax_melem": ("sum_heads", 2, 1e-6, ""),
-                  "bias_melem": ("bias_n_layer_d", 1, 1e-6, ""), "params_millions": ("params_millions", 0, 1.0, "")}
+#: per kind and feature: (quantity, workload term, constant factor, space constant: "" / "head_size" / "vocab_size")
+_SPECS = {
+    "time": {"call": ("one", 0, 1.0, ""), "layer": ("n_layer", 0, 1.0, ""),
+             "attn_linear_gmac": ("d_sum_heads", 1, 4e-9, "head_size"), "mlp_gmac": ("d2_sum_ratios", 1, 2e-9, ""),
+             "attn_score_gmac": ("sum_heads", 2, 2e-9, "head_size"), "lm_head_gmac": ("d", 3, 1e-9, "vocab_size"),
+             "attn_melem": ("sum_heads", 1, 1e-6, "head_size"), "mlp_melem": ("d_sum_ratios", 1, 1e-6, ""),
+             "norm_melem": ("n_layer_d", 1, 1e-6, ""), "softmax_melem": ("sum_heads", 2, 1e-6, ""),
+             "bias_melem": ("bias_n_layer_d", 1, 1e-6, ""), "params_millions": ("params_millions", 0, 1.0, "")},
+    "memory": {"baseline": ("one", 0, 1.0, ""), "weights_millions": ("params_millions", 0, 1.0, ""),
+               "residual_melem": ("d", 1, 1e-6, ""), "mlp_hidden_melem": ("d_max_ratios", 1, 1e-6, ""),
+               "attn_scores_melem": ("max_heads", 2, 1e-6, ""), "logits_melem": ("one", 3, 1e-6, "vocab_size"),
+               "kv_cache_melem": ("sum_heads", 4, 2e-6, "head_size"), "qkv_melem": ("max_heads", 1, 3e-6, "head_size")},
+}
+_NAMES = {"time": (FEATURES, QUANTITIES), "memory": (MEMORY_FEATURES, MEMORY_QUANTITIES)}
 
 
-def term_matrix(space: str) -> np.ndarray:
-    """``(len(FEATURES), 4)``: each feature's factor as ``term_matrix @ workload_terms(...)``."""
-    sp = get_space(space)
-    out = np.zeros((len(FEATURES), 4))
-    for i, name in enumerate(FEATURES):
-        _, term, factor, constant = _FEATURE_SPECS[name]
+def design(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(feature names, quantity names) of a kind; ``ValueError`` naming the allowed kinds."""
+    if kind not in _NAMES:
+        raise ValueError(f"kind: {kind!r} is not allowed; allowed values: {list(_NAMES)}")
+    return _NAMES[kind]
+
+
+def term_matrix(space: str, kind: str = "time") -> np.ndarray:
+    """``(n_features, 5)``: each feature's factor as ``term_matrix @ workload_terms(...)``."""
+    sp, (names, _) = get_space(space), design(kind)
+    out = np.zeros((len(names), 5))
+    for i, name in enumerate(names):
+        _, term, factor, constant = _SPECS[kind][name]
         out[i, term] = factor * (getattr(sp, constant) if constant else 1.0)
     return out
 
 
-def quantity_matrix() -> np.ndarray:
-    """``(len(FEATURES), len(QUANTITIES))``: 1 where a feature is built on a quantity."""
-    out = np.zeros((len(FEATURES), len(QUANTITIES)))
-    for i, name in enumerate(FEATURES):
-        out[i, QUANTITIES.index(_FEATURE_SPECS[name][0])] = 1.0
+def quantity_matrix(kind: str = "time") -> np.ndarray:
+    """``(n_features, n_quantities)``: 1 where a feature is built on a quantity."""
+    names, quants = design(kind)
+    out = np.zeros((len(names), len(quants)))
+    for i, name in enumerate(names):
+        out[i, quants.index(_SPECS[kind][name][0])] = 1.0
     return out
 
 
-def feature_map(space: str, workload: Mapping) -> np.ndarray:
-    """``(len(FEATURES), len(QUANTITIES))``: the features of one space and workload as ``quantities @ map.T``."""
-    factors = term_matrix(space) @ workload_terms(*token_counts(workload))
-    return quantity_matrix() * factors[:, None]
+def feature_map(space: str, workload: Mapping, kind: str = "time") -> np.ndarray:
+    """``(n_features, n_quantities)``: the features of one space and workload as ``quantities @ map.T``."""
+    factors = term_matrix(space, kind) @ workload_terms(*token_counts(workload))
+    return quantity_matrix(kind) * factors[:, None]
 
 
 def _columns(space: str) -> dict[str, list[int]]:
@@ -133,19 +156,24 @@ def _columns(space: str) -> dict[str, list[int]]:
             "mlp_ratio": [names.index(f"mlp_ratio_{i}") for i in range(sp.max_layers)]}
 
 
-def quantities(space: str, x: np.ndarray) -> np.ndarray:
-    """``(N, len(QUANTITIES))`` float64 from the encoded rows ``x`` ``(N, n_features)`` (padding layers are 0)."""
+def quantities(space: str, x: np.ndarray, kind: str = "time") -> np.ndarray:
+    """``(N, n_quantities)`` float64 from the encoded rows ``x`` ``(N, n_features)`` (padding layers are 0)."""
     cols = _columns(space)
+    design(kind)
     x = np.asarray(x, dtype=np.float64)
     d, n_layer, bias = (x[:, cols[k][0]] for k in ("embed_dim", "n_layer", "bias"))
-    heads, ratios = x[:, cols["n_head"]].sum(1), x[:, cols["mlp_ratio"]].sum(1)
-    return np.stack([np.ones(len(x)), n_layer, d * heads, d * d * ratios, heads, d, d * ratios, n_layer * d,
-                     bias * n_layer * d, x[:, cols["params_millions"][0]]], axis=1)
+    heads, ratios = x[:, cols["n_head"]], x[:, cols["mlp_ratio"]]
+    params = x[:, cols["params_millions"][0]]
+    if kind == "memory":
+        return np.stack([np.ones(len(x)), params, d, d * ratios.max(1), heads.max(1), heads.sum(1)], axis=1)
+    h, r = heads.sum(1), ratios.sum(1)
+    return np.stack([np.ones(len(x)), n_layer, d * h, d * d * r, h, d, d * r, n_layer * d, bias * n_layer * d,
+                     params], axis=1)
 
 
-def features(space: str, workload: Mapping, x: np.ndarray) -> np.ndarray:
-    """``(N, len(FEATURES))`` physical features of encoded rows ``x`` under ``workload``."""
-    return quantities(space, x) @ feature_map(space, workload).T
+def features(space: str, workload: Mapping, x: np.ndarray, kind: str = "time") -> np.ndarray:
+    """``(N, n_features)`` physical features of encoded rows ``x`` under ``workload``."""
+    return quantities(space, x, kind) @ feature_map(space, workload, kind).T
 
 
 # ---- fitting -----------------------------------------------------------------------------------------------------
@@ -241,6 +269,7 @@ class PhysicalModel:
         lower, upper: ``(n_bins, n_levels)`` log offsets added to the log point (lower <= 0 <= upper, nested).
         n_archs: this space's architectures the offsets rest on; ``n_pooled``: architectures of the pooled fit.
         ranges: of a free model, ``{"batch_size": [low, high], "seq_len": [low, high]}`` measured for this space.
+        kind: ``time`` (latency, energy: additive work) or ``memory`` (what is alive at the peak): ``design``.
     """
 
     space: str
@@ -253,6 +282,7 @@ class PhysicalModel:
     n_archs: int
     n_pooled: int
     ranges: dict | None = None
+    kind: str = "time"
 
     @property
     def free(self) -> bool:
@@ -275,26 +305,27 @@ class PhysicalModel:
     def effective(self, workload: Mapping | None = None) -> np.ndarray:
         """``(len(QUANTITIES),)``: the coefficients folded into this space's quantities at ``workload`` (default:
         the model's own)."""
-        return feature_map(self.space, workload or self.workload).T @ self.coefficients
+        return feature_map(self.space, workload or self.workload, self.kind).T @ self.coefficients
 
     def predict(self, x: np.ndarray, batch_size: int | None = None,
                 seq_len: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Point ``(N,)`` and bounds ``(N, n_levels)`` in the metric's unit for encoded rows ``x`` (a free model
         needs ``batch_size`` and ``seq_len``)."""
-        point = np.maximum(quantities(self.space, x) @ self.effective(self.at(batch_size, seq_len)), TINY)
+        point = np.maximum(quantities(self.space, x, self.kind) @ self.effective(self.at(batch_size, seq_len)), TINY)
         log_point = np.log(point)
         b = bin_index(log_point, self.edges)
         return point, np.exp(log_point[:, None] + self.lower[b]), np.exp(log_point[:, None] + self.upper[b])
 
     def to_dict(self) -> dict:
         """JSON-ready figures for the manifest."""
-        out = {"coefficients": dict(zip(FEATURES, self.coefficients.tolist(), strict=True)),
+        names, quants = design(self.kind)
+        out = {"kind": self.kind, "coefficients": dict(zip(names, self.coefficients.tolist(), strict=True)),
                "bin_edges_log": self.edges.tolist(), "lower_log": self.lower.tolist(),
                "upper_log": self.upper.tolist(), "offsets_shape": "[bin][level]; bin = number of bin_edges_log below "
                "log(point)", "n_archs": self.n_archs, "n_pooled_archs": self.n_pooled}
         if self.free:
             return {**out, "ranges": self.ranges}
-        return {**out, "effective": dict(zip(QUANTITIES, self.effective().tolist(), strict=True))}
+        return {**out, "effective": dict(zip(quants, self.effective().tolist(), strict=True))}
 
 
 @dataclass(frozen=True)
@@ -331,7 +362,7 @@ class CellFit:
 
 
 def fit_cells(cells: Sequence[tuple[SpaceData, Mapping]], levels: Sequence[float] = LEVELS, folds: int = 5,
-              seed: int = 0) -> CellFit:
+              seed: int = 0, kind: str = "time") -> CellFit:
     """Non-negative costs over every (space data, workload) cell at once; the out-of-fold residuals of each.
 
     Folds hash the architecture id, so one architecture measured in several workloads is held out in all of them
@@ -339,7 +370,7 @@ def fit_cells(cells: Sequence[tuple[SpaceData, Mapping]], levels: Sequence[float
     architecture-workload cells.
     """
     _check_cells(cells, levels)
-    feats = np.concatenate([features(d.space, wl, d.x) for d, wl in cells])
+    feats = np.concatenate([features(d.space, wl, d.x, kind) for d, wl in cells])
     medians = np.concatenate([[np.median(v) for v in d.values] for d, _ in cells])
     ids = [a for d, _ in cells for a in d.arch_ids]
     oof = out_of_fold(feats, medians, folds_of(ids, folds, seed))
@@ -367,31 +398,33 @@ def _offsets(fit: CellFit, space: str, levels: Sequence[float], min_bin_archs: i
 
 
 def fit_pooled(spaces: Sequence[SpaceData], workload: Mapping, levels: Sequence[float] = LEVELS, folds: int = 5,
-               min_bin_archs: int = 150, max_bins: int = 5, seed: int = 0) -> dict[str, PhysicalModel]:
+               min_bin_archs: int = 150, max_bins: int = 5, seed: int = 0,
+               kind: str = "time") -> dict[str, PhysicalModel]:
     """One coefficient vector for every space of one (device, metric, workload); per space, its conformal offsets.
 
     Bins per space: at most ``max_bins``, each with at least ``min_bin_archs`` architectures (at least one bin).
     A space needs ``smallest_space(levels, symmetric=True)`` architectures (20 at 0.95; below
     ``smallest_space(levels)``, 40, its offsets are symmetric); fewer is a ``ValueError`` naming it.
     """
-    fit = fit_cells([(d, workload) for d in spaces], levels, folds, seed)
+    fit = fit_cells([(d, workload) for d in spaces], levels, folds, seed, kind)
     models = {}
     for data in spaces:
         edges, lower, upper = _offsets(fit, data.space, levels, min_bin_archs, max_bins)
         models[data.space] = PhysicalModel(data.space, dict(workload), fit.coefficients, tuple(map(float, levels)),
-                                           edges, lower, upper, len(data.values), fit.n_pooled)
+                                           edges, lower, upper, len(data.values), fit.n_pooled, kind=kind)
     return models
 
 
 def fit_free(cells: Sequence[tuple[SpaceData, Mapping]], levels: Sequence[float] = LEVELS, folds: int = 5,
-             min_bin_archs: int = 150, max_bins: int = 5, seed: int = 0) -> dict[str, PhysicalModel]:
+             min_bin_archs: int = 150, max_bins: int = 5, seed: int = 0,
+             kind: str = "time") -> dict[str, PhysicalModel]:
     """Free-workload models of one (device, metric, phase): one coefficient vector over every cell (every space
     and workload of that phase), and for each space measured in at least two workloads its offsets from all of its
     cells and the range of batch sizes and sequence lengths it was measured at."""
     phases = {wl["phase"] for _, wl in cells}
     if len(phases) != 1:
         raise ValueError(f"phase: cells of one phase expected, got {sorted(phases)}")
-    fit = fit_cells(cells, levels, folds, seed)
+    fit = fit_cells(cells, levels, folds, seed, kind)
     measured: dict[str, list[Mapping]] = {}
     for data, wl in cells:
         measured.setdefault(data.space, []).append(wl)
@@ -403,7 +436,7 @@ def fit_free(cells: Sequence[tuple[SpaceData, Mapping]], levels: Sequence[float]
         ranges = {k: [min(int(w[k]) for w in wls), max(int(w[k]) for w in wls)] for k in ("batch_size", "seq_len")}
         wl = {k: v for k, v in wls[0].items() if k not in ("batch_size", "seq_len")}
         models[space] = PhysicalModel(space, wl, fit.coefficients, tuple(map(float, levels)), edges, lower, upper,
-                                      len(fit.residuals[space]), fit.n_pooled, ranges)
+                                      len(fit.residuals[space]), fit.n_pooled, ranges, kind)
     return models
 
 
@@ -413,17 +446,39 @@ def _free_nodes(model: PhysicalModel, const, node) -> tuple[list, list]:
     decode = model.workload["phase"] == "decode"
     inits = [const("w_b", [0], np.int64), const("w_t", [1], np.int64),
              const("new_scale", [[0.0 if decode else 1.0]]), const("new_shift", [[1.0 if decode else 0.0]]),
-             const("ctx_shift", [[1.0 if decode else 0.0]]), const("term_matrix_t", term_matrix(model.space).T),
-             const("coef_row", model.coefficients[None, :]), const("quantity_matrix", quantity_matrix())]
+             const("ctx_shift", [[1.0 if decode else 0.0]]),
+             const("term_matrix_t", term_matrix(model.space, model.kind).T),
+             const("coef_row", model.coefficients[None, :]), const("quantity_matrix", quantity_matrix(model.kind))]
     nodes = [node("Gather", ["W", "w_b"], "b", axis=1), node("Gather", ["W", "w_t"], "t", axis=1),
              node("Mul", ["t", "new_scale"], "t_scaled"), node("Add", ["t_scaled", "new_shift"], "t_new"),
              node("Add", ["t", "ctx_shift"], "t_ctx"), node("Mul", ["b", "t_new"], "tokens"),
-             node("Mul", ["tokens", "t_ctx"], "pairs"),
-             node("Concat", ["one", "tokens", "pairs", "tokens"], "terms", axis=1),
+             node("Mul", ["tokens", "t_ctx"], "pairs"), node("Mul", ["b", "t_ctx"], "cached"),
+             node("Concat", ["one", "tokens", "pairs", "tokens", "cached"], "terms", axis=1),
              node("MatMul", ["terms", "term_matrix_t"], "factors"), node("Mul", ["factors", "coef_row"], "costs"),
              node("MatMul", ["costs", "quantity_matrix"], "effective_row"),
              node("Transpose", ["effective_row"], "effective", perm=[1, 0])]
     return inits, nodes
+
+
+def _quantity_nodes(kind: str, node) -> list:
+    """Nodes computing the quantities of ``kind`` (``q``, ``(N, n_quantities)``) from the gathered columns; the
+    ``ones`` column comes from the caller's nodes."""
+    if kind == "memory":
+        return [node("ReduceMax", ["g_n_head"], "max_heads", axes=[1], keepdims=1),
+                node("ReduceMax", ["g_mlp_ratio"], "max_ratios", axes=[1], keepdims=1),
+                node("ReduceSum", ["g_n_head", "axis1"], "heads", keepdims=1),
+                node("Mul", ["g_embed_dim", "max_ratios"], "d_max_ratios"),
+                node("Concat", ["ones", "g_params_millions", "g_embed_dim", "d_max_ratios", "max_heads", "heads"],
+                     "q", axis=1)]
+    return [node("ReduceSum", ["g_n_head", "axis1"], "heads", keepdims=1),
+            node("ReduceSum", ["g_mlp_ratio", "axis1"], "ratios", keepdims=1),
+            node("Mul", ["g_embed_dim", "heads"], "d_heads"),
+            node("Mul", ["g_embed_dim", "ratios"], "d_ratios"),
+            node("Mul", ["g_embed_dim", "d_ratios"], "d2_ratios"),
+            node("Mul", ["g_n_layer", "g_embed_dim"], "nl_d"),
+            node("Mul", ["g_bias", "nl_d"], "bias_nl_d"),
+            node("Concat", ["ones", "g_n_layer", "d_heads", "d2_ratios", "heads", "g_embed_dim", "d_ratios",
+                            "nl_d", "bias_nl_d", "g_params_millions"], "q", axis=1)]
 
 
 def export_onnx(model: PhysicalModel, metadata: Mapping[str, str] | None = None):
@@ -455,18 +510,10 @@ def export_onnx(model: PhysicalModel, metadata: Mapping[str, str] | None = None)
         nodes = []
     nodes += [node("Cast", ["X"], "x64", to=TensorProto.DOUBLE)]
     nodes += [node("Gather", ["x64", f"col_{k}"], f"g_{k}", axis=1) for k in cols]
-    nodes += [node("ReduceSum", ["g_n_head", "axis1"], "heads", keepdims=1),
-              node("ReduceSum", ["g_mlp_ratio", "axis1"], "ratios", keepdims=1),
-              node("Mul", ["g_embed_dim", "heads"], "d_heads"),
-              node("Mul", ["g_embed_dim", "ratios"], "d_ratios"),
-              node("Mul", ["g_embed_dim", "d_ratios"], "d2_ratios"),
-              node("Mul", ["g_n_layer", "g_embed_dim"], "nl_d"),
-              node("Mul", ["g_bias", "nl_d"], "bias_nl_d"),
-              node("Sub", ["g_n_layer", "g_n_layer"], "zero"),
-              node("Add", ["zero", "one"], "ones"),
-              node("Concat", ["ones", "g_n_layer", "d_heads", "d2_ratios", "heads", "g_embed_dim", "d_ratios",
-                              "nl_d", "bias_nl_d", "g_params_millions"], "q", axis=1),
-              node("MatMul", ["q", "effective"], "raw_point"),
+    nodes += [node("Sub", ["g_n_layer", "g_n_layer"], "zero"),  # (N, 1) zeros: the "one" column is zero + 1
+              node("Add", ["zero", "one"], "ones")]
+    nodes += _quantity_nodes(model.kind, node)
+    nodes += [node("MatMul", ["q", "effective"], "raw_point"),
               node("Max", ["raw_point", "tiny"], "point"),
               node("Squeeze", ["point", "axis1"], "y_pred"),
               node("Log", ["point"], "log_point"),

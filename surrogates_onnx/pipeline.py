@@ -277,7 +277,7 @@ def train_physical(targets: list[Target], recipe: Recipe, out: Path, dataset: di
         x, values, ids, _ = splits[model_stem(t)].fitting_archs("cross")
         spaces.append(physical.SpaceData(t.space, ids, x, values))
     models = physical.fit_pooled(spaces, usable[0].workload, recipe.levels, recipe.folds, recipe.min_bin_archs,
-                                 recipe.mondrian_bins, recipe.seed)
+                                 recipe.mondrian_bins, recipe.seed, physical.KINDS[usable[0].metric])
     for t in usable:
         results[model_stem(t)] = export_physical(t, splits[model_stem(t)], models[t.space], recipe, out, dataset)
     log.info("physical %s on %s: %d spaces, %.1f s", usable[0].metric, usable[0].device, len(usable),
@@ -347,7 +347,7 @@ def held_out_workloads(targets: list[Target], splits: dict[str, training.SplitDa
         others = [t for t in targets if t.workload != wl]
         try:
             model = physical.fit_free(_cells(others, splits), recipe.levels, recipe.folds, recipe.min_bin_archs,
-                                      recipe.mondrian_bins, recipe.seed).get(space)
+                                      recipe.mondrian_bins, recipe.seed, physical.KINDS[target.metric]).get(space)
         except ValueError as err:
             log.info("held-out %s %s: %s", space, workload_text(wl), err)
             continue
@@ -373,8 +373,10 @@ def train_free(targets: list[Target], recipe: Recipe, out: Path, dataset: dict) 
     and judged on held-out workloads. Returns their ``workload_models`` entries."""
     splits = {model_stem(t): training.split_target(t, recipe) for t in targets}
     usable = [t for t in targets if _physical_reason(splits[model_stem(t)], recipe) is None]
+    if max((sum(t.space == u.space for u in usable) for t in usable), default=0) < 2:
+        return []
     models = physical.fit_free(_cells(usable, splits), recipe.levels, recipe.folds, recipe.min_bin_archs,
-                               recipe.mondrian_bins, recipe.seed)
+                               recipe.mondrian_bins, recipe.seed, physical.KINDS[targets[0].metric])
     entries = []
     for space, model in models.items():
         entries.append(export_free(space, model, usable, splits, recipe, out, dataset))

@@ -159,8 +159,8 @@ def test_bad_input_is_a_clear_error():
     negative = physical.SpaceData("gpt-nano", ids, x, [np.array([1.0, -1.0])] * 30)
     with pytest.raises(ValueError, match="values of gpt-nano: every architecture needs at least one measurement"):
         physical.fit_pooled([negative], WORKLOAD)
-    with pytest.raises(ValueError, match=r"physical_metrics: \['peak_memory_mib'\] not allowed"):
-        Recipe(physical_metrics=("peak_memory_mib",))
+    with pytest.raises(ValueError, match=r"physical_metrics: \['perplexity'\] not allowed"):
+        Recipe(physical_metrics=("perplexity",))
 
 
 # ---- free-workload models ----------------------------------------------------------------------------------------
@@ -239,3 +239,48 @@ def test_the_runtime_answers_an_unmeasured_workload_from_the_free_model(tmp_path
     with pytest.raises(ValueError, match="unknown workload"):
         Surrogate.load("gpt-s", "cpu-x", "latency_ms", {"phase": "decode", "batch_size": 2, "seq_len": 200},
                        root=tmp_path)
+
+
+def test_every_physical_metric_has_a_kind_and_the_cli_offers_them_all():
+    from hwgpt_bench import cli
+    from hwgpt_bench.surrogates_onnx.training import DEFAULT_PHYSICAL, PHYSICAL_METRICS
+
+    assert set(physical.KINDS) == set(PHYSICAL_METRICS) == set(cli._PHYSICAL)
+    assert Recipe().physical_metrics == DEFAULT_PHYSICAL == cli._DEFAULT_PHYSICAL
+
+
+@pytest.mark.parametrize("space", ["gpt-nano", "gpt-m"])
+def test_memory_features_count_what_is_alive_at_the_peak(space):
+    """The memory design's features are exact counts: weights are ``num_params``, the largest attention score matrix
+    is batch x tokens x context x the widest layer's heads, the KV cache 2 x context x the attention widths."""
+    archs, x = _encoded(space, 30, seed=16)
+    wl = {"phase": "decode", "batch_size": 2, "seq_len": 100}
+    feats = physical.features(space, wl, x, "memory")
+    col = {name: i for i, name in enumerate(physical.MEMORY_FEATURES)}
+    hs = archs[0].search_space.head_size
+    np.testing.assert_allclose(feats[:, col["weights_millions"]], [a.num_params() / 1e6 for a in archs], rtol=1e-6)
+    np.testing.assert_allclose(feats[:, col["attn_scores_melem"]], [2 * 1 * 101 * max(a.n_head) / 1e6 for a in archs])
+    np.testing.assert_allclose(feats[:, col["kv_cache_melem"]], [2 * 2 * 101 * hs * sum(a.n_head) / 1e6 for a in archs])
+    np.testing.assert_allclose(feats[:, col["mlp_hidden_melem"]],
+                               [2 * a.embed_dim * max(a.mlp_ratio) / 1e6 for a in archs])
+
+
+def test_a_memory_model_is_exact_on_a_noise_free_linear_peak_and_its_graph_agrees(tmp_path):
+    archs, x = _encoded("gpt-s", 200, seed=17)
+    costs = np.array([300.0, 4.0, 8.0, 4.0, 4.0, 4.0, 4.0, 4.0])  # MiB: baseline, 4 bytes per weight / element
+    cells = []
+    for b, t in ((1, 256), (4, 512)):
+        wl = {"phase": "forward", "batch_size": b, "seq_len": t}
+        truth = physical.features("gpt-s", wl, x, "memory") @ costs
+        cells.append((physical.SpaceData("gpt-s", [a.arch_id for a in archs], x, [np.array([v]) for v in truth]), wl))
+    model = physical.fit_free(cells, kind="memory")["gpt-s"]
+    assert model.kind == "memory" and model.to_dict()["kind"] == "memory"
+    expected = physical.features("gpt-s", {"phase": "forward", "batch_size": 2, "seq_len": 384}, x, "memory") @ costs
+    np.testing.assert_allclose(model.predict(x, 2, 384)[0], expected, rtol=1e-6)
+    path = tmp_path / "memory.onnx"
+    path.write_bytes(physical.export_onnx(model).SerializeToString())
+    got = open_session(path).run(["y_pred", "y_lower", "y_upper"], {"X": x, "W": np.array([[2.0, 384.0]])})
+    for out, ref in zip(got, model.predict(x, 2, 384), strict=True):
+        np.testing.assert_allclose(out, ref, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"kind: 'disk' is not allowed; allowed values: \['time', 'memory'\]"):
+        physical.features("gpt-s", {"phase": "forward", "batch_size": 1, "seq_len": 8}, x, "disk")

@@ -294,7 +294,7 @@ def test_manifest_lists_every_measured_target_with_its_facts(trained, synthetic_
         assert m["dataset_version"] == "0.0.1"
         assert m["dataset_manifest_sha256"] == manifest["dataset"]["manifest_sha256"]
         assert m["transform"] == TRANSFORMS[m["metric"]]
-        if m["metric"] in training.PHYSICAL_METRICS:  # the physical cost model (the recipe's default for them)
+        if m["metric"] in manifest["recipe"]["physical_metrics"]:  # the physical model (the recipe's default)
             fit = m["physical"]
             assert m["variant"] == "physical" and min(fit["coefficients"].values()) >= 0
             assert np.shape(fit["lower_log"]) == (len(fit["bin_edges_log"]) + 1, 4)
