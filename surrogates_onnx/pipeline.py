@@ -110,15 +110,26 @@ def crossing_share(point: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> f
     return float(1.0 - ok.mean()) if len(point) else 0.0
 
 
-def manifest_entry(target: Target, split: training.SplitData, fitted: training.FittedSurrogate, path: Path,
-                   test: dict, parity_result: dict, crossing: float, out: Path, dataset: dict) -> dict:
-    """The manifest entry of one exported model."""
+def common_entry(target: Target, split: training.SplitData, path: Path, out: Path, dataset: dict,
+                 levels) -> dict:
+    """The manifest fields every exported model of ``target`` has, whatever its recipe."""
     return {
         "dataset_version": dataset.get("version"), "dataset_manifest_sha256": dataset.get("manifest_sha256"),
         "space": target.space, "device": target.device, "metric": target.metric, "unit": target.unit,
         "workload": target.workload, "default_workload": False, "file": path.relative_to(out).as_posix(),
         "sha256": runtime.file_sha256(path), "bytes": path.stat().st_size, "feature_names": target.feature_names,
-        "levels": list(fitted.levels), "point": POINT, "interval_covers": INTERVAL_COVERS,
+        "levels": list(levels), "interval_covers": INTERVAL_COVERS,
+        "n_archs": {k: len(v) for k, v in split.ids.items()},
+        "repeats_per_arch": {"min": int(target.n_repeats.min()), "median": float(np.median(target.n_repeats)),
+                             "max": int(target.n_repeats.max())},
+    }
+
+
+def manifest_entry(target: Target, split: training.SplitData, fitted: training.FittedSurrogate, path: Path,
+                   test: dict, parity_result: dict, crossing: float, out: Path, dataset: dict) -> dict:
+    """The manifest entry of one exported CQR model."""
+    return {
+        **common_entry(target, split, path, out, dataset, fitted.levels), "point": POINT,
         "transform": fitted.transform, "variant": fitted.models.variant,
         "variant_scores": fitted.selection_scores,
         "conformal_corrections": {"lower": fitted.corrections_lower.tolist(),
@@ -127,9 +138,7 @@ def manifest_entry(target: Target, split: training.SplitData, fitted: training.F
                                   "space": f"{fitted.transform} of the metric",
                                   "calibration": fitted.calibration, "n_calibration_archs": fitted.n_calibration,
                                   "symmetric": fitted.symmetric_correction},
-        "n_archs": {k: len(v) for k, v in split.ids.items()}, "n_train_rows": fitted.n_fit_rows,
-        "repeats_per_arch": {"min": int(target.n_repeats.min()), "median": float(np.median(target.n_repeats)),
-                             "max": int(target.n_repeats.max())},
+        "n_train_rows": fitted.n_fit_rows,
         "test": test, "crossing_share_before_rearrangement": crossing, "parity": parity_result,
     }
 
@@ -298,18 +307,9 @@ def export_physical(target: Target, split: training.SplitData, model: physical.P
     check_parity(par, path.name)
     pred = Intervals(*(np.asarray(o, np.float64) for o in onnx_out), tuple(recipe.levels))
     test = interval_metrics(pred, split.test_values) if split.test_values else {}
-    return {
-        "dataset_version": dataset.get("version"), "dataset_manifest_sha256": dataset.get("manifest_sha256"),
-        "space": target.space, "device": target.device, "metric": target.metric, "unit": target.unit,
-        "workload": target.workload, "default_workload": False, "file": path.relative_to(out).as_posix(),
-        "sha256": runtime.file_sha256(path), "bytes": path.stat().st_size, "feature_names": target.feature_names,
-        "levels": list(recipe.levels), "point": PHYSICAL_POINT, "interval_covers": INTERVAL_COVERS,
-        "transform": "log", "variant": "physical", "physical": model.to_dict(),
-        "n_archs": {k: len(v) for k, v in split.ids.items()}, "n_train_rows": model.n_archs,
-        "repeats_per_arch": {"min": int(target.n_repeats.min()), "median": float(np.median(target.n_repeats)),
-                             "max": int(target.n_repeats.max())},
-        "test": test, "crossing_share_before_rearrangement": 0.0, "parity": par,
-    }
+    return {**common_entry(target, split, path, out, dataset, recipe.levels), "point": PHYSICAL_POINT,
+            "transform": "log", "variant": "physical", "physical": model.to_dict(), "n_train_rows": model.n_archs,
+            "test": test, "crossing_share_before_rearrangement": 0.0, "parity": par}
 
 
 # ---- free-workload physical models ------------------------------------------------------------------------------
