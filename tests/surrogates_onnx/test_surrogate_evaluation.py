@@ -141,3 +141,13 @@ def test_the_report_lists_free_workload_models_with_their_held_out_workloads(tra
     lines = evaluation.free_table([{**free, "held_out_workloads": [held]}])
     assert len(lines) == 3
     assert "| forward-b2-s256-float32 | edge | 52 | 0.500 | 0.880 | 0.800 | 0.900 | 0.70 |" in lines[2]
+
+
+def test_the_even_odd_ceiling_pairs_the_halves_of_each_architecture():
+    """Repeats alternating around each architecture's level: the halves rank the architectures as the levels do."""
+    values = [np.array([lv, lv * 1.01, lv * 0.99, lv * 1.02]) for lv in (1.0, 2.0, 3.0, 4.0)]
+    assert evaluation.halves_tau(values) == pytest.approx(1.0)
+    crossed = [np.array([1.0, 4.0]), np.array([2.0, 3.0]), np.array([3.0, 2.0]), np.array([4.0, 1.0])]
+    assert evaluation.halves_tau(crossed) == pytest.approx(-1.0)
+    assert evaluation.halves_tau([np.array([1.0])] * 5) is None
+    assert evaluation._ceiling_ratio(0.5, 0.8) == "0.62 (of 0.800)" and evaluation._ceiling_ratio(0.5, None) == "n/a"
