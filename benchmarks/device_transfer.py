@@ -1,7 +1,7 @@
 """A new device from K measured architectures, judged leave-one-device-out on the paper's 13 gpt-s devices.
 
     python benchmarks/device_transfer.py [--metrics latency energy] [--ks 10 20 50 100] [--draws 5]
-        [--prior-choice select|best|mean]
+        [--prior-choice select|best|mean] [--source-model hgb|physical]
 
 Reads ``../shared/reference/hwgpt_bench/hwgpt_bench_s.parquet`` beside the checkout (or ``--path``; exits 0 with a
 message when it is absent; nothing of it is written anywhere). Architectures are split once by ``grouped_split``
@@ -17,6 +17,10 @@ target's training split, on the target's test split (about 2,000 architectures):
   sources' mean log point and the fits on each single source has the lowest leave-one-out error on the K; ``best``
   picks among the single sources only; ``mean`` always uses the mean;
 * **ceiling**: the same point model trained on the target's whole training split (about 6,000 architectures).
+
+``--source-model physical`` makes the source and ceiling models the physical cost model that the project ships for
+latency and energy (``surrogates_onnx.physical``, fitted on the device's training split at its batch size and 1,024
+tokens) instead of the HistGradientBoosting point model.
 
 Prints per (metric, device, K): Kendall tau of each, +-10% shares, coverage of single repeats at 0.5 and 0.9 for the
 two ``device_fit`` models (means over draws), then the issue's goals per metric: at K = 50 transfer tau >= 0.95 x
@@ -37,6 +41,7 @@ from scipy.stats import kendalltau
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 from hwgpt_bench.loaders.splits import grouped_split
+from hwgpt_bench.surrogates_onnx import physical
 from hwgpt_bench.surrogates_onnx.device_fit import BASE_FEATURES, design, fit_device
 
 SPACE = "gpt-s"
@@ -58,6 +63,28 @@ def point_model(x: np.ndarray, y_log: np.ndarray, min_leaf: int = 20) -> HistGra
     """The recipe's point-model family: HGB on the encoding, squared error on log medians, one thread's worth."""
     return HistGradientBoostingRegressor(max_iter=200, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=min_leaf,
                                          l2_regularization=1.0, random_state=0).fit(x, y_log)
+
+
+class PhysicalSource:
+    """A source device's physical cost model with the point model's interface: ``predict(x)`` -> log point."""
+
+    def __init__(self, x: np.ndarray, y_log: np.ndarray, batch_size: int) -> None:
+        self.workload = {"phase": "forward", "batch_size": int(batch_size), "seq_len": 1024}
+        self.coef = physical.fit_coefficients(physical.features(SPACE, self.workload, x), np.exp(y_log))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.log(np.maximum(physical.features(SPACE, self.workload, x) @ self.coef, physical.TINY))
+
+
+def source_model(kind: str, x: np.ndarray, y_log: np.ndarray, batch_size: int):
+    """A source (and ceiling) model of one device: ``hgb`` (``point_model``) or ``physical`` (``PhysicalSource``)."""
+    return PhysicalSource(x, y_log, batch_size) if kind == "physical" else point_model(x, y_log)
+
+
+def device_batches(frame: pl.DataFrame, metric: str) -> dict[str, int]:
+    """``device -> batch size`` of its rows of ``metric`` (one per device in the reference)."""
+    rows = frame.filter(pl.col("metric") == metric).group_by("device").agg(pl.col("batch_size").first())
+    return dict(zip(rows["device"], rows["batch_size"], strict=True))
 
 
 def device_tables(frame: pl.DataFrame, metric: str) -> dict[str, dict[int, np.ndarray]]:
@@ -167,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", nargs="+", default=None, help="only these target devices")
     parser.add_argument("--prior-choice", default="select", choices=["best", "mean", "select"],
                         help="which source model the transfer fit builds on (see transfer_fit; default select)")
+    parser.add_argument("--source-model", default="hgb", choices=["hgb", "physical"],
+                        help="the source and ceiling models: HGB point models or the physical cost model")
     args = parser.parse_args(argv)
     if not args.path.is_file():
         print(f"{args.path}: reference data not found (it lives in ../shared beside the checkout); nothing to do")
@@ -177,12 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     by_id = grouped_split(id_of.values())
     splits = {name: {i for i, a in id_of.items() if a in ids} for name, ids in by_id.items()}
     for metric in args.metrics:
-        tables = device_tables(frame, metric)
+        tables, batches = device_tables(frame, metric), device_batches(frame, metric)
         sources = {}
         for device, repeats in sorted(tables.items()):
             idx = sorted(i for i in splits["train"] if i in repeats)
-            sources[device] = point_model(np.stack([x_of[i] for i in idx]),
-                                          np.log([np.median(repeats[i]) for i in idx]))
+            sources[device] = source_model(args.source_model, np.stack([x_of[i] for i in idx]),
+                                           np.log([np.median(repeats[i]) for i in idx]), batches[device])
         rows = []
         for target in sorted(tables):
             if args.devices and target not in args.devices:
