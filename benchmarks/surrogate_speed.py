@@ -2,14 +2,18 @@
 
     python benchmarks/surrogate_speed.py [--n-predict 10000] [--n-archs 2000]
 
-Trains one surrogate (default recipe) on a synthetic heteroscedastic gpt-s target in a temporary folder, then prints:
+Trains, on one synthetic heteroscedastic gpt-s latency target in a temporary folder, the two recipes the project
+ships: the physical cost model (latency and energy) and the HGB CQR (memory, perplexity, accuracy; the latency
+recipe before 0.2.1). Then prints, for ``--n-predict`` architectures given as columns (``embed_dim``, ``n_layer``,
+``bias``, padded ``n_head`` / ``mlp_ratio`` arrays):
 
-1. batch prediction of ``--n-predict`` encoded architectures: onnxruntime (one graph) vs the fitted MAPIE
-   conformalizers (``FittedSurrogate.predict``) and vs the bare HGB models called once each, on the same float32
-   features (best of ``--repeats``);
-2. cold start in a fresh process (interpreter + imports + load + one prediction): the light runtime
-   (``Surrogate.load``) vs the training stack (import scikit-learn and MAPIE, ``joblib.load`` of the fitted Python
-   surrogate; that pickle exists only in the temporary folder, to time the alternative).
+1. point + every interval, vectorised encoding included (``Surrogate.predict_columns``): the physical graph, the
+   HGB CQR graph, and the same HGB CQR predicted by its fitted MAPIE conformalizers in scikit-learn
+   (``FittedSurrogate.predict``) and by the bare HGB models called once each (best of ``--repeats``);
+2. cold start in a fresh process (interpreter + imports + load + one prediction) of the light runtime for each
+   graph, against the training stack (import scikit-learn and MAPIE, ``joblib.load`` of the fitted Python
+   surrogate; that pickle exists only in the temporary folder, to time the alternative);
+3. the size of each graph.
 
 Nothing is written into the repository.
 """
@@ -84,43 +88,80 @@ HEAVY = ("import joblib, sklearn, mapie; import numpy as np; from hwgpt_bench.su
          "m.predict(encode_archs(sample_archs('gpt-s', 1), 'gpt-s'))")
 
 
+def train_physical(root: Path, n_archs: int) -> None:
+    """Train and export the physical model of the same synthetic target into ``root``."""
+    target, recipe = synthetic_target(n_archs), training.Recipe()
+    info = {"version": "synthetic", "schema_version": None, "manifest_sha256": ""}
+    entries = list(pipeline.train_physical([target], recipe, root, info).values())
+    pipeline.mark_defaults(entries)
+    pipeline.write_manifest(root, {"format_version": 1, "dataset": info, "recipe": recipe.to_dict(),
+                                   "models": entries, "skipped": []})
+
+
+def columns(n: int) -> dict[str, np.ndarray]:
+    """``n`` seeded gpt-s architectures as the columns ``predict_columns`` takes (per-layer arrays zero-padded)."""
+    archs = sample_archs(SPACE, n, seed=1)
+    width = max(a.n_layer for a in archs)
+    heads, ratios = np.zeros((n, width), np.int64), np.zeros((n, width), np.int64)
+    for i, a in enumerate(archs):
+        heads[i, :a.n_layer], ratios[i, :a.n_layer] = a.n_head, a.mlp_ratio
+    return {"embed_dim": np.array([a.embed_dim for a in archs]), "n_layer": np.array([a.n_layer for a in archs]),
+            "bias": np.array([a.bias for a in archs]), "n_head": heads, "mlp_ratio": ratios}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n-predict", type=int, default=10_000, help="architectures predicted in one batch")
     p.add_argument("--n-archs", type=int, default=2000, help="architectures of the synthetic training target")
-    p.add_argument("--repeats", type=int, default=3, help="timing repeats (best is kept)")
+    p.add_argument("--repeats", type=int, default=5, help="timing repeats (best is kept)")
     args = p.parse_args(argv)
     os.environ.update({k: ENV[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
     import joblib
 
+    from hwgpt_bench.surrogates_onnx.encoding import encode_columns
+
+    cols = columns(args.n_predict)
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        fitted = train(root, args.n_archs)
-        joblib.dump(fitted, root / "fitted.joblib")
-        model = runtime.Surrogate.load(SPACE, "cpu-synthetic", "latency_ms", root=root)
-        x = runtime.encode_archs(sample_archs(SPACE, args.n_predict, seed=1), SPACE)
-        t_encode = best_of(lambda: runtime.encode_archs(sample_archs(SPACE, args.n_predict, seed=1), SPACE), 1)
-        t_onnx = best_of(lambda: model.predict_features(x), args.repeats)
+        cqr_root, phys_root = Path(tmp) / "cqr", Path(tmp) / "physical"
+        fitted = train(cqr_root, args.n_archs)
+        train_physical(phys_root, args.n_archs)
+        joblib.dump(fitted, Path(tmp) / "fitted.joblib")
+        models = {name: runtime.Surrogate.load(SPACE, "cpu-synthetic", "latency_ms", root=root)
+                  for name, root in (("physical", phys_root), ("cqr", cqr_root))}
+        x = encode_columns(SPACE, cols)
+        t = {f"{name}_onnx": best_of(lambda m=m: m.predict_columns(cols), args.repeats) for name, m in models.items()}
+        t["encode"] = best_of(lambda: encode_columns(SPACE, cols), args.repeats)
         with pipeline.quiet_mapie():
-            t_mapie = best_of(lambda: fitted.predict(x), args.repeats)
-        t_sklearn = best_of(lambda: fitted.models.predict(x), args.repeats)
-        t_light = cold_start(LIGHT.format(root=str(root)), args.repeats)
-        t_heavy = cold_start(HEAVY.format(path=str(root / "fitted.joblib")), args.repeats)
-        size = (root / model.entry["file"]).stat().st_size
-    result = {"n_predict": args.n_predict, "variant": fitted.models.variant, "onnx_bytes": size,
-              "predict_onnx_s": t_onnx, "predict_mapie_s": t_mapie, "predict_ratio_mapie_over_onnx": t_mapie / t_onnx,
-              "predict_sklearn_models_once_s": t_sklearn, "predict_ratio_sklearn_over_onnx": t_sklearn / t_onnx,
-              "encode_s": t_encode, "cold_light_s": t_light, "cold_training_stack_s": t_heavy,
-              "cold_ratio_stack_over_light": t_heavy / t_light}
-    print(f"predict {args.n_predict} archs (1 thread): onnxruntime {t_onnx * 1e3:.1f} ms, MAPIE/scikit-learn "
-          f"{t_mapie * 1e3:.1f} ms -> {t_mapie / t_onnx:.1f}x faster (encoding them in Python: "
-          f"{t_encode * 1e3:.0f} ms)")
-    print(f"  the same HGB models called once each in scikit-learn (no MAPIE): {t_sklearn * 1e3:.1f} ms -> "
-          f"{t_sklearn / t_onnx:.1f}x")
-    print(f"cold start (fresh process, import + load + 1 prediction): light runtime {t_light:.2f} s, training stack "
-          f"{t_heavy:.2f} s -> {t_heavy / t_light:.1f}x faster")
-    print(json.dumps(result))
+            t["cqr_mapie"] = best_of(lambda: fitted.predict(encode_columns(SPACE, cols)), args.repeats)
+        t["cqr_sklearn_models"] = best_of(lambda: fitted.models.predict(encode_columns(SPACE, cols)), args.repeats)
+        cold = {name: cold_start(LIGHT.format(root=str(root)), args.repeats)
+                for name, root in (("physical", phys_root), ("cqr", cqr_root))}
+        cold["training_stack"] = cold_start(HEAVY.format(path=str(Path(tmp) / "fitted.joblib")), args.repeats)
+        sizes = {name: (root / m.entry["file"]).stat().st_size
+                 for (name, m), root in zip(models.items(), (phys_root, cqr_root), strict=True)}
+        assert x.shape[0] == args.n_predict
+    print_table(args.n_predict, t, cold, sizes)
+    print(json.dumps({"n_predict": args.n_predict, "seconds": t, "cold_start_s": cold, "onnx_bytes": sizes,
+                      "cqr_variant": fitted.models.variant}))
     return 0
+
+
+def print_table(n: int, t: dict, cold: dict, sizes: dict) -> None:
+    """The README's table: time per batch of ``n`` (encoding included) and against the physical graph."""
+    base = t["physical_onnx"]
+    rows = [("physical model, onnxruntime (shipped for latency, energy, tensor peak)", t["physical_onnx"],
+             sizes["physical"]),
+            ("HGB CQR, onnxruntime (shipped for process peak memory, perplexity, accuracy)", t["cqr_onnx"],
+             sizes["cqr"]),
+            ("HGB CQR, MAPIE + scikit-learn", t["cqr_mapie"], None),
+            ("HGB CQR, the bare scikit-learn models once each", t["cqr_sklearn_models"], None)]
+    print(f"{n:,} gpt-s architectures -> point + 4 intervals, columns in, vectorised encoding included, 1 thread "
+          f"(encoding alone {t['encode'] * 1e3:.1f} ms):\n")
+    print("| model | ms | x the physical graph | file KB |\n| --- | --- | --- | --- |")
+    for label, sec, size in rows:
+        print(f"| {label} | {sec * 1e3:.1f} | {sec / base:.1f} | {'' if size is None else f'{size / 1024:.1f}'} |")
+    print(f"\ncold start (fresh process, import + load + 1 prediction): physical {cold['physical']:.2f} s, HGB CQR "
+          f"{cold['cqr']:.2f} s, training stack {cold['training_stack']:.2f} s")
 
 
 if __name__ == "__main__":

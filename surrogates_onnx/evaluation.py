@@ -251,9 +251,10 @@ def render_report(results: list[dict], header: dict) -> str:
              "(family-wise 90%; an upper bound, since several repeats per architecture lower it): a miss within that "
              "allowance cannot be told from chance on a test set of this size.", "",
              "## Shipped models (ONNX)", "",
-             "Latency and energy: the physical cost model (a non-negative cost per unit of work, fitted on every space "
-             "of a device and workload at once; cross-conformal log offsets per space and Mondrian bin). Memory, "
-             "perplexity and accuracy: cross-conformal CQR with Mondrian bins by prediction.", "",
+             "Latency, energy and tensor peak: the physical model (a non-negative cost per unit of work, or of what "
+             "is alive at the step's peak, fitted on every space of a device and workload at once; cross-conformal "
+             "log offsets per space and Mondrian bin). Process peak memory, perplexity and accuracy: cross-conformal "
+             "CQR with Mondrian bins by prediction.", "",
              "`tau / even-odd ceiling`: the point's Kendall tau over the tau between the medians of each test "
              "architecture's even- and odd-numbered repeats. That ceiling sees the repeat noise of one profiling "
              "process only; the panels show that an architecture's median also moves between processes (10-15% on "
@@ -265,8 +266,8 @@ def render_report(results: list[dict], header: dict) -> str:
              "construction, so its coverage (and `goals`) is not a target.", "",
              *coverage_table(results, "noise"), "",
              "## Method comparison on the same splits", "",
-             "cqr = the shipped model (the physical cost model for latency and energy, cross-conformal CQR with "
-             "Mondrian bins by prediction for the rest); cqr_split = HGB CQR with split calibration (fit on the "
+             "cqr = the shipped model (the physical model for latency, energy and tensor peak, cross-conformal CQR "
+             "with Mondrian bins by prediction for the rest); cqr_split = HGB CQR with split calibration (fit on the "
              "training architectures only, conformalize on the calibration ones: plain split CQR); cqr_pooled = HGB "
              "CQR with cross calibration and one correction for the whole space instead of Mondrian bins (n/a where "
              "the recipe would use one bin); gaussian = the paper's approach (HGB on mean and log-std of repeats, "

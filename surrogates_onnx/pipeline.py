@@ -339,8 +339,8 @@ def held_out_workloads(targets: list[Target], splits: dict[str, training.SplitDa
                        recipe: Recipe) -> list[dict]:
     """For each workload of ``space`` in ``targets``: the free model fitted without ANY cell of that workload (no
     space's), judged on the space's test architectures there (interval metrics). ``interior``: whether the
-    workload lies between the remaining ones in batch size and in sequence length (interpolation); otherwise the
-    model extrapolates to it. Workloads outside the remaining space's measured range are skipped."""
+    workload lies in the convex hull of the remaining ones (``inside_hull``: interpolation); otherwise the model
+    extrapolates to it. Workloads outside the remaining space's measured ranges are skipped."""
     out = []
     for target in (t for t in targets if t.space == space):
         wl = target.workload
@@ -356,11 +356,31 @@ def held_out_workloads(targets: list[Target], splits: dict[str, training.SplitDa
             continue
         pred = model.predict(split.x_test, wl["batch_size"], wl["seq_len"]) if _inside(model, wl) else None
         if pred is not None:
-            interior = all(min(t.workload[k] for t in others) <= wl[k] <= max(t.workload[k] for t in others)
-                           for k in ("batch_size", "seq_len"))
+            interior = inside_hull((wl["batch_size"], wl["seq_len"]),
+                                   [(t.workload["batch_size"], t.workload["seq_len"]) for t in others])
             out.append({"workload": wl, "interior": interior,
                         **interval_metrics(Intervals(*pred, tuple(recipe.levels)), split.test_values)})
     return out
+
+
+def inside_hull(point: tuple[float, float], others: list[tuple[float, float]]) -> bool:
+    """Whether ``point`` (batch size, sequence length) lies in the convex hull of ``others``: interpolation
+    between measured workloads, not extrapolation beyond them. Points on one line (one batch size, say) form a
+    segment."""
+    from scipy.spatial import Delaunay, QhullError
+
+    pts, p = np.unique(np.asarray(others, dtype=float), axis=0), np.asarray(point, dtype=float)
+    try:
+        return bool(Delaunay(pts).find_simplex(p) >= 0)
+    except (QhullError, ValueError):  # fewer than 3 points, or all on one line
+        if len(pts) == 1:
+            return bool(np.all(pts[0] == p))
+        direction = pts[-1] - pts[0]
+        offset = p - pts[0]
+        along = float(offset @ direction / (direction @ direction))
+        on_line = np.allclose(offset, along * direction)
+        spans = (pts - pts[0]) @ direction / (direction @ direction)
+        return bool(on_line and spans.min() - 1e-9 <= along <= spans.max() + 1e-9)
 
 
 def _inside(model: physical.PhysicalModel, wl: dict) -> bool:

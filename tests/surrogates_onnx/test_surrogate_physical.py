@@ -284,3 +284,14 @@ def test_a_memory_model_is_exact_on_a_noise_free_linear_peak_and_its_graph_agree
         np.testing.assert_allclose(out, ref, rtol=1e-12)
     with pytest.raises(ValueError, match=r"kind: 'disk' is not allowed; allowed values: \['time', 'memory'\]"):
         physical.features("gpt-s", {"phase": "forward", "batch_size": 1, "seq_len": 8}, x, "disk")
+
+
+def test_interior_workloads_are_inside_the_hull_of_the_others():
+    from hwgpt_bench.surrogates_onnx.pipeline import inside_hull
+
+    grid = [(b, t) for b in (1, 4) for t in (128, 256, 512, 1024)]
+    assert not inside_hull((1, 128), [w for w in grid if w != (1, 128)])  # a corner: extrapolation
+    assert inside_hull((1, 256), [w for w in grid if w != (1, 256)])  # on the hull's edge, between 128 and 512
+    assert inside_hull((2, 384), grid)
+    assert inside_hull((1, 256), [(1, 128), (1, 512)]) and not inside_hull((1, 1024), [(1, 128), (1, 512)])
+    assert not inside_hull((2, 256), [(1, 128), (1, 512)]) and inside_hull((1, 128), [(1, 128)])
