@@ -286,7 +286,8 @@ def render_report(results: list[dict], header: dict) -> str:
                   "Free-workload models (`workload_models` in the manifest; `Surrogate.load` answers a batch size and "
                   "sequence length inside their ranges with them). Each row: the model fitted WITHOUT any cell of "
                   "that workload (no space's), judged on the space's test architectures there; interior = the "
-                  "workload lies between the remaining ones (interpolation), edge = the model extrapolates to it.",
+                  "workload lies inside the convex hull of the remaining ones (interpolation), edge = the model "
+                  "extrapolates to it.",
                   "", *header["free_lines"], ""]
     if header.get("cross_host_lines"):
         lines += ["## On another host", "",

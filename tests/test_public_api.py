@@ -137,7 +137,8 @@ def test_wheel_ships_the_models_and_assets_and_no_node_modules(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     manifest = json.loads((REPO / "surrogates_onnx" / "manifest.json").read_text(encoding="utf-8"))
     shipped = {n for n in names if n.startswith("hwgpt_bench/surrogates_onnx/models/") and n.endswith(".onnx")}
-    assert shipped == {f"hwgpt_bench/surrogates_onnx/{m['file']}" for m in manifest["models"]}
+    listed = [*manifest["models"], *manifest.get("workload_models", [])]
+    assert shipped == {f"hwgpt_bench/surrogates_onnx/{m['file']}" for m in listed}
     assert "hwgpt_bench/surrogates_onnx/manifest.json" in names
     assets = {Path(n).name for n in names if n.startswith("hwgpt_bench/generation/assets/")}
     assert assets >= {p.name for p in (REPO / "generation" / "assets").glob("*.json")}
