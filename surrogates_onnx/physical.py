@@ -38,6 +38,17 @@ every architecture.
 Within one space and workload the twelve features are linear in ten quantities of the encoding (``QUANTITIES``), so
 the exported graph computes those ten from ``X`` and multiplies them by ten effective coefficients: a few dozen
 element-wise nodes and one MatMul, no trees. ``quantities`` is the numpy twin of the graph.
+
+Two more uses of the same machinery:
+
+- **memory** (``kind="memory"``, ``MEMORY_FEATURES``): a step's peak is what is alive at once, not a sum over layers:
+  a baseline, the weights, the residual stream (``b t_new d``), the widest MLP hidden layer (``b t_new max_i h_i``),
+  the largest attention score matrix (``b t_new t_ctx max_i n_head_i``), the logits (``b t_out V``), the KV cache
+  (``2 b t_ctx sum_i a_i``) and the widest q/k/v (``3 b t_new max_i a_i``), each an exact count (maxima over layers
+  in the graph: ReduceMax). ``KINDS`` says which design a metric uses.
+- **free workload** (``fit_free``): one coefficient vector over the cells of every space and workload of one phase;
+  the model takes the batch size and sequence length as inputs (the graph's ``W``, float64 ``(1, 2)``) and answers
+  within the ranges measured for its space.
 """
 
 from __future__ import annotations
