@@ -72,6 +72,7 @@ ARGPARSE_ALLOWED = {
     "benchmarks/tensor_peak_order.py": "python benchmarks/tensor_peak_order.py",
     "benchmarks/latency_drift.py": "python benchmarks/latency_drift.py",
     "benchmarks/reference_physical.py": "python benchmarks/reference_physical.py",
+    "benchmarks/perplexity_speed.py": "python benchmarks/perplexity_speed.py",
 }
 
 
