@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from timing import best_of
 
 from hwgpt_bench.generation.perplexity import evaluate_perplexity
 from hwgpt_bench.generation.supernet import extract_subnet, load_supernet
@@ -32,16 +32,6 @@ from hwgpt_bench.search_spaces import ArchConfig, get_space, sample_archs
 
 SPACE = "gpt-nano"
 CHECKPOINT = Path(__file__).resolve().parents[1] / "runs" / "supernet-gpt-nano" / "supernet.safetensors"
-
-
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    """Fastest wall time of ``repeats`` calls (seconds)."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def matmul_shapes(arch: ArchConfig, batch: int, seq: int) -> list[tuple[int, int, int, int]]:

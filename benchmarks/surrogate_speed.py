@@ -26,11 +26,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from timing import best_of
 
 from hwgpt_bench.search_spaces import encode, sample_archs
 from hwgpt_bench.surrogates_onnx import pipeline, runtime, training
@@ -62,16 +62,6 @@ def train(root: Path, n_archs: int) -> training.FittedSurrogate:
     pipeline.write_manifest(root, {"format_version": 1, "dataset": info, "recipe": recipe.to_dict(),
                                    "models": [entry], "skipped": []})
     return fitted
-
-
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    """Fastest wall time of ``repeats`` calls (seconds)."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def cold_start(code: str, repeats: int) -> float:
