@@ -11,7 +11,7 @@ import hwgpt_bench as hb
 from hwgpt_bench.benchmark import interface
 from hwgpt_bench.loaders.io import load_table
 from hwgpt_bench.search_spaces import SPACES, sample_archs
-from hwgpt_bench.surrogates_onnx.runtime import Surrogate
+from hwgpt_bench.surrogates_onnx.runtime import Surrogate, read_manifest
 
 SPACE = "gpt-nano"  # the space with perplexity and 2,000 measured architectures
 
@@ -160,3 +160,24 @@ def test_bad_architectures_and_table_device_errors(bench, release):
     with pytest.raises(ValueError, match=r"workload: no measured workload"):
         hb.Benchmark(SPACE, bench.device, ("latency_ms",), mode="table", workload={"batch_size": 64},
                      release=release)
+
+
+def test_a_workload_between_the_measured_ones_is_answered_by_the_free_model(release):
+    """gpt-s latency on a device whose sweep measured batch 1 and 4 x 128-1024 tokens: batch 2 x 384 is no measured
+    workload, and the benchmark answers it with the shipped free-workload model (the same points as loading it
+    directly), between the answers at its measured neighbours; beyond the measured range it is a clear error."""
+    free = [m for m in read_manifest()["workload_models"]
+            if (m["space"], m["metric"], m["workload"]["phase"]) == ("gpt-s", "latency_ms", "forward")]
+    device = free[0]["device"]
+    wl = {"phase": "forward", "batch_size": 2, "seq_len": 384}
+    b = hb.Benchmark("gpt-s", device, ("latency_ms",), workload=wl, release=release)
+    archs = b.sample(20, seed=3)
+    got = b.evaluate(archs)["latency_ms"]
+    np.testing.assert_allclose(got, Surrogate.load("gpt-s", device, "latency_ms", wl).predict(archs).point)
+    low = hb.Benchmark("gpt-s", device, ("latency_ms",), workload={**wl, "batch_size": 1, "seq_len": 256},
+                       release=release).evaluate(archs)["latency_ms"]
+    high = hb.Benchmark("gpt-s", device, ("latency_ms",), workload={**wl, "batch_size": 4, "seq_len": 512},
+                        release=release).evaluate(archs)["latency_ms"]
+    assert np.all(low < got) and np.all(got < high)
+    with pytest.raises(ValueError, match="batch_size: 8 is outside the measured range"):
+        hb.Benchmark("gpt-s", device, ("latency_ms",), workload={**wl, "batch_size": 8}, release=release)
