@@ -15,7 +15,8 @@ target's training split, on the target's test split (about 2,000 architectures):
   HistGradientBoosting point model trained on a source device's training split, as a shipped surrogate would be);
   ``--prior-choice`` (``transfer_fit``): ``select`` (default) keeps whichever of the FLOPs fit, the fit on the 12
   sources' mean log point and the fits on each single source has the lowest leave-one-out error on the K; ``best``
-  picks among the single sources only; ``mean`` always uses the mean;
+  picks among the single sources only; ``mean`` always uses the mean; ``kind-mean`` the mean over the sources of the
+  target's kind only (CPUs for a CPU, GPUs for a GPU: what a user knows of a new device before measuring it);
 * **ceiling**: the same point model trained on the target's whole training split (about 6,000 architectures).
 
 ``--source-model physical`` makes the source and ceiling models the physical cost model that the project ships for
@@ -120,6 +121,11 @@ def transfer_fit(x_fit, x_test, reps, prior_train, prior_test, pick, flops, z_fl
     return fit, (design(x_test, SPACE, prior_test[name]) if z is None else z)
 
 
+def _kind(device: str) -> str:
+    """``cpu`` or ``gpu`` from a reference device name (its CPUs are named ``cpu_...``)."""
+    return "cpu" if device.startswith("cpu") else "gpu"
+
+
 def evaluate_target(target: str, tables: dict, x_of: dict, splits: dict, sources: dict, ks, draws: int,
                     prior_choice: str = "best") -> list[dict]:
     """Rows of the module docstring for one target device."""
@@ -130,7 +136,7 @@ def evaluate_target(target: str, tables: dict, x_of: dict, splits: dict, sources
     med_test = np.array([np.median(repeats[i]) for i in test])
     values_test = [repeats[i] for i in test]
     ceiling = np.exp(sources[target].predict(x_test))
-    others = [d for d in sources if d != target]
+    others = [d for d in sources if d != target and (prior_choice != "kind-mean" or _kind(d) == _kind(target))]
     prior_train = {d: np.exp(sources[d].predict(x_train)) for d in others}
     prior_test = {d: np.exp(sources[d].predict(x_test)) for d in others}
     z_flops_train, z_flops_test = design(x_train, SPACE)[:, :2], design(x_test, SPACE)[:, :2]
@@ -143,7 +149,7 @@ def evaluate_target(target: str, tables: dict, x_of: dict, splits: dict, sources
             y_log = np.log([np.median(r) for r in reps])
             flops = fit_device(z_flops_train[pick], reps, SPACE, BASE_FEATURES[:2])
             transfer, z_transfer = transfer_fit(x_train[pick], x_test, reps, prior_train, prior_test, pick, flops,
-                                                z_flops_test, prior_choice)
+                                                z_flops_test, "mean" if prior_choice == "kind-mean" else prior_choice)
             scratch = np.exp(point_model(x_train[pick], y_log, max(2, k // 10)).predict(x_test))
             for name, fit, z in (("flops", flops, z_flops_test), ("transfer", transfer, z_transfer)):
                 point, lower, upper = fit.predict(z)
@@ -192,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ks", nargs="+", type=int, default=[10, 20, 50, 100])
     parser.add_argument("--draws", type=int, default=5, help="draws of K architectures per device and K")
     parser.add_argument("--devices", nargs="+", default=None, help="only these target devices")
-    parser.add_argument("--prior-choice", default="select", choices=["best", "mean", "select"],
+    parser.add_argument("--prior-choice", default="select", choices=["best", "mean", "select", "kind-mean"],
                         help="which source model the transfer fit builds on (see transfer_fit; default select)")
     parser.add_argument("--source-model", default="hgb", choices=["hgb", "physical"],
                         help="the source and ceiling models: HGB point models or the physical cost model")
