@@ -57,7 +57,8 @@ CALIBRATIONS = ("cross", "split")
 #: metrics the physical model (``physical``) can fit: additive costs (time) and what is alive at the peak (memory)
 PHYSICAL_METRICS = ("latency_ms", "energy_mj", "peak_memory_mib", "tensor_peak_mib")
 #: the default: not the process-level peak memory, whose allocator steps (page and arena sizes) HGB follows better
-#: on small models (gpt-nano test tau 0.92-0.95 against 0.85-0.92 for the physical model on release 0.2.1)
+#: on small models (gpt-nano test tau on release 0.2.1: 0.92 / 0.95 / 0.88 against 0.85 / 0.92 / 0.86 for the physical
+#: model on three of its four devices)
 DEFAULT_PHYSICAL = ("latency_ms", "energy_mj", "tensor_peak_mib")
 FOLD_SEED_OFFSET = 7919  # folds hash arch ids with seed + this, independently of the outer split
 INTERVAL_COVERS = ("a single new measurement of an unseen architecture (one repeat drawn at random), with probability "
