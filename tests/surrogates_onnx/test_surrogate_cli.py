@@ -186,3 +186,16 @@ def test_predict_missing_archs_file_is_a_clear_error(capsys, tmp_path):
     assert main(["predict", "--space", "gpt-nano", "--device", "cpu-amd-epyc-2t", "--metric", "latency_ms",
                  "--archs", str(missing)]) == 2
     assert f"archs: {missing} not found" in capsys.readouterr().err
+
+
+def test_predict_answers_a_workload_between_the_measured_ones(capsys):
+    """`hwgpt-bench predict` at batch 2 x 384 tokens (no shipped model of exactly that workload) answers with the
+    shipped free-workload model and names the workload; beyond the measured batch sizes it is a one-line error."""
+    base = ["predict", "--space", "gpt-s", "--device", "cpu-intel-xeon-2t-d712558a", "--metric", "latency_ms",
+            "--phase", "forward", "--seq-len", "384", "--sample", "2"]
+    assert main([*base, "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "workload forward-b2-s384-float32" in out and len(out.strip().splitlines()) == 3
+    assert main([*base, "--batch-size", "8"]) == 2
+    assert _error(capsys).endswith("batch_size: 8 is outside the measured range of gpt-s latency_ms on "
+                                   "cpu-intel-xeon-2t-d712558a, phase forward; allowed values: 1 to 4")
