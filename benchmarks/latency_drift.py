@@ -41,6 +41,7 @@ from hwgpt_bench.loaders.reproducibility import process_spread
 from hwgpt_bench.loaders.splits import split_of
 from hwgpt_bench.metrics import WORKLOAD_KEYS
 from hwgpt_bench.search_spaces import ArchConfig
+from hwgpt_bench.surrogates_onnx.evaluation import halves_tau
 from hwgpt_bench.surrogates_onnx.runtime import Surrogate, list_models
 
 METRIC = "latency_ms"
@@ -90,13 +91,12 @@ def drift_figures(model: Surrogate, rows: pl.DataFrame, archs: dict[str, ArchCon
     resid = np.log(medians) - np.log(point)
     drift = neighbour_mean(resid, window)
     test = np.array([split_of(a) == "test" for a in ids])
-    halves = [(np.median(v[0::2]), np.median(v[1::2])) for v, t in zip(repeats, test, strict=True) if t]
     return {"archs": len(ids), "test": int(test.sum()), "lag1": float(np.corrcoef(resid[:-1], resid[1:])[0, 1]),
-            "drift_sd": float(np.std(neighbour_mean(resid, window)[window:-window])),
+            "drift_sd": float(np.std(drift[window:-window])),
             "resid_sd": float(np.std(resid)), "after_sd": float(np.std(resid - drift)),
             "tau": float(kendalltau(point[test], medians[test])[0]),
             "tau_free": float(kendalltau(point[test], medians[test] / np.exp(drift[test]))[0]),
-            "ceiling": float(kendalltau(*zip(*halves, strict=True))[0])}
+            "ceiling": halves_tau([v for v, t in zip(repeats, test, strict=True) if t])}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from scipy.stats import kendalltau
 
 from hwgpt_bench.search_spaces import ArchConfig, encode
 from hwgpt_bench.surrogates_onnx import physical
+from hwgpt_bench.surrogates_onnx.intervals import worst_quintile
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "hwgpt_bench"
 LEVELS = (0.5, 0.8, 0.9, 0.95)
@@ -66,14 +67,6 @@ def coverage(lower: np.ndarray, upper: np.ndarray, values: list[np.ndarray]) -> 
     return float(hits.mean())
 
 
-def worst_quintile(point: np.ndarray, lower: np.ndarray, upper: np.ndarray, values: list[np.ndarray]) -> float:
-    """Lowest coverage over five bins of test architectures by predicted value (every repeat counted)."""
-    edges = np.quantile(point, [0.2, 0.4, 0.6, 0.8])
-    which = np.searchsorted(edges, point, side="right")
-    return min(coverage(lower[which == k], upper[which == k], [v for v, w in zip(values, which, strict=True)
-                                                                if w == k]) for k in range(5))
-
-
 def evaluate(rows: pl.DataFrame) -> dict:
     """Fit on training + calibration architectures of one (device, metric), score every test repeat."""
     rows = rows.sort("arch_index")
@@ -94,7 +87,8 @@ def evaluate(rows: pl.DataFrame) -> dict:
     medians = np.array([np.median(v) for v in test_values])
     j = LEVELS.index(0.9)
     return {"coverage": {lv: coverage(lower[:, k], upper[:, k], test_values) for k, lv in enumerate(LEVELS)},
-            "worstq90": worst_quintile(point, lower[:, j], upper[:, j], test_values),
+            "worstq90": worst_quintile(point, np.array([np.mean((v >= lo) & (v <= up)) for v, lo, up in
+                                                        zip(test_values, lower[:, j], upper[:, j], strict=True)]))[0],
             "winkler90_log": winkler_log(lower[:, j], upper[:, j], test_values, 0.9),
             "tau": float(kendalltau(point, medians)[0]), "pm10": float(np.mean(np.abs(point / medians - 1) < 0.1)),
             "test_archs": len(test), "bins": len(model.edges) + 1}
