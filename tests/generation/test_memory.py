@@ -2,6 +2,7 @@
 and the whole CPU measurement in one forked child (``profilers.measure_in_child``, ``profile_arch``)."""
 
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -241,14 +242,19 @@ def test_cpu_profile_with_memory_builds_the_model_once_in_its_own_process(counti
 @pytest.mark.skipif(not zygote.fork_supported(), reason="needs Linux /proc")
 def test_the_profiled_step_does_not_inflate_the_peak(short_settings):
     """The tensor-peak step (torch.profiler, which raises a process's peak) runs after the peak is read: the peak is
-    that of a child without the step, within 1 MiB (gpt-nano largest at 256 tokens: profiling before the reading
-    raises it by several MiB)."""
+    that of a child without the step. Medians of 3 children each, within 2 MiB: one child's peak moves by up to 1 MiB
+    (CI saw 428.1 with, 429.1 without), while profiling before the reading raises it by 3.7-9.0 MiB (gpt-nano largest
+    at 256 tokens, measured on the AMD host of session 10)."""
     arch, settings = NANO.largest(), short_settings(seq_len=256, n_repeats=2)
-    with_step = profilers.measure_in_child(arch, settings)
-    without = profilers.measure_in_child(arch, settings, tensor_peak=False)
-    assert with_step.tensor_peak.mib > 0 and without.tensor_peak is None
-    assert abs(with_step.memory.peak_memory_mib - without.memory.peak_memory_mib) < 1, (with_step.memory, without)
-    assert abs(with_step.memory.memory_baseline_mib - without.memory.memory_baseline_mib) < 1
+    with_step = [profilers.measure_in_child(arch, settings) for _ in range(3)]
+    without = [profilers.measure_in_child(arch, settings, tensor_peak=False) for _ in range(3)]
+    assert all(c.tensor_peak.mib > 0 for c in with_step) and all(c.tensor_peak is None for c in without)
+
+    def median_of(children, field):
+        return statistics.median(getattr(c.memory, field) for c in children)
+
+    for field in ("peak_memory_mib", "memory_baseline_mib"):
+        assert abs(median_of(with_step, field) - median_of(without, field)) < 2, (field, with_step, without)
 
 
 @pytest.mark.slow
