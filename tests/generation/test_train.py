@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -228,3 +229,101 @@ def test_module_is_runnable():
                             text=True, timeout=120)
     assert result.returncode == 0 and "--grad-accum-steps" in result.stdout
     assert train.__doc__ and "sandwich" in train.__doc__.lower()
+
+
+# ---- compute dtype, tracked subnets, standalone architectures ------------------------------------------------------
+GPT_S_ARCH = "gpt-s|e192|l10|h4,4,4,4,4,4,4,4,4,4|m2,2,2,2,2,2,2,2,2,2|b0"
+
+
+@pytest.mark.parametrize(("field", "value", "rule"), [("dtype", "fp16", "must be one of"),
+                                                      ("n_eval_random", -1, "must be >= 0"),
+                                                      ("arch", GPT_S_ARCH, "must be an architecture of space"),
+                                                      ("arch", "gpt-nano|e128", "canonical: cannot parse"),
+                                                      ("arch", "gpt-nano|e100|l4|h2,2,2,2|m2,2,2,2|b0",
+                                                       "embed_dim: 100 is not allowed")])
+def test_new_fields_are_validated_by_name(field, value, rule):
+    kwargs = {field: value} | ({"n_random_subnets": 0} if field == "arch" else {})
+    with pytest.raises(ValueError, match=f"^{field}: {rule}"):
+        TrainConfig(**kwargs)
+
+
+def test_a_standalone_arch_needs_no_random_subnets():
+    smallest = SPACES["gpt-nano"].smallest().canonical
+    with pytest.raises(ValueError, match="^n_random_subnets: must be 0 when arch is set"):
+        TrainConfig(arch=smallest)
+    with pytest.raises(ValueError, match="^n_eval_random: must be 0 when arch is set"):
+        TrainConfig(arch=smallest, n_random_subnets=0, n_eval_random=2)
+
+
+def test_eval_subnets_are_fixed_distinct_and_seeded():
+    cfg = TrainConfig(n_eval_random=3)
+    subnets = train.eval_subnets(cfg)
+    assert [r for r, _ in subnets] == ["largest", "smallest", "random_1", "random_2", "random_3"]
+    assert len({a for _, a in subnets}) == 5 and subnets == train.eval_subnets(TrainConfig(n_eval_random=3))
+    assert subnets[2:] != train.eval_subnets(TrainConfig(n_eval_random=3, seed=1))[2:]
+    assert subnets[:4] == train.eval_subnets(TrainConfig(n_eval_random=2))  # more random subnets extend the list
+    cols = train.curve_columns(cfg)
+    assert cols[-5:] == ("heldout_loss_random_1", "heldout_loss_random_2", "heldout_loss_random_3", "elapsed_s",
+                         "tokens_seen")
+    assert train.curve_columns(TrainConfig()) == train.CURVE_COLUMNS
+
+
+def test_bfloat16_training_tracks_random_subnets_and_learns(tiny_space, tmp_path):
+    cfg = tiny_config(tmp_path, max_steps=30, eval_interval=10, ckpt_interval=10, dtype="bfloat16", n_eval_random=2)
+    train_supernet(cfg)
+    out = Path(cfg.out_dir)
+    rows = read_curve(out)
+    assert [r["step"] for r in rows if r["heldout_loss_random_2"]] == ["10", "20", "30"]
+    assert float(rows[-1]["loss_largest"]) < float(rows[0]["loss_largest"]) - 0.5
+    assert float(rows[-1]["heldout_loss_random_1"]) < float(rows[9]["heldout_loss_random_1"])
+    subnets = json.loads((out / "eval_subnets.json").read_text())
+    assert subnets == {role: arch.canonical for role, arch in train.eval_subnets(cfg)}
+    assert sorted(subnets) == ["largest", "random_1", "random_2", "smallest"]
+    weights = load_file(out / "supernet.safetensors")
+    assert all(t.dtype == torch.float32 for t in weights.values())  # autocast leaves the weights in float32
+
+
+def test_a_curve_of_other_columns_is_never_appended_to(tiny_space, tmp_path):
+    cfg = tiny_config(tmp_path, max_steps=4, n_eval_random=1)
+    train_supernet(tiny_config(tmp_path, max_steps=4), stop_at_step=2)
+    with pytest.raises(ValueError, match="^config: cannot resume, fields \\['n_eval_random'\\]"):
+        train_supernet(cfg)
+    curve = Path(cfg.out_dir) / "loss_curve.csv"
+    shutil.rmtree(Path(cfg.out_dir) / "checkpoints")  # another run's curve left without its checkpoints
+    before = curve.read_text()
+    with pytest.raises(ValueError, match="^loss curve: .* has columns"):
+        train_supernet(cfg)
+    assert curve.read_text() == before and [int(r["step"]) for r in read_curve(Path(cfg.out_dir))] == [1, 2]
+
+
+def test_checkpoints_older_than_a_field_resume_with_its_default(tiny_space, tmp_path):
+    cfg = tiny_config(tmp_path, max_steps=4)
+    train_supernet(cfg, stop_at_step=2)
+    state_path = latest_checkpoint(cfg.out_dir) / "state.json"
+    state = json.loads(state_path.read_text())
+    for name in ("dtype", "n_eval_random", "arch"):  # a checkpoint written before these fields existed
+        del state["config"][name]
+    state_path.write_text(json.dumps(state))
+    train_supernet(cfg)
+    assert latest_checkpoint(cfg.out_dir).name == "step_000004"
+    with pytest.raises(ValueError, match="dtype"):
+        train_supernet(tiny_config(tmp_path, max_steps=6, dtype="bfloat16"))
+
+
+def test_a_standalone_run_trains_only_its_architecture(tiny_space, tmp_path):
+    arch = TINY.smallest()
+    cfg = tiny_config(tmp_path, max_steps=20, eval_interval=10, ckpt_interval=10, arch=arch.canonical,
+                      n_random_subnets=0)
+    assert train.step_archs(cfg, 7) == [("standalone", arch)] == train.eval_subnets(cfg)
+    train_supernet(cfg)
+    out = Path(cfg.out_dir)
+    rows = read_curve(out)
+    assert list(rows[0]) == ["step", "lr", "loss_standalone", "heldout_loss_standalone", "elapsed_s", "tokens_seen"]
+    assert float(rows[-1]["loss_standalone"]) < float(rows[0]["loss_standalone"]) - 0.5
+    assert [r["step"] for r in rows if r["heldout_loss_standalone"]] == ["10", "20"]
+    trained, initial = load_file(out / "supernet.safetensors"), build_supernet(cfg, "cpu").state_dict()
+    changed = {name for name in trained if not torch.equal(trained[name], initial[name])}
+    assert changed, "the architecture's own weights were trained"
+    # The smallest architecture has one layer: the second layer's weights never see a gradient.
+    untouched = [name for name in trained if ".1." in name]
+    assert untouched and not changed & set(untouched)
