@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from hwgpt_bench.files import file_sha256
 from hwgpt_bench.generation.architectures import sample_with_rows
+from hwgpt_bench.generation.checkpoints import describe_checkpoint
 from hwgpt_bench.generation.runs import PartWriter, Shard, merge_parts, write_parquet_atomic
 from hwgpt_bench.loaders.schema import PRIMARY_KEYS, TABLES
 from hwgpt_bench.search_spaces import ArchConfig, get_space
@@ -305,6 +306,10 @@ def eval_perplexity(space: str, n: int, out: str | Path, checkpoint: str | Path,
     checkpoint, heldout = Path(checkpoint), Path(data_dir) / "heldout.bin"
     _check_perplexity_inputs(space, n, checkpoint, heldout, batch_size, eval_tokens, limit)
     shard_ = Shard.parse(shard)
+    described = describe_checkpoint(checkpoint)
+    if described["space"] != space or described["weights"] != "supernet":
+        raise ValueError(f"checkpoint: {checkpoint} holds {described['weights']} weights of space "
+                         f"{described['space']!r}; eval-perplexity slices a supernet of {space!r}")
     supernet = load_supernet(checkpoint, space=space)
     torch.set_num_threads(_threads(threads))
     archs, rows = sample_with_rows(space, n, seed)
@@ -313,6 +318,7 @@ def eval_perplexity(space: str, n: int, out: str | Path, checkpoint: str | Path,
     ckpt_sha, tokens = file_sha256(checkpoint)[:12], load_tokens(heldout)
     tokenizer, block = f"gpt-nano-bpe-{get_space(space).vocab_size}", get_space(space).block_size
     run_id = new_run_id()
+    write_checkpoint(run_dir, described, shard_)
     with PartWriter(run_dir, "perplexity", flush_every, shard_) as writer:
         todo = [a for a in archs if shard_.owns(a.arch_id) and (a.arch_id, ckpt_sha, "heldout") not in writer.done_keys]
         log.info("%s: %d architectures to evaluate (shard %s)", space, len(todo), shard_)
@@ -322,6 +328,13 @@ def eval_perplexity(space: str, n: int, out: str | Path, checkpoint: str | Path,
                                                     batch_size=batch_size, max_tokens=eval_tokens)
             writer.add([_perplexity_row(arch, result, ckpt_sha, tokenizer, run_id)])
     return len(todo)
+
+
+def write_checkpoint(run_dir: Path, row: dict, shard: Shard) -> None:
+    """Record the ``checkpoints`` row of the weights a run evaluates, unless the run directory has it already."""
+    with PartWriter(run_dir, "checkpoints", shard=shard) as writer:
+        if (row["checkpoint_sha256"],) not in writer.done_keys:
+            writer.add([row])
 
 
 def _perplexity_row(arch: ArchConfig, result, ckpt_sha: str, tokenizer: str, run_id: str) -> dict:

@@ -35,6 +35,7 @@ from hwgpt_bench.files import TMP_PREFIX, file_sha256, write_text_atomic
 from hwgpt_bench.generation.runs import merge_parts, write_parquet_atomic
 from hwgpt_bench.loaders.aggregate import sort_by_key, summarise_repeats
 from hwgpt_bench.loaders.card import README, render_card
+from hwgpt_bench.loaders.checkpoints import mark_defaults
 from hwgpt_bench.loaders.io import DATA_DIR, MANIFEST
 from hwgpt_bench.loaders.schema import PRIMARY_KEYS, SCHEMA_VERSION, SCHEMAS, check_table
 from hwgpt_bench.loaders.validate import (
@@ -89,6 +90,8 @@ def build_tables(run_dirs: Sequence[str | Path]) -> dict[str, pa.Table]:
     tables = collect_tables(run_dirs)
     if not (tables["measurements"].num_rows or tables["perplexity"].num_rows):
         raise ValueError(f"runs: no measurements or perplexity rows in {[str(d) for d in run_dirs]}")
+    if tables["checkpoints"].num_rows:
+        tables["checkpoints"] = mark_defaults(tables["checkpoints"])
     problems = integrity_problems(tables)
     if problems:
         raise ValueError("runs fail referential integrity: " + "; ".join(problems))

@@ -46,6 +46,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from hwgpt_bench.files import atomic_output, file_sha256, write_json_atomic
 from hwgpt_bench.search_spaces import ArchConfig, SearchSpace, get_space, random_arch
 
+from .checkpoints import SIDECAR, SIDECAR_FORMAT
 from .corpus import load_tokens
 from .perplexity import evaluate_perplexity
 from .supernet import SuperGPT, save_supernet
@@ -529,7 +530,8 @@ def _checkpoint_if_due(model, opt, cfg: TrainConfig, info: DistInfo, run: _Run, 
 
 
 def train_supernet(config: TrainConfig, stop_at_step: int | None = None) -> Path:
-    """Train (or resume) the supernet of ``config``; returns the path of ``out_dir/supernet.safetensors``.
+    """Train (or resume) the supernet of ``config``; returns the path of ``out_dir/supernet.safetensors``, written
+    with its record ``supernet.json`` (``checkpoints.SIDECAR``) once ``max_steps`` are done.
 
     ``stop_at_step`` ends the session after that many completed steps (with a checkpoint) without changing the
     schedule, which still spans ``max_steps``; a later call with the same config continues from there.
@@ -552,6 +554,8 @@ def train_supernet(config: TrainConfig, stop_at_step: int | None = None) -> Path
     final = out / "supernet.safetensors"
     if info.is_main and run.step == cfg.max_steps:
         save_supernet(model, final)
+        write_json_atomic({"format": SIDECAR_FORMAT, "step": run.step, "config": cfg.to_dict(),
+                           "elapsed_s": run.elapsed_s, "data_sha256": run.data_sha256}, out / SIDECAR)
     if info.world > 1:
         dist.barrier()
     return final

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
+from hwgpt_bench.loaders.checkpoints import default_perplexity
 from hwgpt_bench.loaders.io import load_table, read_manifest
 from hwgpt_bench.metrics import MAIN_PHASE
 
@@ -103,12 +104,13 @@ def pareto_front(frame: pl.DataFrame, x: str, y: str) -> pl.DataFrame:
 def perplexity_latency(root: str | Path = "dataset", space: str = "gpt-nano") -> pl.DataFrame:
     """Architectures of ``space`` with both perplexity and a main-workload latency, one row per device.
 
-    The columns of ``per_arch_latency`` (latency in ms) plus ``perplexity`` (exp of the mean next-token NLL,
+    The columns of ``per_arch_latency`` (latency in ms) plus, from the space's default checkpoint
+    (``checkpoints.default_perplexity``), ``perplexity`` (exp of the mean next-token NLL,
     unitless) and ``accuracy`` (token-weighted next-token top-1 accuracy, fraction 0..1). Empty when the release has
     no ``perplexity`` config yet.
     """
     if "perplexity" not in read_manifest(root)["configs"]:
         return pl.DataFrame()
-    ppl = load_table("perplexity", root).filter(pl.col("space") == space).select("arch_id", "perplexity", "accuracy")
+    ppl = default_perplexity(root).filter(pl.col("space") == space).select("arch_id", "perplexity", "accuracy")
     lat = main_workload(per_arch_latency(root)).filter(pl.col("space") == space)
     return lat.join(ppl, on="arch_id", how="inner")

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from hwgpt_bench.files import write_text_atomic
 from hwgpt_bench.loaders.analysis import main_workload
+from hwgpt_bench.loaders.checkpoints import select_default
 from hwgpt_bench.loaders.io import DATA_DIR
 from hwgpt_bench.loaders.schema import COLUMN_DOCS, PRIMARY_KEYS, SCHEMAS, schema_for
 from hwgpt_bench.search_spaces import SPACES
@@ -202,10 +203,12 @@ def _measurement_facts(m: pl.DataFrame, summary: pl.DataFrame) -> dict[str, str]
     return facts
 
 
-def _perplexity_facts(ppl: pl.DataFrame) -> dict[str, str]:
-    return {"perplexity_archs": _count(ppl["arch_id"].n_unique()),
+def _perplexity_facts(ppl: pl.DataFrame, checkpoints: pl.DataFrame | None) -> dict[str, str]:
+    """Architectures and range of the default checkpoints' perplexities; ``checkpoints`` counts every one."""
+    default = select_default(ppl, checkpoints)
+    return {"perplexity_archs": _count(default["arch_id"].n_unique()),
             "checkpoints": _count(ppl["checkpoint_sha256"].n_unique()),
-            "perplexity.min": _num(ppl["perplexity"].min()), "perplexity.max": _num(ppl["perplexity"].max())}
+            "perplexity.min": _num(default["perplexity"].min()), "perplexity.max": _num(default["perplexity"].max())}
 
 
 def card_facts(tables: dict[str, pa.Table], version: str | None = None) -> dict[str, str]:
@@ -214,7 +217,8 @@ def card_facts(tables: dict[str, pa.Table], version: str | None = None) -> dict[
     Names: ``version`` (when given), ``rows.<config>``, ``architectures``, ``spaces``, ``archs.<space>``, ``devices``,
     ``device_ids``; with measurements ``workloads``, ``other_cpu_cores.p99`` (cores),
     ``rows.other_cpu_cores_above_0.2``, ``rel_iqr_p50.<space>`` and ``rel_iqr.max`` (main workload, percent); with
-    perplexity ``perplexity_archs``, ``checkpoints``, ``perplexity.min`` and ``perplexity.max``.
+    perplexity ``perplexity_archs``, ``perplexity.min`` and ``perplexity.max`` (of the default checkpoints) and
+    ``checkpoints`` (all of them).
     """
     facts = {f"rows.{c}": _count(t.num_rows) for c, t in tables.items()}
     facts |= {"version": version} if version else {}
@@ -226,7 +230,7 @@ def card_facts(tables: dict[str, pa.Table], version: str | None = None) -> dict[
     if "measurements" in tables and "summary" in tables:
         facts |= _measurement_facts(_frame(tables, "measurements"), _frame(tables, "summary"))
     if (ppl := _frame(tables, "perplexity")) is not None:
-        facts |= _perplexity_facts(ppl)
+        facts |= _perplexity_facts(ppl, _frame(tables, "checkpoints"))
     return facts
 
 
@@ -260,16 +264,29 @@ def contents_table(tables: dict[str, pa.Table]) -> str:
 
 
 def perplexity_table(tables: dict[str, pa.Table]) -> str:
-    """Per space and checkpoint: architectures, evaluated tokens, perplexity range and median, accuracy median."""
+    """Per space and checkpoint kind: the weights (a supernet with its steps and training tokens, marked when it is
+    the default; standalone checkpoints pooled), architectures, evaluated tokens, perplexity range and median,
+    accuracy median."""
     if "perplexity" not in tables:
         return "No perplexity in this release."
-    grouped = (_frame(tables, "perplexity").group_by("space", "checkpoint_sha256", "eval_split")
+    ppl = _frame(tables, "perplexity")
+    if (checkpoints := _frame(tables, "checkpoints")) is not None:
+        described = checkpoints.select(
+            "checkpoint_sha256",
+            pl.when(pl.col("weights") == "standalone").then(pl.lit("standalone (one per architecture)"))
+            .otherwise(pl.format("`{}`{}: supernet, {} steps, {}M tokens", "checkpoint_sha256",
+                                 pl.when("default").then(pl.lit(" (default)")).otherwise(pl.lit("")), "train_steps",
+                                 (pl.col("tokens_seen") / 1e6).round(2))).alias("checkpoint"))
+        ppl = ppl.join(described, on="checkpoint_sha256", how="left")
+    else:
+        ppl = ppl.with_columns(pl.format("`{}`", "checkpoint_sha256").alias("checkpoint"))
+    grouped = (ppl.group_by("space", "checkpoint", "eval_split")
                .agg(pl.len().alias("archs"), pl.col("eval_tokens").median().alias("tokens"),
                     pl.col("perplexity").min().alias("lo"), pl.col("perplexity").median().alias("mid"),
                     pl.col("perplexity").max().alias("hi"), pl.col("accuracy").median().alias("acc"))
-               .sort("space", "checkpoint_sha256", "eval_split"))
+               .sort("space", "checkpoint", "eval_split"))
     rows = grouped.select(
-        pl.format("`{}`", "space").alias("space"), pl.format("`{}`", "checkpoint_sha256").alias("checkpoint"),
+        pl.format("`{}`", "space").alias("space"), pl.col("checkpoint"),
         pl.col("eval_split"), pl.col("archs").map_elements(_count, pl.String),
         pl.col("tokens").cast(pl.Int64).map_elements(_count, pl.String).alias("tokens per arch"),
         pl.col("lo").map_elements(_num, pl.String).alias("perplexity min"),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
+from hwgpt_bench.loaders.checkpoints import default_perplexity
 from hwgpt_bench.loaders.io import data_files, load_table
 from hwgpt_bench.loaders.schema import PRIMARY_KEYS
 
@@ -28,9 +29,11 @@ def _prefix_clashes(ppl: pl.DataFrame, taken: set[str]) -> pl.DataFrame:
     return ppl.rename({c: f"perplexity_{c}" for c in ppl.columns if c in taken and c != "arch_id"})
 
 
-def tidy_join(root: str | Path = "dataset", metrics: str = "summary") -> pl.DataFrame:
+def tidy_join(root: str | Path = "dataset", metrics: str = "summary", all_checkpoints: bool = False) -> pl.DataFrame:
     """Every architecture with its ``metrics`` rows (``summary`` or raw ``measurements``) and perplexity rows.
 
+    Perplexity rows are those of each space's default checkpoint (``checkpoints.default_perplexity``) unless
+    ``all_checkpoints``, which keeps every checkpoint's rows (older supernets, standalone-trained architectures).
     One row per (architecture, metrics row, perplexity row): an architecture with several perplexity rows (several
     checkpoints or eval splits) repeats its metrics rows, and one without metrics or perplexity keeps nulls there
     (left joins from ``architectures``). ``space`` comes from ``architectures``; perplexity columns that clash with
@@ -41,6 +44,8 @@ def tidy_join(root: str | Path = "dataset", metrics: str = "summary") -> pl.Data
         raise ValueError(f"metrics: unknown table {metrics!r}; allowed values: {list(METRIC_TABLES)}")
     joined, order = load_table("architectures", root), ["arch_id"]
     metric, ppl = _optional(metrics, root), _optional("perplexity", root)
+    if ppl is not None and not all_checkpoints:
+        ppl = default_perplexity(root).drop("space")
     if metric is not None:
         joined, order = joined.join(metric, on="arch_id", how="left"), [*order, *PRIMARY_KEYS[metrics][1:]]
     if ppl is not None:

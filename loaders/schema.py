@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SCHEMA_VERSION = "2.0.0"  # 2.0.0: host fingerprints, sessions, calibration panels, the memory split
+SCHEMA_VERSION = "2.1.0"  # 2.0.0: host fingerprints, sessions, calibration panels, the memory split; 2.1.0: checkpoints
 
 _STR = pa.string()
 _I32 = pa.int32()
@@ -100,6 +100,33 @@ _PERPLEXITY = [
     _f("tokenizer", _STR, "tokenizer name and vocabulary size"),
     _f("run_id", _STR, "identifier of the evaluation run that wrote the row"),
     _f("measured_at", _TS, "UTC time the evaluation finished"),
+]
+
+_CHECKPOINTS = [
+    _f("checkpoint_sha256", _STR, "sha256 prefix (12 hex) of the weights file (joins `perplexity`)"),
+    _f("space", _STR, "search space name"),
+    _f("weights", _STR, "`supernet`: sandwich-rule weight-sharing supernet, every architecture's weights sliced from "
+       "it; `standalone`: one architecture (`arch_id`) trained alone from scratch"),
+    _f("arch_id", _STR, "the architecture a `standalone` checkpoint trained; null for a supernet", True),
+    _f("default", _BOOL, "the checkpoint whose perplexities the loaders, surrogates, demo and card use by default: per "
+       "space, the supernet checkpoint trained on the most tokens; false for every other"),
+    _f("train_steps", _I64, "optimiser steps completed (count)"),
+    _f("tokens_seen", _I64, "training target tokens seen, each counted once although several subnets see it (count)"),
+    _f("batch_size", _I32, "sequences per optimiser step (count)"),
+    _f("seq_len", _I32, "tokens per training sequence (count)"),
+    _f("lr", _F64, "peak learning rate after the linear warm-up"),
+    _f("min_lr", _F64, "final learning rate of the cosine decay"),
+    _f("warmup_steps", _I64, "steps of linear warm-up (count)"),
+    _f("weight_decay", _F64, "AdamW decoupled weight decay on matrices"),
+    _f("n_random_subnets", _I32, "random subnets per step besides the largest and smallest (0 for standalone)"),
+    _f("train_dtype", _STR, "compute dtype of training: `float32`, or `bfloat16` under autocast (float32 weights)"),
+    _f("seed", _I64, "seed of the initial weights and of every step's batch and subnets"),
+    _f("train_data_sha256", _STR, "sha256 prefix (12 hex) of the training tokens file; null where the training did "
+       "not record it (the 600-step supernet of release 0.1.0)", True),
+    _f("train_elapsed_s", _F64, "training wall time over all sessions (seconds)", True),
+    _f("heldout_loss", _F64, "the last held-out evaluation during training: the largest subnet (supernet) or the "
+       "architecture (standalone), nats per token; null when none was logged", True),
+    _f("config_json", _STR, "the whole training configuration (`generation.train.TrainConfig`) as JSON"),
 ]
 
 _DEVICES = [
@@ -198,6 +225,7 @@ TABLES: dict[str, list[tuple[pa.Field, str]]] = {
     "architectures": _ARCHITECTURES,
     "measurements": _MEASUREMENTS,
     "perplexity": _PERPLEXITY,
+    "checkpoints": _CHECKPOINTS,
     "devices": _DEVICES,
     "summary": _SUMMARY,
     "sessions": _SESSIONS,
@@ -209,6 +237,7 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "architectures": ("arch_id",),
     "measurements": ("arch_id", "device_id", "phase", "batch_size", "seq_len", "dtype", "weights"),
     "perplexity": ("arch_id", "checkpoint_sha256", "eval_split"),
+    "checkpoints": ("checkpoint_sha256",),
     "devices": ("device_id",),
     "summary": ("arch_id", "device_id", "phase", "batch_size", "seq_len", "dtype", "weights"),
     "sessions": ("session_id",),

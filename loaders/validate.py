@@ -24,6 +24,7 @@ import yaml
 from hwgpt_bench.files import file_sha256
 from hwgpt_bench.loaders.aggregate import sort_by_key, summarise_repeats
 from hwgpt_bench.loaders.card import README, card_problems, data_problems, default_config, split_front_matter
+from hwgpt_bench.loaders.checkpoints import WEIGHTS, default_problems
 from hwgpt_bench.loaders.io import DATA_DIR, MANIFEST, data_files, read_manifest
 from hwgpt_bench.loaders.schema import PRIMARY_KEYS, SCHEMA_VERSION, SCHEMAS, check_table, key_tuples
 
@@ -62,7 +63,8 @@ _REFERENCES = (("measurements", "arch_id", "architectures"), ("perplexity", "arc
                ("summary", "arch_id", "architectures"), ("measurements", "device_id", "devices"),
                ("measurements", "session_id", "sessions"), ("sessions", "device_id", "devices"),
                ("panel", "session_id", "sessions"), ("panel", "arch_id", "architectures"),
-               ("panel", "device_id", "devices"))
+               ("panel", "device_id", "devices"), ("perplexity", "checkpoint_sha256", "checkpoints"),
+               ("checkpoints", "arch_id", "architectures"))
 
 
 def integrity_problems(tables: dict[str, pa.Table]) -> list[str]:
@@ -83,7 +85,22 @@ def integrity_problems(tables: dict[str, pa.Table]) -> list[str]:
                 if clash.height:
                     problems.append(f"data/{child}: column space: {clash.height} arch_id(s) whose space differs from "
                                     f"architectures, e.g. {clash.row(0)}")
+    if "checkpoints" in tables and tables["checkpoints"].num_rows:
+        problems += default_problems(tables["checkpoints"], tables.get("perplexity"))
+        problems += _standalone_problems(tables)
     return problems
+
+
+def _standalone_problems(tables: dict[str, pa.Table]) -> list[str]:
+    """A standalone checkpoint's perplexity rows are of its own architecture only."""
+    if "perplexity" not in tables:
+        return []
+    own = pl.from_arrow(tables["checkpoints"].select(["checkpoint_sha256", "weights", "arch_id"])).filter(
+        pl.col("weights") == "standalone")
+    rows = pl.from_arrow(tables["perplexity"].select(["arch_id", "checkpoint_sha256"])).join(
+        own, on="checkpoint_sha256", suffix="_trained").filter(pl.col("arch_id") != pl.col("arch_id_trained"))
+    return [f"data/perplexity: {rows.height} row(s) evaluate a standalone checkpoint on another architecture than "
+            f"the one it trained, e.g. {rows.row(0)}"] if rows.height else []
 
 
 def used_arch_ids(tables: dict[str, pa.Table]) -> set[str]:
@@ -154,6 +171,17 @@ def _file_problems(root: Path, entry: dict) -> list[str]:
     return problems
 
 
+def schema_readable(version) -> bool:
+    """Whether a release of schema ``version`` is read by this code: the same major version and a minor version no
+    newer than ``SCHEMA_VERSION``'s (minor versions only add tables, so an older release lacks some configs)."""
+    match = VERSION_PATTERN.match(str(version))
+    if match is None:
+        return False
+    major, minor = (int(x) for x in str(version).split(".")[:2])
+    code_major, code_minor = (int(x) for x in SCHEMA_VERSION.split(".")[:2])
+    return major == code_major and minor <= code_minor
+
+
 def manifest_problems(root: Path, tables: dict[str, pa.Table | None]) -> list[str]:
     """Manifest vs files: schema version, per-file sha256/bytes/rows, unlisted data files, rows per config."""
     if not (root / MANIFEST).is_file():
@@ -164,8 +192,9 @@ def manifest_problems(root: Path, tables: dict[str, pa.Table | None]) -> list[st
         return [f"{MANIFEST}: not valid JSON ({err})"]
     if not isinstance(manifest, dict):
         return [f"{MANIFEST}: not a JSON object (found {type(manifest).__name__})"]
-    problems = [] if manifest.get("schema_version") == SCHEMA_VERSION else [
-        f"MANIFEST.json: schema_version {manifest.get('schema_version')!r} differs from the code's {SCHEMA_VERSION!r}"]
+    problems = [] if schema_readable(manifest.get("schema_version")) else [
+        f"MANIFEST.json: schema_version {manifest.get('schema_version')!r} is not readable by the code's "
+        f"{SCHEMA_VERSION!r} (same major version and a minor version <= the code's)"]
     if not VERSION_PATTERN.match(str(manifest.get("version", ""))):
         problems.append(f"MANIFEST.json: version {manifest.get('version')!r} is not MAJOR.MINOR.PATCH")
     files, configs = manifest.get("files", []), manifest.get("configs", {})
@@ -264,6 +293,21 @@ def value_rules() -> dict[str, list[tuple[str, pl.Expr, str]]]:
         "sessions": [
             ("ended_at", pl.col("ended_at").is_not_null() & (pl.col("ended_at") < pl.col("started_at")),
              "a time before started_at"),
+        ],
+        "checkpoints": [
+            ("weights", ~pl.col("weights").is_in(list(WEIGHTS)), f"a value other than {' / '.join(WEIGHTS)}"),
+            ("arch_id", (pl.col("weights") == "standalone") != pl.col("arch_id").is_not_null(),
+             "null for a standalone checkpoint or set for a supernet"),
+            ("default", pl.col("default") & (pl.col("weights") != "supernet"), "true for a standalone checkpoint"),
+            ("train_steps", pl.col("train_steps") < 1, "a value < 1"),
+            ("tokens_seen", pl.col("tokens_seen") != pl.col("train_steps") * pl.col("batch_size") * pl.col("seq_len"),
+             "a value that is not train_steps x batch_size x seq_len"),
+            ("n_random_subnets", (pl.col("weights") == "standalone") & (pl.col("n_random_subnets") != 0),
+             "a value other than 0 for a standalone checkpoint"),
+            ("train_dtype", ~pl.col("train_dtype").is_in(["float32", "bfloat16"]),
+             "a value other than float32 / bfloat16"),
+            ("heldout_loss", pl.col("heldout_loss").is_not_null() & _outside(pl.col("heldout_loss"), 0),
+             "a value <= 0 (or NaN, inf)"),
         ],
         "panel": [
             ("panel_position", ~pl.col("panel_position").is_in(["start", "end"]), "a value other than start / end"),

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from hwgpt_bench.loaders.checkpoints import default_perplexity
 from hwgpt_bench.loaders.io import data_files, load_table
 from hwgpt_bench.metrics import (
     DEVICE_FREE_METRICS,
@@ -150,6 +151,6 @@ def load_targets(root: str | Path = "dataset", metrics: Sequence[str] = METRICS,
                    "seq_len": seq_lens, "dtype": dtypes}
         targets += measurement_targets(load_table("measurements", root), encodings, metrics, filters)
     if data_files("perplexity", root) and set(metrics) & set(DEVICE_FREE_METRICS):
-        targets += perplexity_targets(load_table("perplexity", root), encodings, metrics, spaces)
+        targets += perplexity_targets(default_perplexity(root), encodings, metrics, spaces)
     log.info("%d targets in %s", len(targets), root)
     return targets

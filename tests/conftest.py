@@ -95,6 +95,19 @@ def perplexity_row(arch_id: str, nll: float) -> dict:
             "run_id": "ppl-test", "measured_at": WHEN}
 
 
+def checkpoint_row(sha: str = "0123456789ab", train_steps: int = 600, weights: str = "supernet",
+                   arch_id: str | None = None) -> dict:
+    """One complete ``checkpoints`` row (``default`` false: the release build sets it)."""
+    import json
+
+    return {"checkpoint_sha256": sha, "space": SPACE, "weights": weights, "arch_id": arch_id, "default": False,
+            "train_steps": train_steps, "tokens_seen": train_steps * 16 * 256, "batch_size": 16, "seq_len": 256,
+            "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 60, "weight_decay": 0.1,
+            "n_random_subnets": 2 if weights == "supernet" else 0, "train_dtype": "float32", "seed": 0,
+            "train_data_sha256": "30fa31153387", "train_elapsed_s": 5928.2, "heldout_loss": 4.68,
+            "config_json": json.dumps({"max_steps": train_steps})}
+
+
 def _device_measurements(arch_ids: list[str], device_id: str, rng: random.Random) -> list[dict]:
     rows = []
     for i, arch_id in enumerate(arch_ids):
@@ -128,6 +141,8 @@ def write_synthetic_runs(base: Path) -> list[Path]:
         w.add(arch_rows)
     with PartWriter(runs[2], "perplexity") as w:
         w.add([perplexity_row(a, 2.0 + 0.1 * i) for i, a in enumerate(ids[:6])])
+    with PartWriter(runs[2], "checkpoints") as w:
+        w.add([checkpoint_row()])
     return runs
 
 
@@ -157,6 +172,12 @@ def release_copy(release, tmp_path) -> Path:
 def make_measurement():
     """``measurement_row(arch_id, device_id, batch_size, latency_ms, energy_mj, peak_memory_mib, run_id)``."""
     return measurement_row
+
+
+@pytest.fixture
+def make_checkpoint():
+    """``checkpoint_row(sha, train_steps, weights, arch_id)``: one complete ``checkpoints`` row."""
+    return checkpoint_row
 
 
 @pytest.fixture

@@ -132,16 +132,15 @@ class MeasuredTable:
 
     @staticmethod
     def _perplexity_rows(root, space: str, per_arch: dict) -> str | None:
-        """Add perplexity and accuracy of the checkpoint with the most rows of ``space``; its sha (None if none)."""
-        from hwgpt_bench.loaders.io import data_files, load_table
+        """Add perplexity and accuracy of the default checkpoint of ``space`` (``loaders.checkpoints``); its sha (None
+        if none)."""
+        from hwgpt_bench.loaders.checkpoints import default_perplexity
 
-        if not data_files("perplexity", root):
-            return None
-        rows = load_table("perplexity", root).filter(space=space)
+        rows = default_perplexity(root)
+        rows = rows.filter(space=space) if not rows.is_empty() else rows
         if rows.is_empty():
             return None
-        counts = rows.group_by("checkpoint_sha256").len().sort(["len", "checkpoint_sha256"], descending=[True, False])
-        checkpoint = counts["checkpoint_sha256"][0]
+        checkpoint = rows["checkpoint_sha256"][0]
         for row in rows.filter(checkpoint_sha256=checkpoint).iter_rows(named=True):
             target = per_arch.setdefault(row["arch_id"], {})
             for metric in DEVICE_FREE_METRICS:

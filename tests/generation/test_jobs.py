@@ -1,5 +1,6 @@
 """Real profiling runs through the CLI: kill -9 and resume loses nothing and duplicates nothing; shards merge."""
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from hwgpt_bench.files import file_sha256
 from hwgpt_bench.generation.jobs import merge_runs
 from hwgpt_bench.generation.runs import merge_parts, part_files, read_parts
 from hwgpt_bench.loaders.schema import PRIMARY_KEYS
@@ -109,7 +111,9 @@ def test_eval_perplexity_run_is_resumable_and_sharded(tmp_path):
     import numpy as np
     import torch
 
+    from hwgpt_bench.generation.checkpoints import SIDECAR
     from hwgpt_bench.generation.supernet import SuperGPT, save_supernet
+    from hwgpt_bench.generation.train import TrainConfig
 
     torch.manual_seed(0)
     ckpt = tmp_path / "supernet.safetensors"
@@ -119,6 +123,13 @@ def test_eval_perplexity_run_is_resumable_and_sharded(tmp_path):
     np.random.default_rng(0).integers(0, 8192, size=2000, dtype=np.uint16).tofile(data / "heldout.bin")
     base = ["eval-perplexity", "--space", "gpt-nano", "--n", "4", "--checkpoint", str(ckpt), "--data-dir", str(data),
             "--eval-tokens", "512", "--threads", "1", "--flush-every", "0"]
+    refused = subprocess.run(_cli(*base, "--out", str(tmp_path / "run")), capture_output=True, text=True)
+    assert refused.returncode == 2 and "checkpoint: " in refused.stderr and "no training record" in refused.stderr
+    assert not (tmp_path / "run").exists()
+    config = TrainConfig(max_steps=3, warmup_steps=1).to_dict()
+    record = {"format": "hwgpt-bench-weights/1", "step": 3, "config": config, "elapsed_s": 1.5,
+              "data_sha256": "ab" * 32}
+    (tmp_path / SIDECAR).write_text(json.dumps(record))
     for shard in ("0/2", "1/2", "0/2"):  # the third call finds its shard done
         subprocess.run(_cli(*base, "--shard", shard, "--out", str(tmp_path / "run")), check=True, capture_output=True)
     ppl = read_parts([tmp_path / "run" / "perplexity"], "perplexity")
@@ -126,6 +137,13 @@ def test_eval_perplexity_run_is_resumable_and_sharded(tmp_path):
     assert ppl.num_rows == 4 and set(ppl.column("eval_tokens").to_pylist()) == {512}
     # an untrained supernet is close to uniform over the 8192-token vocabulary
     assert all(1000 < p < 60000 for p in ppl.column("perplexity").to_pylist())
+    checkpoints = read_parts([tmp_path / "run" / "checkpoints"], "checkpoints").to_pylist()
+    assert len(checkpoints) == 1  # one row although three calls evaluated with it
+    row = checkpoints[0]
+    assert row["checkpoint_sha256"] == ppl.column("checkpoint_sha256")[0].as_py() == file_sha256(ckpt)[:12]
+    assert (row["weights"], row["arch_id"], row["train_steps"]) == ("supernet", None, 3)
+    assert row["tokens_seen"] == 3 * 16 * 256
+    assert (row["train_data_sha256"], row["train_elapsed_s"], row["heldout_loss"]) == ("ab" * 6, 1.5, None)
 
 
 @pytest.mark.parametrize(("flags", "message"), [

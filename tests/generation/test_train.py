@@ -327,3 +327,37 @@ def test_a_standalone_run_trains_only_its_architecture(tiny_space, tmp_path):
     # The smallest architecture has one layer: the second layer's weights never see a gradient.
     untouched = [name for name in trained if ".1." in name]
     assert untouched and not changed & set(untouched)
+
+
+def test_every_weights_file_describes_its_training(tiny_space, tmp_path):
+    from hwgpt_bench.files import file_sha256
+    from hwgpt_bench.generation.checkpoints import SIDECAR, describe_checkpoint
+
+    cfg = tiny_config(tmp_path, max_steps=6, eval_interval=3, ckpt_interval=2)
+    final = train_supernet(cfg)
+    rows = read_curve(Path(cfg.out_dir))
+    row = describe_checkpoint(final)
+    assert row["checkpoint_sha256"] == file_sha256(final)[:12] and row["weights"] == "supernet"
+    assert (row["train_steps"], row["tokens_seen"], row["batch_size"], row["seq_len"]) == (6, 6 * 4 * 16, 4, 16)
+    assert row["heldout_loss"] == float(rows[5]["heldout_loss_largest"])
+    assert row["train_data_sha256"] == file_sha256(Path(cfg.data_dir) / "train.bin")[:12]
+    assert json.loads(row["config_json"]) == cfg.to_dict() and row["train_elapsed_s"] > 0
+    middle = describe_checkpoint(Path(cfg.out_dir) / "checkpoints/step_000004/supernet.safetensors")
+    assert (middle["train_steps"], middle["heldout_loss"]) == (4, float(rows[2]["heldout_loss_largest"]))
+    (final.parent / SIDECAR).unlink()  # a final file written before supernet.json existed
+    legacy = describe_checkpoint(final)
+    assert legacy["train_steps"] == 6 and legacy["train_data_sha256"] is None
+    assert legacy["train_elapsed_s"] == float(rows[-1]["elapsed_s"])
+    (final.parent / "config.json").unlink()
+    with pytest.raises(ValueError, match="^checkpoint: .* has no training record"):
+        describe_checkpoint(final)
+
+
+def test_a_standalone_weights_file_names_its_architecture(tiny_space, tmp_path):
+    from hwgpt_bench.generation.checkpoints import describe_checkpoint
+
+    arch = TINY.largest()
+    cfg = tiny_config(tmp_path, max_steps=2, arch=arch.canonical, n_random_subnets=0, eval_interval=2)
+    row = describe_checkpoint(train_supernet(cfg))
+    assert (row["weights"], row["arch_id"], row["n_random_subnets"]) == ("standalone", arch.arch_id, 0)
+    assert row["heldout_loss"] == float(read_curve(Path(cfg.out_dir))[-1]["heldout_loss_standalone"])

@@ -62,12 +62,22 @@ def perplexity(arch_id: str, nll: float, accuracy: float) -> dict:
             "tokenizer": "bpe-8192", "run_id": "ppl-syn", "measured_at": WHEN}
 
 
+def checkpoint() -> dict:
+    """The ``checkpoints`` row of the supernet the synthetic perplexities name."""
+    return {"checkpoint_sha256": "0123456789ab", "space": SPACE, "weights": "supernet", "arch_id": None,
+            "default": False, "train_steps": 100, "tokens_seen": 100 * 16 * 256, "batch_size": 16, "seq_len": 256,
+            "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 10, "weight_decay": 0.1, "n_random_subnets": 2,
+            "train_dtype": "float32", "seed": 0, "train_data_sha256": None, "train_elapsed_s": None,
+            "heldout_loss": None, "config_json": "{}"}
+
+
 def synthetic_rows(n_archs: int = N_ARCHS, seed: int = 0) -> dict[str, list[dict]]:
     """Rows of every table: CPU (batch 1 and 2: latency, memory), GPU (batch 1: latency, energy, memory), perplexity."""
     rng = np.random.default_rng(seed)
     archs = sample_archs(SPACE, n_archs, seed=seed)
     rows: dict[str, list[dict]] = {"architectures": [architecture_row(a, seed, i) for i, a in enumerate(archs)],
-                                   "devices": [device(CPU), device(GPU)], "measurements": [], "perplexity": []}
+                                   "devices": [device(CPU), device(GPU)], "measurements": [], "perplexity": [],
+                                   "checkpoints": [checkpoint()]}
     for arch in archs:
         x = encode(arch)
         size, gflops, sd = x[-2], x[-1], _noise_sd(arch.n_layer)
