@@ -129,26 +129,32 @@ def write_config(tree: Path, config: str, data: pa.Table, max_bytes: int = MAX_S
     return entries
 
 
-def git_state(repo: Path) -> dict:
+def git_state(repo: Path, release: Path | None = None) -> dict:
     """``git_commit`` (HEAD of the git work tree holding ``repo``, or ``"unknown"``) and ``git_dirty`` (tracked
-    changes?). The build passes the card source's folder: the repository the release is built from."""
+    changes?). The build passes the card source's folder: the repository the release is built from, and the folder
+    the release replaces (``release``), whose own changes are the build's output, not a change of the code."""
     try:
         run = {"cwd": repo, "capture_output": True, "text": True, "check": True, "timeout": 60}
         head = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip()
-        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
+        top = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], **run).stdout.strip())
+        spec = ["--", ":/"]
+        if release is not None and release.resolve().is_relative_to(top):
+            spec.append(f":(top,exclude){release.resolve().relative_to(top).as_posix()}")
+        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no", *spec],
                                **run).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": "unknown", "git_dirty": None}
     return {"git_commit": head, "git_dirty": bool(dirty)}
 
 
-def make_manifest(version: str, tables: dict[str, pa.Table], files: list[dict], repo: Path) -> dict:
-    """The release manifest: versions (dataset, schema, code), the commit of ``repo``, build time, rows per config
-    and each file's hash."""
+def make_manifest(version: str, tables: dict[str, pa.Table], files: list[dict], repo: Path,
+                  release: Path | None = None) -> dict:
+    """The release manifest: versions (dataset, schema, code), the commit of ``repo`` (``git_state``; ``release``
+    is the folder being replaced), build time, rows per config and each file's hash."""
     configs = {c: {"rows": t.num_rows, "files": sum(f["config"] == c for f in files),
                    "primary_key": list(PRIMARY_KEYS[c])} for c, t in tables.items()}
     return {"dataset": DATASET_NAME, "version": version, "schema_version": SCHEMA_VERSION,
-            "code_version": __version__, **git_state(repo),
+            "code_version": __version__, **git_state(repo, release),
             "built_at": datetime.now(UTC).isoformat(timespec="seconds"), "configs": configs, "files": files}
 
 
@@ -173,9 +179,9 @@ def _check_version(version: str) -> None:
 
 
 def _write_tree(tree: Path, tables: dict[str, pa.Table], version: str, card: Path, changelog: str,
-                max_bytes: int) -> dict:
+                max_bytes: int, out: Path) -> dict:
     files = [e for c, data in tables.items() for e in write_config(tree, c, data, max_bytes)]
-    manifest = make_manifest(version, tables, files, card.resolve().parent)
+    manifest = make_manifest(version, tables, files, card.resolve().parent, out)
     write_text_atomic(json.dumps(manifest, indent=2) + "\n", tree / MANIFEST)
     write_text_atomic(render_card(card.read_text(encoding="utf-8"), tables, version), tree / README)
     write_text_atomic(changelog, tree / CHANGELOG)
@@ -238,7 +244,7 @@ def build_release(run_dirs: Sequence[str | Path], out: str | Path = "dataset", *
     out.parent.mkdir(parents=True, exist_ok=True)
     tree = out.with_name(f"{TMP_PREFIX}{out.name}-{uuid.uuid4().hex[:8]}")
     try:
-        manifest = _write_tree(tree, tables, version, card, changelog, max_shard_bytes)
+        manifest = _write_tree(tree, tables, version, card, changelog, max_shard_bytes, out)
         problems = validate_release(tree)
         if problems:
             raise ValueError("the built release is invalid:\n" + "\n".join(problems))

@@ -2,6 +2,7 @@
 
 import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -189,3 +190,21 @@ def test_rebuilding_a_version_keeps_its_first_release_date():
     assert "## v0.2.0 (2026-11-30)\n\nSecond, rebuilt." in log and "Second.\n" not in log
     assert log.count("## v0.2.0") == 1 and "## v0.1.0 (2026-11-22)\n\nFirst." in log
     assert "## v0.3.0 (2026-12-02)" in rel.changelog_text(old, "0.3.0", "Third.", "2026-12-02")
+
+
+def test_git_dirty_ignores_the_release_folder_being_replaced(tmp_path):
+    """The release folder is tracked in the code repository and changes with every build: only changes elsewhere make
+    a build's code dirty."""
+    repo = tmp_path / "repo"
+    (repo / "dataset").mkdir(parents=True)
+    (repo / "code.py").write_text("x = 1\n")
+    (repo / "dataset" / "MANIFEST.json").write_text("{}\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "init"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    (repo / "dataset" / "MANIFEST.json").write_text('{"version": "0.0.2"}\n')
+    state = rel.git_state(repo, repo / "dataset")
+    assert state["git_dirty"] is False and len(state["git_commit"]) == 40
+    assert rel.git_state(repo)["git_dirty"] is True
+    (repo / "code.py").write_text("x = 2\n")
+    assert rel.git_state(repo, repo / "dataset")["git_dirty"] is True
