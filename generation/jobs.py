@@ -316,7 +316,7 @@ def eval_perplexity(space: str, n: int, out: str | Path, checkpoint: str | Path,
     run_dir = Path(out)
     write_architectures(run_dir, rows, shard_)
     ckpt_sha, tokens = file_sha256(checkpoint)[:12], load_tokens(heldout)
-    tokenizer, block = f"gpt-nano-bpe-{get_space(space).vocab_size}", get_space(space).block_size
+    tokenizer, block = tokenizer_name(space), get_space(space).block_size
     run_id = new_run_id()
     write_checkpoint(run_dir, described, shard_)
     with PartWriter(run_dir, "perplexity", flush_every, shard_) as writer:
@@ -326,7 +326,7 @@ def eval_perplexity(space: str, n: int, out: str | Path, checkpoint: str | Path,
         for arch in tqdm(todo, desc=f"perplexity {space}", unit="arch"):
             result = perplexity.evaluate_perplexity(functools.partial(supernet, arch=arch), tokens, block_size=block,
                                                     batch_size=batch_size, max_tokens=eval_tokens)
-            writer.add([_perplexity_row(arch, result, ckpt_sha, tokenizer, run_id)])
+            writer.add([perplexity_row(arch, result, ckpt_sha, tokenizer, run_id)])
     return len(todo)
 
 
@@ -337,7 +337,13 @@ def write_checkpoint(run_dir: Path, row: dict, shard: Shard) -> None:
             writer.add([row])
 
 
-def _perplexity_row(arch: ArchConfig, result, ckpt_sha: str, tokenizer: str, run_id: str) -> dict:
+def tokenizer_name(space: str) -> str:
+    """The ``tokenizer`` column of ``space``'s perplexity rows: the shipped BPE and its vocabulary size."""
+    return f"gpt-nano-bpe-{get_space(space).vocab_size}"
+
+
+def perplexity_row(arch: ArchConfig, result, ckpt_sha: str, tokenizer: str, run_id: str) -> dict:
+    """A ``perplexity`` row of ``arch`` (``result``: a ``perplexity.PerplexityResult`` on the held-out split)."""
     return {"arch_id": arch.arch_id, "space": arch.space, "checkpoint_sha256": ckpt_sha, "eval_split": "heldout",
             "eval_tokens": int(result.eval_tokens), "nll": float(result.nll), "perplexity": float(result.perplexity),
             "accuracy": float(result.accuracy), "tokenizer": tokenizer, "run_id": run_id,

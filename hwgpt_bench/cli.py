@@ -327,6 +327,37 @@ def _add_train(sub) -> None:
     p.add_argument("train_args", nargs=argparse.REMAINDER, help="arguments of the trainer (try --help)")
 
 
+def _add_train_standalone(sub) -> None:
+    p = sub.add_parser("train-standalone", help="train chosen architectures alone from scratch and evaluate them "
+                       "(the supernet's ground truth; resumable)",
+                       description="Choose architectures on the supernet's Pareto front and across the parameter "
+                       "range (first call; frozen in <out>/selection.json), train each alone with one fixed recipe, "
+                       "resumable within a time budget per call, and write their perplexity into <out>/run.")
+    p.add_argument("--out", required=True, help="output folder: selection.json, one folder per architecture, run/")
+    p.add_argument("--data-dir", required=True, help="corpus directory with train.bin and heldout.bin")
+    p.add_argument("--dataset", default="dataset", help="release whose default perplexities to choose from "
+                   "(default: dataset)")
+    p.add_argument("--space", default="gpt-nano", help="search space (default gpt-nano)")
+    p.add_argument("--n", type=int, default=24, help="architectures to train (default 24; half on the front)")
+    p.add_argument("--budget-min", type=float, default=None, help="stop training after this many minutes, at a "
+                   "checkpoint (default: train everything)")
+    p.add_argument("--eval-tokens", type=int, default=32768, help="held-out tokens per architecture (default 32768, "
+                   "as the supernet's rows)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.set_defaults(handler=_cmd_train_standalone)
+
+
+def _cmd_train_standalone(args: argparse.Namespace) -> int:
+    from hwgpt_bench.generation.standalone import run_standalone
+
+    budget = None if args.budget_min is None else 60.0 * args.budget_min
+    counts = run_standalone(args.out, args.data_dir, args.dataset, args.space, args.n, budget, args.eval_tokens,
+                            args.threads)
+    print(f"{counts['chosen']} chosen, {counts['trained']} trained, {counts['evaluated']} evaluated now "
+          f"(perplexity parts in {args.out}/run)")
+    return 0
+
+
 def _add_prepare_corpus(sub) -> None:
     p = sub.add_parser("prepare-corpus", help="build the gpt-nano training corpus and tokens",
                        description="Collect the installed English text, split train/held-out by document and "
@@ -580,8 +611,8 @@ def _add_search(sub) -> None:
 
 
 _BUILDERS = [_add_demo, _add_figures, _add_spaces, _add_sample, _add_profile, _add_eval_perplexity, _add_train,
-             _add_run_plan, _add_plan_device, _add_prepare_corpus, _add_merge, _add_build_release, _add_validate,
-             _add_publish,
+             _add_train_standalone, _add_run_plan, _add_plan_device, _add_prepare_corpus, _add_merge,
+             _add_build_release, _add_validate, _add_publish,
              _add_predict, _add_train_surrogates, _add_evaluate_surrogates, _add_fit_device, _add_search]
 
 
