@@ -58,6 +58,43 @@ def last_heldout_loss(curve: Path | None, step: int, column: str) -> float | Non
     return values[-1] if values else None
 
 
+def _subnet_archs(cfg: dict, curve: Path | None) -> dict[str, str]:
+    """``{subnet: canonical}`` of the held-out subnets of a training (``eval_subnets.json`` beside its curve, else the
+    space's extremes, or the standalone architecture)."""
+    if cfg.get("arch"):
+        return {"standalone": cfg["arch"]}
+    listed = curve.parent / "eval_subnets.json" if curve is not None else None
+    if listed is not None and listed.is_file():
+        return dict(json.loads(listed.read_text()))
+    space = get_space(cfg["space"])
+    return {"largest": space.largest().canonical, "smallest": space.smallest().canonical}
+
+
+def curve_rows(weights: str | Path) -> list[dict]:
+    """The ``training_curves`` rows of ``weights``: every logged train loss and held-out evaluation of its training up
+    to its step (empty when no loss curve lies beside its record)."""
+    weights = Path(weights)
+    record = training_record(weights)
+    curve, cfg, step = record["curve"], record["config"], record["step"]
+    if curve is None or not curve.is_file():
+        return []
+    sha, space, archs = file_sha256(weights)[:SHA_CHARS], cfg["space"], _subnet_archs(cfg, curve)
+    rows = []
+    for r in _curve_rows(curve):
+        if int(r["step"]) > step:
+            continue
+        base = {"checkpoint_sha256": sha, "space": space, "step": int(r["step"]),
+                "tokens_seen": int(r["tokens_seen"]), "lr": float(r["lr"])}
+        for column, value in r.items():
+            if not value or not column.startswith(("loss_", "heldout_loss_")):
+                continue
+            split = "heldout" if column.startswith("heldout_") else "train"
+            subnet = column.removeprefix("heldout_loss_" if split == "heldout" else "loss_")
+            rows.append(base | {"split": split, "subnet": subnet, "canonical": archs.get(subnet),
+                                "loss": float(value)})
+    return rows
+
+
 def describe_checkpoint(weights: str | Path) -> dict:
     """A ``checkpoints`` row for the weights file ``weights`` (``default`` false: the release build sets it)."""
     weights = Path(weights)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from hwgpt_bench.files import file_sha256
 from hwgpt_bench.generation.architectures import sample_with_rows
-from hwgpt_bench.generation.checkpoints import describe_checkpoint
+from hwgpt_bench.generation.checkpoints import curve_rows, describe_checkpoint
 from hwgpt_bench.generation.runs import PartWriter, Shard, merge_parts, write_parquet_atomic
 from hwgpt_bench.loaders.schema import PRIMARY_KEYS, TABLES
 from hwgpt_bench.search_spaces import ArchConfig, get_space
@@ -318,7 +318,7 @@ def eval_perplexity(space: str, n: int, out: str | Path, checkpoint: str | Path,
     ckpt_sha, tokens = file_sha256(checkpoint)[:12], load_tokens(heldout)
     tokenizer, block = tokenizer_name(space), get_space(space).block_size
     run_id = new_run_id()
-    write_checkpoint(run_dir, described, shard_)
+    write_checkpoint(run_dir, checkpoint, described, shard_)
     with PartWriter(run_dir, "perplexity", flush_every, shard_) as writer:
         todo = [a for a in archs if shard_.owns(a.arch_id) and (a.arch_id, ckpt_sha, "heldout") not in writer.done_keys]
         log.info("%s: %d architectures to evaluate (shard %s)", space, len(todo), shard_)
@@ -330,11 +330,15 @@ def eval_perplexity(space: str, n: int, out: str | Path, checkpoint: str | Path,
     return len(todo)
 
 
-def write_checkpoint(run_dir: Path, row: dict, shard: Shard) -> None:
-    """Record the ``checkpoints`` row of the weights a run evaluates, unless the run directory has it already."""
+def write_checkpoint(run_dir: Path, weights: Path, row: dict, shard: Shard) -> None:
+    """Record the ``checkpoints`` row (``row``, ``describe_checkpoint(weights)``) and the ``training_curves`` rows of
+    the weights a run evaluates, unless the run directory has them already."""
     with PartWriter(run_dir, "checkpoints", shard=shard) as writer:
         if (row["checkpoint_sha256"],) not in writer.done_keys:
             writer.add([row])
+    with PartWriter(run_dir, "training_curves", shard=shard) as writer:
+        writer.add(r for r in curve_rows(weights) if tuple(r[k] for k in PRIMARY_KEYS["training_curves"])
+                   not in writer.done_keys)
 
 
 def tokenizer_name(space: str) -> str:

@@ -195,7 +195,7 @@ def evaluate_all(chosen: list[Chosen], data_dir: str | Path, out: Path, eval_tok
             model = load_supernet(weights, space=space)
             result = evaluate_perplexity(functools.partial(model, arch=item.arch), tokens, space.block_size,
                                          batch_size=batch_size, max_tokens=eval_tokens)
-            write_checkpoint(run_dir, row, Shard())
+            write_checkpoint(run_dir, weights, row, Shard())
             with PartWriter(run_dir, "architectures") as archs:
                 if (item.arch.arch_id,) not in archs.done_keys:
                     archs.add([architecture_row(item.arch, item.sample_seed, item.sample_index)])

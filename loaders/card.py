@@ -342,10 +342,37 @@ def process_spread_table(tables: dict[str, pa.Table]) -> str:
     return markdown_table(rows)
 
 
+def training_table(tables: dict[str, pa.Table]) -> str:
+    """Per supernet checkpoint: steps, tokens, held-out loss of the largest subnet at 80% of training and at its end,
+    and the improvement over that last fifth (``checkpoints.last_fifth``; converged: below 1%)."""
+    from hwgpt_bench.loaders.checkpoints import last_fifth
+
+    if "training_curves" not in tables or "checkpoints" not in tables:
+        return "No training curves in this release."
+    checkpoints = _frame(tables, "checkpoints")
+    fifth = last_fifth(_frame(tables, "training_curves"), checkpoints).filter(pl.col("weights") == "supernet")
+    if not fifth.height:
+        return "No supernet checkpoint has two held-out evaluations."
+    rows = fifth.join(checkpoints.select("checkpoint_sha256", "tokens_seen", "train_dtype"), on="checkpoint_sha256")
+    shown = rows.select(
+        pl.format("`{}`", "space").alias("space"), pl.format("`{}`", "checkpoint_sha256").alias("checkpoint"),
+        pl.col("train_steps").map_elements(_count, pl.String).alias("steps"),
+        (pl.col("tokens_seen") / 1e6).map_elements(lambda x: _num(x, ".2f"), pl.String).alias("tokens (M)"),
+        pl.col("train_dtype").alias("dtype"),
+        pl.format("{} at step {}", pl.col("loss_early").map_elements(lambda x: _num(x, ".3f"), pl.String),
+                  pl.col("step_early").map_elements(_count, pl.String)).alias("held-out loss, largest (80%)"),
+        pl.format("{} at step {}", pl.col("loss_last").map_elements(lambda x: _num(x, ".3f"), pl.String),
+                  pl.col("step_last").map_elements(_count, pl.String)).alias("at the end"),
+        pl.col("improvement").map_elements(_pct, pl.String).alias("last fifth"),
+        pl.when(pl.col("improvement") < 0.01).then(pl.lit("yes")).otherwise(pl.lit("no")).alias("converged (< 1%)"))
+    return markdown_table(shown)
+
+
 #: generated data tables of a card: ``<!-- table:<name>:start -->`` ... ``<!-- table:<name>:end -->``
 DATA_TABLES: dict[str, Callable[[dict[str, pa.Table]], str]] = {
     "contents": contents_table,
     "perplexity": perplexity_table,
+    "training": training_table,
     "reproducibility": reproducibility_table,
     "process_spread": process_spread_table,
 }

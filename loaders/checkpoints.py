@@ -87,3 +87,31 @@ def default_perplexity(root: str | Path = "dataset") -> pl.DataFrame:
         return pl.DataFrame()
     checkpoints = load_table("checkpoints", root) if data_files("checkpoints", root) else None
     return select_default(load_table("perplexity", root), checkpoints)
+
+
+def last_fifth(curves: pl.DataFrame, checkpoints: pl.DataFrame) -> pl.DataFrame:
+    """Per checkpoint: the held-out loss of its largest subnet (a standalone checkpoint: its architecture) at the last
+    evaluation at or before 80% of its steps and at its last evaluation, and the relative improvement between them
+    (``(early - last) / early``; issue 17's convergence test: below 1% over the last fifth of training).
+
+    Columns: ``checkpoint_sha256``, ``space``, ``weights``, ``train_steps``, ``step_early``, ``loss_early``,
+    ``step_last``, ``loss_last``, ``improvement`` (fraction). Checkpoints without two such evaluations are left out.
+    """
+    held = curves.filter((pl.col("split") == "heldout") & pl.col("subnet").is_in(["largest", "standalone"]))
+    joined = held.join(checkpoints.select("checkpoint_sha256", "weights", "train_steps"), on="checkpoint_sha256")
+    rows = []
+    for (sha,), group in joined.group_by("checkpoint_sha256"):
+        steps = group["train_steps"][0]
+        early = group.filter(pl.col("step") <= 0.8 * steps).sort("step").tail(1)
+        last = group.filter(pl.col("step") <= steps).sort("step").tail(1)
+        if early.is_empty() or last.is_empty() or early["step"][0] == last["step"][0]:
+            continue
+        loss_early, loss_last = early["loss"][0], last["loss"][0]
+        rows.append({"checkpoint_sha256": sha, "space": group["space"][0], "weights": group["weights"][0],
+                     "train_steps": steps, "step_early": early["step"][0], "loss_early": loss_early,
+                     "step_last": last["step"][0], "loss_last": loss_last,
+                     "improvement": (loss_early - loss_last) / loss_early})
+    schema = {"checkpoint_sha256": pl.String, "space": pl.String, "weights": pl.String, "train_steps": pl.Int64,
+              "step_early": pl.Int64, "loss_early": pl.Float64, "step_last": pl.Int64, "loss_last": pl.Float64,
+              "improvement": pl.Float64}
+    return pl.DataFrame(rows, schema=schema).sort("space", "train_steps", "checkpoint_sha256")

@@ -20,6 +20,7 @@ from hwgpt_bench.loaders.analysis import (
     space_device_summary,
     workload_scaling,
 )
+from hwgpt_bench.loaders.io import data_files, load_table
 from hwgpt_bench.metrics import MAIN_PHASE
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,23 @@ def plot_pareto(data: pl.DataFrame, path: Path) -> Path:
     ax.set(xlabel="median latency (ms)", ylabel="held-out perplexity", xscale="log",
            title="gpt-nano: perplexity vs CPU latency (measured)")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_training_curves(curves: pl.DataFrame, checkpoints: pl.DataFrame, path: Path) -> Path:
+    """Held-out loss (nats per token) against training tokens (millions) of every supernet subnet evaluated during
+    training, one panel per supernet checkpoint (``training_curves`` and ``checkpoints`` of a release)."""
+    plt = _plt()
+    supernets = checkpoints.filter(pl.col("weights") == "supernet").sort("tokens_seen")
+    fig, axes = plt.subplots(1, max(1, supernets.height), figsize=(5 * max(1, supernets.height), 4), squeeze=False)
+    for ax, row in zip(axes[0], supernets.iter_rows(named=True), strict=False):
+        held = curves.filter((pl.col("checkpoint_sha256") == row["checkpoint_sha256"]) & (pl.col("split") == "heldout"))
+        for (subnet,), group in held.sort("step").group_by("subnet", maintain_order=True):
+            ax.plot(group["tokens_seen"] / 1e6, group["loss"], marker=".", label=subnet)
+        default = " (default)" if row["default"] else ""
+        ax.set(xlabel="training tokens (M)", ylabel="held-out loss (nats/token)",
+               title=f"{row['space']} supernet {row['checkpoint_sha256']}{default}: {row['train_steps']} steps")
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 
@@ -129,7 +147,8 @@ def _save(fig, path: Path) -> Path:
 
 def write_figures(root: str | Path, out: str | Path) -> list[Path]:
     """The release figures: latency distribution, repeat noise vs size, latency vs workload (where architectures
-    have several workloads), perplexity-latency Pareto front (where the release has perplexity).
+    have several workloads), perplexity-latency Pareto front (where the release has perplexity), the supernets'
+    held-out loss curves (where it has training curves).
 
     ``ValueError`` naming the ``plots`` extra, before anything is read or written, when matplotlib is missing.
     """
@@ -144,6 +163,9 @@ def write_figures(root: str | Path, out: str | Path) -> list[Path]:
     ppl = perplexity_latency(root)
     if ppl.height:
         paths.append(plot_pareto(ppl, out / "pareto_gpt_nano.png"))
+    if data_files("training_curves", root) and data_files("checkpoints", root):
+        paths.append(plot_training_curves(load_table("training_curves", root), load_table("checkpoints", root),
+                                          out / "training_curves.png"))
     return paths
 
 

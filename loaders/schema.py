@@ -9,7 +9,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SCHEMA_VERSION = "2.1.0"  # 2.0.0: host fingerprints, sessions, calibration panels, the memory split; 2.1.0: checkpoints
+# 2.0.0: host fingerprints, sessions, calibration panels, the memory split; 2.1.0: checkpoints, training_curves
+SCHEMA_VERSION = "2.1.0"
 
 _STR = pa.string()
 _I32 = pa.int32()
@@ -129,6 +130,20 @@ _CHECKPOINTS = [
     _f("config_json", _STR, "the whole training configuration (`generation.train.TrainConfig`) as JSON"),
 ]
 
+_TRAINING_CURVES = [
+    _f("checkpoint_sha256", _STR, "the weights file whose training this is (joins `checkpoints`)"),
+    _f("space", _STR, "search space name"),
+    _f("split", _STR, "`train`: the loss of the step's own batch; `heldout`: an evaluation on held-out tokens"),
+    _f("subnet", _STR, "`largest`, `smallest`, `random` (train: mean over the step's random subnets), `random_<i>` "
+       "(held-out: fixed random subnets), `standalone` (the one architecture a standalone checkpoint trains)"),
+    _f("canonical", _STR, "the subnet's architecture (`ArchConfig.canonical`; fixed random subnets need not be in "
+       "`architectures`); null for the train split's `random` (other subnets each step)", True),
+    _f("step", _I64, "optimiser steps completed when the loss was taken (count)"),
+    _f("tokens_seen", _I64, "training target tokens seen by then (count)"),
+    _f("lr", _F64, "learning rate of that step"),
+    _f("loss", _F64, "mean next-token negative log-likelihood (nats per token)"),
+]
+
 _DEVICES = [
     _f("device_id", _STR, "device identifier used in `measurements`"),
     _f("kind", _STR, "`cpu` or `gpu`"),
@@ -226,6 +241,7 @@ TABLES: dict[str, list[tuple[pa.Field, str]]] = {
     "measurements": _MEASUREMENTS,
     "perplexity": _PERPLEXITY,
     "checkpoints": _CHECKPOINTS,
+    "training_curves": _TRAINING_CURVES,
     "devices": _DEVICES,
     "summary": _SUMMARY,
     "sessions": _SESSIONS,
@@ -238,6 +254,7 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "measurements": ("arch_id", "device_id", "phase", "batch_size", "seq_len", "dtype", "weights"),
     "perplexity": ("arch_id", "checkpoint_sha256", "eval_split"),
     "checkpoints": ("checkpoint_sha256",),
+    "training_curves": ("checkpoint_sha256", "split", "subnet", "step"),
     "devices": ("device_id",),
     "summary": ("arch_id", "device_id", "phase", "batch_size", "seq_len", "dtype", "weights"),
     "sessions": ("session_id",),

@@ -64,7 +64,7 @@ _REFERENCES = (("measurements", "arch_id", "architectures"), ("perplexity", "arc
                ("measurements", "session_id", "sessions"), ("sessions", "device_id", "devices"),
                ("panel", "session_id", "sessions"), ("panel", "arch_id", "architectures"),
                ("panel", "device_id", "devices"), ("perplexity", "checkpoint_sha256", "checkpoints"),
-               ("checkpoints", "arch_id", "architectures"))
+               ("checkpoints", "arch_id", "architectures"), ("training_curves", "checkpoint_sha256", "checkpoints"))
 
 
 def integrity_problems(tables: dict[str, pa.Table]) -> list[str]:
@@ -308,6 +308,14 @@ def value_rules() -> dict[str, list[tuple[str, pl.Expr, str]]]:
              "a value other than float32 / bfloat16"),
             ("heldout_loss", pl.col("heldout_loss").is_not_null() & _outside(pl.col("heldout_loss"), 0),
              "a value <= 0 (or NaN, inf)"),
+        ],
+        "training_curves": [
+            ("split", ~pl.col("split").is_in(["train", "heldout"]), "a value other than train / heldout"),
+            ("loss", _outside(pl.col("loss"), 0), "a value <= 0 nats (or NaN, inf)"),
+            ("step", pl.col("step") < 1, "a value < 1"),
+            ("canonical", pl.col("canonical").is_null() & ~((pl.col("split") == "train")
+                                                           & (pl.col("subnet") == "random")),
+             "null for a subnet other than the train split's random"),
         ],
         "panel": [
             ("panel_position", ~pl.col("panel_position").is_in(["start", "end"]), "a value other than start / end"),

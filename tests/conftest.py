@@ -143,6 +143,12 @@ def write_synthetic_runs(base: Path) -> list[Path]:
         w.add([perplexity_row(a, 2.0 + 0.1 * i) for i, a in enumerate(ids[:6])])
     with PartWriter(runs[2], "checkpoints") as w:
         w.add([checkpoint_row()])
+    with PartWriter(runs[2], "training_curves") as w:
+        w.add([{"checkpoint_sha256": "0123456789ab", "space": SPACE, "split": "heldout", "subnet": subnet,
+                "canonical": canonical, "step": step, "tokens_seen": step * 4096, "lr": 1e-3, "loss": loss + extra}
+               for step, loss in ((200, 5.2), (400, 4.9), (600, 4.68))
+               for subnet, canonical, extra in (("largest", archs[1].canonical, 0.0),
+                                                ("smallest", archs[0].canonical, 0.2))])
     return runs
 
 

@@ -331,7 +331,8 @@ def test_a_standalone_run_trains_only_its_architecture(tiny_space, tmp_path):
 
 def test_every_weights_file_describes_its_training(tiny_space, tmp_path):
     from hwgpt_bench.files import file_sha256
-    from hwgpt_bench.generation.checkpoints import SIDECAR, describe_checkpoint
+    from hwgpt_bench.generation.checkpoints import SIDECAR, curve_rows, describe_checkpoint
+    from hwgpt_bench.loaders.schema import check_table, table_from_rows
 
     cfg = tiny_config(tmp_path, max_steps=6, eval_interval=3, ckpt_interval=2)
     final = train_supernet(cfg)
@@ -344,6 +345,15 @@ def test_every_weights_file_describes_its_training(tiny_space, tmp_path):
     assert json.loads(row["config_json"]) == cfg.to_dict() and row["train_elapsed_s"] > 0
     middle = describe_checkpoint(Path(cfg.out_dir) / "checkpoints/step_000004/supernet.safetensors")
     assert (middle["train_steps"], middle["heldout_loss"]) == (4, float(rows[2]["heldout_loss_largest"]))
+    curve = curve_rows(final)
+    assert len([r for r in curve if r["split"] == "train"]) == 6 * 3  # largest, smallest, mean of the random ones
+    held = [r for r in curve if r["split"] == "heldout"]
+    assert [(r["step"], r["subnet"]) for r in held] == [(3, "largest"), (3, "smallest"), (6, "largest"),
+                                                         (6, "smallest")]
+    assert held[-2]["loss"] == row["heldout_loss"] and held[-2]["canonical"] == TINY.largest().canonical
+    assert {r["canonical"] for r in curve if r["subnet"] == "random"} == {None}
+    assert check_table("training_curves", table_from_rows("training_curves", curve)) == []
+    assert max(r["step"] for r in curve_rows(Path(cfg.out_dir) / "checkpoints/step_000004/supernet.safetensors")) == 4
     (final.parent / SIDECAR).unlink()  # a final file written before supernet.json existed
     legacy = describe_checkpoint(final)
     assert legacy["train_steps"] == 6 and legacy["train_data_sha256"] is None

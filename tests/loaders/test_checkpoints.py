@@ -8,7 +8,14 @@ import pytest
 from hwgpt_bench.generation.release import build_release
 from hwgpt_bench.generation.runs import PartWriter, read_parts
 from hwgpt_bench.loaders import validate
-from hwgpt_bench.loaders.checkpoints import default_perplexity, default_shas, mark_defaults, select_default
+from hwgpt_bench.loaders.card import training_table
+from hwgpt_bench.loaders.checkpoints import (
+    default_perplexity,
+    default_shas,
+    last_fifth,
+    mark_defaults,
+    select_default,
+)
 from hwgpt_bench.loaders.io import load_table
 from hwgpt_bench.loaders.join import tidy_join
 from hwgpt_bench.loaders.schema import table_from_rows
@@ -92,3 +99,28 @@ def test_perplexity_without_its_checkpoint_row_is_not_released(synthetic_runs, t
     shutil.rmtree(run / "checkpoints")
     with pytest.raises(ValueError, match="column checkpoint_sha256: 1 value\\(s\\) not in checkpoints"):
         build_release([run], tmp_path / "dataset", version="0.1.0", changelog_entry="x")
+
+
+def curve(sha: str, losses: dict[int, float], subnet: str = "largest") -> list[dict]:
+    return [{"checkpoint_sha256": sha, "space": "gpt-nano", "split": "heldout", "subnet": subnet,
+             "canonical": "gpt-nano|e256|l6|h8,8,8,8,8,8|m4,4,4,4,4,4|b1", "step": step, "tokens_seen": step * 4096,
+             "lr": 1e-3, "loss": loss} for step, loss in losses.items()]
+
+
+def test_the_last_fifth_says_whether_the_largest_subnet_still_improved(make_checkpoint):
+    checkpoints = pl.from_arrow(mark_defaults(table_from_rows("checkpoints", [
+        make_checkpoint(OLD, 600), make_checkpoint(NEW, 1000)])))
+    rows = curve(OLD, {200: 5.2, 400: 4.9, 600: 4.68}) + curve(NEW, {500: 4.3, 800: 4.21, 900: 4.2, 1000: 4.19}) \
+        + curve(NEW, {800: 9.0, 1000: 1.0}, subnet="smallest")  # other subnets do not count
+    fifth = last_fifth(pl.from_arrow(table_from_rows("training_curves", rows)), checkpoints)
+    old, new = fifth.row(0, named=True), fifth.row(1, named=True)
+    assert (old["step_early"], old["step_last"]) == (400, 600) and old["improvement"] == pytest.approx(0.22 / 4.9)
+    assert (new["step_early"], new["step_last"]) == (800, 1000) and new["improvement"] == pytest.approx(0.02 / 4.21)
+    table = training_table({"checkpoints": mark_defaults(table_from_rows("checkpoints", [
+        make_checkpoint(OLD, 600), make_checkpoint(NEW, 1000)])), "training_curves": table_from_rows(
+        "training_curves", rows)})
+    lines = table.splitlines()
+    expected = ("| `gpt-nano` | `0123456789ab` | 600 | 2.46 | float32 | 4.900 at step 400 | 4.680 at step 600 | "
+                "4.5% | no |")
+    assert expected in lines
+    assert lines[-1].endswith("| 0.5% | yes |")

@@ -64,7 +64,7 @@ def test_figures_are_written_as_png(release, tmp_path):
     pytest.importorskip("matplotlib")
     paths = write_figures(release, tmp_path)
     assert [p.name for p in paths] == ["latency_distribution.png", "noise_vs_size.png", "workload_scaling.png",
-                                       "pareto_gpt_nano.png"]
+                                       "pareto_gpt_nano.png", "training_curves.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
 
 
