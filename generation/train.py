@@ -70,6 +70,8 @@ class TrainConfig:
     per optimiser step (4 subnets x forward+backward over 16 x 256 tokens; the largest subnet alone is about 2 s),
     up to ~10 s while other jobs compete for the cores; a held-out evaluation adds ~8 s. The default 1000 steps
     therefore take about 1.5 h and see 4.1M tokens, ~1.8 passes over the 2.3M training tokens of the default corpus.
+    ``dtype="bfloat16"`` takes 2.8 s per step where float32 takes 4.1 s (the AMD host of session 10, alternating
+    steps; ``benchmarks/train_speed.py``).
     """
 
     space: str = "gpt-nano"  # search space name (a key of search_spaces.SPACES)
