@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from hwgpt_bench.loaders.schema import SCHEMA_VERSION
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -28,7 +30,7 @@ def test_fresh_venv_imports_light_path_outside_repo(fresh_venv, tmp_path):
     )
     out = subprocess.run([str(fresh_venv / "bin" / "python"), "-c", code], check=True, capture_output=True,
                          text=True, cwd=tmp_path)
-    assert out.stdout.split() == ["2.0.0", "75c39e589515"]
+    assert out.stdout.split() == [SCHEMA_VERSION, "75c39e589515"]  # the installed wheel carries the source's schema
     cli = subprocess.run([str(fresh_venv / "bin" / "hwgpt-bench"), "spaces", "--json"], check=True,
                          capture_output=True, text=True, cwd=tmp_path)
     assert '"gpt-xl-wide"' in cli.stdout
