@@ -249,3 +249,11 @@ def test_malformed_input_gives_named_problems_without_raising(defect, release_co
     assert isinstance(problems, list) and problems and all(isinstance(p, str) for p in problems), problems
     assert any(all(part in p for part in expected) for p in problems), problems
     assert not any("could not be checked" in p for p in problems), problems  # found by a rule, not the safety net
+
+
+@pytest.mark.parametrize(("version", "readable"), [("2.0.0", True), ("2.1.0", True), ("2.2.0", False),
+                                                   ("3.0.0", False), ("1.9.0", False), ("2.x", False), (None, False)])
+def test_older_minor_schemas_stay_readable(version, readable):
+    """A minor schema version only adds configs: the code reads releases of its major version up to its own minor."""
+    assert validate.SCHEMA_VERSION == "2.1.0"
+    assert validate.schema_readable(version) is readable
