@@ -368,11 +368,63 @@ def training_table(tables: dict[str, pa.Table]) -> str:
     return markdown_table(shown)
 
 
+def _ground_truth_pairs(tables: dict[str, pa.Table]) -> pl.DataFrame | None:
+    from hwgpt_bench.loaders.ground_truth import standalone_vs_inherited
+
+    if any(name not in tables for name in ("perplexity", "checkpoints", "architectures")):
+        return None
+    pairs = standalone_vs_inherited(_frame(tables, "perplexity"), _frame(tables, "checkpoints"),
+                                    _frame(tables, "architectures"))
+    return pairs if pairs.height else None
+
+
+def ground_truth_table(tables: dict[str, pa.Table]) -> str:
+    """Per space and split: architectures trained alone, Kendall tau and Spearman rho between their standalone and
+    inherited (default supernet) perplexities, the gap (standalone / inherited - 1) mean, sd and range, and how many
+    of them on the supernet's Pareto front stay on the standalone front (``ground_truth.agreement``)."""
+    from hwgpt_bench.loaders.ground_truth import agreement
+
+    if (pairs := _ground_truth_pairs(tables)) is None:
+        return "No standalone-trained architectures in this release."
+    rows = pl.DataFrame(agreement(pairs))
+    shown = rows.select(
+        pl.format("`{}`", "space").alias("space"), pl.col("eval_split"),
+        pl.col("n").map_elements(_count, pl.String).alias("archs trained alone"),
+        pl.col("kendall_tau").map_elements(lambda x: _num(x, ".3f"), pl.String).alias("Kendall tau"),
+        pl.col("spearman_rho").map_elements(lambda x: _num(x, ".3f"), pl.String).alias("Spearman rho"),
+        pl.col("gap_mean").map_elements(_pct, pl.String).alias("gap mean"),
+        pl.col("gap_sd").map_elements(_pct, pl.String).alias("gap sd"),
+        pl.format("{} to {}", pl.col("gap_min").map_elements(_pct, pl.String),
+                  pl.col("gap_max").map_elements(_pct, pl.String)).alias("gap range"),
+        pl.format("{} of {}", "front_kept", "front").alias("supernet front kept standalone"))
+    return markdown_table(shown)
+
+
+def ground_truth_archs_table(tables: dict[str, pa.Table]) -> str:
+    """Every architecture trained alone: parameters, inherited and standalone perplexity, the gap, and whether it is on
+    the supernet's front (over all the space's architectures) and on the standalone front (among those trained
+    alone). Empty when there are none (``ground_truth_table`` says so)."""
+    if (pairs := _ground_truth_pairs(tables)) is None:
+        return ""
+    yes_no = {True: "yes", False: "no"}
+    shown = pairs.select(
+        pl.format("`{}`", "space").alias("space"), pl.format("`{}`", "arch_id").alias("arch_id"),
+        (pl.col("params") / 1e6).map_elements(lambda x: _num(x, ".2f"), pl.String).alias("params (M)"),
+        pl.col("inherited").map_elements(_num, pl.String).alias("inherited perplexity"),
+        pl.col("standalone").map_elements(_num, pl.String).alias("standalone perplexity"),
+        pl.col("gap").map_elements(_pct, pl.String).alias("gap"),
+        pl.col("supernet_front").replace_strict(yes_no, return_dtype=pl.String).alias("supernet front"),
+        pl.col("standalone_front").replace_strict(yes_no, return_dtype=pl.String).alias("standalone front"))
+    return markdown_table(shown)
+
+
 #: generated data tables of a card: ``<!-- table:<name>:start -->`` ... ``<!-- table:<name>:end -->``
 DATA_TABLES: dict[str, Callable[[dict[str, pa.Table]], str]] = {
     "contents": contents_table,
     "perplexity": perplexity_table,
     "training": training_table,
+    "ground_truth": ground_truth_table,
+    "ground_truth_archs": ground_truth_archs_table,
     "reproducibility": reproducibility_table,
     "process_spread": process_spread_table,
 }

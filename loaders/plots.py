@@ -20,6 +20,7 @@ from hwgpt_bench.loaders.analysis import (
     space_device_summary,
     workload_scaling,
 )
+from hwgpt_bench.loaders.ground_truth import standalone_vs_inherited
 from hwgpt_bench.loaders.io import data_files, load_table
 from hwgpt_bench.metrics import MAIN_PHASE
 
@@ -81,6 +82,35 @@ def plot_training_curves(curves: pl.DataFrame, checkpoints: pl.DataFrame, path: 
         ax.set(xlabel="training tokens (M)", ylabel="held-out loss (nats/token)",
                title=f"{row['space']} supernet {row['checkpoint_sha256']}{default}: {row['train_steps']} steps")
         ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_ground_truth(pairs: pl.DataFrame, path: Path) -> Path:
+    """Two panels per ``ground_truth.standalone_vs_inherited`` pairs (one space): standalone against inherited
+    perplexity with the identity line, and both perplexities against parameters (millions, log axis), each
+    architecture's two points joined, those on the supernet's Pareto front marked."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    front = pairs.filter(pl.col("supernet_front"))
+    rest = pairs.filter(~pl.col("supernet_front"))
+    for part, label, marker in ((rest, "spread over the space", "o"), (front, "on the supernet front", "*")):
+        left.scatter(part["inherited"], part["standalone"], marker=marker, s=40, label=label)
+    lo = min(pairs["inherited"].min(), pairs["standalone"].min())
+    hi = max(pairs["inherited"].max(), pairs["standalone"].max())
+    left.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--", label="equal")
+    left.set(xlabel="inherited perplexity (supernet, sliced)", ylabel="standalone perplexity (trained alone)",
+             title=f"{pairs['space'][0]}: {pairs.height} architectures trained alone")
+    left.legend(fontsize=8)
+    millions = pairs["params"] / 1e6
+    for x, a, b in zip(millions, pairs["inherited"], pairs["standalone"], strict=True):
+        right.plot([x, x], [a, b], color="lightgrey", lw=1, zorder=0)
+    right.scatter(millions, pairs["inherited"], s=18, label="inherited")
+    right.scatter(millions, pairs["standalone"], s=18, label="standalone")
+    right.scatter(front["params"] / 1e6, front["standalone"], s=80, facecolors="none", edgecolors="black",
+                  label="supernet front (standalone value)")
+    right.set(xlabel="parameters (M)", ylabel="held-out perplexity", xscale="log",
+              title="perplexity vs size: inherited and trained alone")
+    right.legend(fontsize=8)
     return _save(fig, path)
 
 
@@ -148,7 +178,8 @@ def _save(fig, path: Path) -> Path:
 def write_figures(root: str | Path, out: str | Path) -> list[Path]:
     """The release figures: latency distribution, repeat noise vs size, latency vs workload (where architectures
     have several workloads), perplexity-latency Pareto front (where the release has perplexity), the supernets'
-    held-out loss curves (where it has training curves).
+    held-out loss curves (where it has training curves), standalone against inherited perplexity (where architectures
+    were trained alone).
 
     ``ValueError`` naming the ``plots`` extra, before anything is read or written, when matplotlib is missing.
     """
@@ -166,6 +197,12 @@ def write_figures(root: str | Path, out: str | Path) -> list[Path]:
     if data_files("training_curves", root) and data_files("checkpoints", root):
         paths.append(plot_training_curves(load_table("training_curves", root), load_table("checkpoints", root),
                                           out / "training_curves.png"))
+    if data_files("checkpoints", root) and data_files("perplexity", root):
+        pairs = standalone_vs_inherited(load_table("perplexity", root), load_table("checkpoints", root),
+                                        load_table("architectures", root))
+        for (space, split), group in pairs.group_by("space", "eval_split", maintain_order=True):
+            suffix = "" if split == "heldout" else f"_{split}"
+            paths.append(plot_ground_truth(group, out / f"ground_truth_{space.replace('-', '_')}{suffix}.png"))
     return paths
 
 
