@@ -17,6 +17,10 @@ target's training split, on the target's test split (about 2,000 architectures):
   sources' mean log point and the fits on each single source has the lowest leave-one-out error on the K; ``best``
   picks among the single sources only; ``mean`` always uses the mean; ``kind-mean`` the mean over the sources of the
   target's kind only (CPUs for a CPU, GPUs for a GPU: what a user knows of a new device before measuring it);
+  ``shrink`` / ``cov-shrink`` / ``kind-shrink`` / ``kind-cov-shrink``: no source model as a feature; ``device_fit`` on
+  log FLOPs, log parameters and layers with its slopes shrunk towards the mean least-squares slopes of the other
+  devices (of the target's kind for ``kind-``), penalised by their covariance for ``cov-`` (``fit-device
+  --slopes-from``);
 * **ceiling**: the same point model trained on the target's whole training split (about 6,000 architectures).
 
 ``--source-model physical`` makes the source and ceiling models the physical cost model that the project ships for
@@ -43,7 +47,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 
 from hwgpt_bench.loaders.splits import grouped_split
 from hwgpt_bench.surrogates_onnx import physical
-from hwgpt_bench.surrogates_onnx.device_fit import BASE_FEATURES, design, fit_device
+from hwgpt_bench.surrogates_onnx.device_fit import BASE_FEATURES, design, fit_device, source_slopes
 
 SPACE = "gpt-s"
 
@@ -127,7 +131,7 @@ def _kind(device: str) -> str:
 
 
 def evaluate_target(target: str, tables: dict, x_of: dict, splits: dict, sources: dict, ks, draws: int,
-                    prior_choice: str = "best") -> list[dict]:
+                    prior_choice: str = "best", slopes_of: dict | None = None) -> list[dict]:
     """Rows of the module docstring for one target device."""
     repeats = tables[target]
     train = sorted(i for i in splits["train"] if i in repeats)
@@ -140,6 +144,10 @@ def evaluate_target(target: str, tables: dict, x_of: dict, splits: dict, sources
     prior_train = {d: np.exp(sources[d].predict(x_train)) for d in others}
     prior_test = {d: np.exp(sources[d].predict(x_test)) for d in others}
     z_flops_train, z_flops_test = design(x_train, SPACE)[:, :2], design(x_test, SPACE)[:, :2]
+    z_base_train, z_base_test = design(x_train, SPACE), design(x_test, SPACE)
+    kin = [d for d in others if _kind(d) == _kind(target)] if prior_choice.startswith("kind-") else others
+    slopes = np.mean([slopes_of[d] for d in kin], axis=0) if slopes_of else None
+    spread = np.cov(np.stack([slopes_of[d] for d in kin]), rowvar=False) if slopes_of else None
     rows = []
     for k in ks:
         acc: dict[str, list[float]] = {}
@@ -148,8 +156,14 @@ def evaluate_target(target: str, tables: dict, x_of: dict, splits: dict, sources
             reps = [repeats[train[i]] for i in pick]
             y_log = np.log([np.median(r) for r in reps])
             flops = fit_device(z_flops_train[pick], reps, SPACE, BASE_FEATURES[:2])
-            transfer, z_transfer = transfer_fit(x_train[pick], x_test, reps, prior_train, prior_test, pick, flops,
-                                                z_flops_test, "mean" if prior_choice == "kind-mean" else prior_choice)
+            if prior_choice.endswith("shrink"):
+                transfer = fit_device(z_base_train[pick], reps, SPACE, BASE_FEATURES, coef_prior=slopes,
+                                      coef_cov=spread if prior_choice.endswith("cov-shrink") else None)
+                z_transfer = z_base_test
+            else:
+                transfer, z_transfer = transfer_fit(x_train[pick], x_test, reps, prior_train, prior_test, pick, flops,
+                                                    z_flops_test,
+                                                    "mean" if prior_choice == "kind-mean" else prior_choice)
             scratch = np.exp(point_model(x_train[pick], y_log, max(2, k // 10)).predict(x_test))
             for name, fit, z in (("flops", flops, z_flops_test), ("transfer", transfer, z_transfer)):
                 point, lower, upper = fit.predict(z)
@@ -198,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ks", nargs="+", type=int, default=[10, 20, 50, 100])
     parser.add_argument("--draws", type=int, default=5, help="draws of K architectures per device and K")
     parser.add_argument("--devices", nargs="+", default=None, help="only these target devices")
-    parser.add_argument("--prior-choice", default="select", choices=["best", "mean", "select", "kind-mean"],
+    parser.add_argument("--prior-choice", default="select", choices=["best", "mean", "select", "kind-mean", "shrink",
+                                                                     "kind-shrink", "cov-shrink",
+                                                                     "kind-cov-shrink"],
                         help="which source model the transfer fit builds on (see transfer_fit; default select)")
     parser.add_argument("--source-model", default="hgb", choices=["hgb", "physical"],
                         help="the source and ceiling models: HGB point models or the physical cost model")
@@ -213,16 +229,18 @@ def main(argv: list[str] | None = None) -> int:
     splits = {name: {i for i, a in id_of.items() if a in ids} for name, ids in by_id.items()}
     for metric in args.metrics:
         tables, batches = device_tables(frame, metric), device_batches(frame, metric)
-        sources = {}
+        sources, slopes_of = {}, {}
         for device, repeats in sorted(tables.items()):
             idx = sorted(i for i in splits["train"] if i in repeats)
-            sources[device] = source_model(args.source_model, np.stack([x_of[i] for i in idx]),
-                                           np.log([np.median(repeats[i]) for i in idx]), batches[device])
+            x_idx, y_idx = np.stack([x_of[i] for i in idx]), np.log([np.median(repeats[i]) for i in idx])
+            sources[device] = source_model(args.source_model, x_idx, y_idx, batches[device])
+            slopes_of[device] = source_slopes(design(x_idx, SPACE), y_idx)
         rows = []
         for target in sorted(tables):
             if args.devices and target not in args.devices:
                 continue
-            rows += evaluate_target(target, tables, x_of, splits, sources, args.ks, args.draws, args.prior_choice)
+            rows += evaluate_target(target, tables, x_of, splits, sources, args.ks, args.draws, args.prior_choice,
+                                    slopes_of)
             print(f"{metric} {target} done", file=sys.stderr, flush=True)
         print_rows(metric, rows)
         print_goals(metric, rows)

@@ -200,7 +200,8 @@ def _cmd_fit_device(args: argparse.Namespace) -> int:
     workload = {k: v for k, v in (("phase", args.phase), ("batch_size", args.batch_size), ("seq_len", args.seq_len),
                                   ("dtype", args.dtype)) if v is not None}
     entry = fit_device_model(args.runs, args.space, args.metric, args.out, device_id=args.device_id,
-                             workload=workload, prior_device=args.prior, prior_root=args.prior_models)
+                             workload=workload, prior_device=args.prior, prior_root=args.prior_models,
+                             slopes_from=args.slopes_from)
     fit, test = entry["fit"], entry["test"]
     print(f"{entry['file']} in {args.out}: fitted on {entry['n_archs']['fit']} architectures of {entry['device']} "
           f"(leave-one-out tau {fit['loo']['kendall_tau']:.3f}, +-10% {fit['loo']['within_10pct']:.2f})")
@@ -526,6 +527,9 @@ def _add_fit_device(sub) -> None:
     p.add_argument("--prior", default=None, help="device id of a shipped surrogate used as a feature (same space, "
                    "metric and workload), e.g. cpu-intel-xeon-2t-d712558a")
     p.add_argument("--prior-models", default=None, help="folder of the prior's models (default: the shipped ones)")
+    p.add_argument("--slopes-from", default=None, help="a release folder (e.g. dataset): shrink the fit's slopes "
+                   "towards those of its other devices (same space, metric, workload) instead of towards zero; "
+                   "not with --prior")
     p.add_argument("--out", required=True, help="model folder: <out>/models/*.onnx and <out>/manifest.json (other "
                    "entries kept)")
     p.set_defaults(handler=_cmd_fit_device)

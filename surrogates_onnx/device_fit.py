@@ -10,6 +10,11 @@ standardised over the K architectures, with ``prior`` the point of a shipped sur
 workload on another device (``--prior DEVICE``), so the K measurements only learn how this device differs. ``y`` is
 each architecture's median; the ridge penalty is chosen by exact leave-one-out error over ``ALPHAS``.
 
+Devices already measured say how cost grows with work: with ``coef_prior`` (and ``coef_cov``) the ridge shrinks the
+slopes towards their mean slopes over those devices (``release_slopes``: per device of a release, least squares on
+its architectures), penalised by their covariance, instead of towards zero (``fit-device --slopes-from dataset``).
+At K = 10 that keeps the slopes the K architectures cannot pin down, and lets the K set the device's speed.
+
 Intervals, valid at small K: leave-one-out (jackknife) conformal. Each architecture's single repeats are scored
 against the model fitted without it, ``|log y_ij - mu_{-i}(x_i)|`` (closed form for ridge), and each level's
 half-width ``q`` is the conformal quantile over architectures (``recalibration.conformal_quantile``: architectures
@@ -40,6 +45,7 @@ MIN_ARCHS = 10
 ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # ridge penalties on standardised features
 BASE_FEATURES = ("gflops_per_token", "params_millions", "n_layer")  # encoding columns; the first two logged
 LEVELS = (0.5, 0.8, 0.9, 0.95)
+PRIOR_ALPHAS = (300.0, 1e3, 1e4, 1e6)  # with ``coef_prior`` also: up to the prior's slopes with a fitted intercept
 
 
 def design(features: np.ndarray, space: str, prior_point: np.ndarray | None = None) -> np.ndarray:
@@ -110,6 +116,14 @@ def _ridge_loo(z: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, 
     return beta[1:], float(beta[0]), loo
 
 
+def source_slopes(z: np.ndarray, y_log: np.ndarray) -> np.ndarray:
+    """``(p,)`` least-squares slopes of ``y_log`` ``(N,)`` (log medians of a device already measured) on the raw
+    design ``z`` ``(N, p)`` with an intercept: one device's ``coef_prior`` for ``fit_device``."""
+    a = np.column_stack([np.ones(len(z)), np.asarray(z, dtype=np.float64)])
+    beta, *_ = np.linalg.lstsq(a, np.asarray(y_log, dtype=np.float64), rcond=None)
+    return beta[1:]
+
+
 def _kendall(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import kendalltau
 
@@ -117,7 +131,8 @@ def _kendall(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def fit_device(z: np.ndarray, repeats: Sequence[np.ndarray], space: str, features: Sequence[str],
-               levels: Sequence[float] = LEVELS) -> DeviceFit:
+               levels: Sequence[float] = LEVELS, coef_prior: Sequence[float] | None = None,
+               coef_cov: np.ndarray | None = None) -> DeviceFit:
     """Fit the model of the module docstring on K architectures.
 
     Args:
@@ -125,6 +140,12 @@ def fit_device(z: np.ndarray, repeats: Sequence[np.ndarray], space: str, feature
         repeats: K arrays of single measurements (metric units, > 0).
         space, features: recorded in the fit (``features`` names z's columns).
         levels: confidence levels, ascending.
+        coef_prior: ``(p,)`` slopes per raw feature to shrink towards instead of zero (log units per raw unit, e.g.
+            the mean slopes of devices already measured: ``source_slopes``); the penalty then also tries
+            ``PRIOR_ALPHAS``, up to keeping those slopes and fitting the intercept alone.
+        coef_cov: ``(p, p)`` how those slopes vary between devices (raw units; ``source_slopes`` of several devices):
+            the penalty becomes ``alpha (w - prior)' cov^-1 (w - prior)``, so directions in which devices disagree
+            are learned from the K architectures and the others are kept. Needs ``coef_prior``.
     """
     values = [np.asarray(r, dtype=float).ravel() for r in repeats]
     k = len(values)
@@ -142,8 +163,30 @@ def fit_device(z: np.ndarray, repeats: Sequence[np.ndarray], space: str, feature
     scale = np.where(scale > 0, scale, 1.0)
     zs = (z - mean) / scale
     y = np.log([np.median(v) for v in values])
-    best = min(ALPHAS, key=lambda alpha: float(np.mean((y - _ridge_loo(zs, y, alpha)[2]) ** 2)))
-    coef, intercept, loo = _ridge_loo(zs, y, best)
+    if coef_prior is None:
+        offset, prior_std, alphas = np.zeros(k), np.zeros(z.shape[1]), ALPHAS
+    else:
+        prior_raw = np.asarray(coef_prior, dtype=np.float64)
+        if prior_raw.shape != (z.shape[1],) or not np.all(np.isfinite(prior_raw)):
+            raise ValueError(f"coef_prior: needs {z.shape[1]} finite slopes (one per feature of {list(features)}), "
+                             f"got {list(coef_prior)}")
+        prior_std = prior_raw * scale
+        offset, alphas = zs @ prior_std, ALPHAS + PRIOR_ALPHAS
+    root = np.eye(z.shape[1])
+    if coef_cov is not None:
+        if coef_prior is None:
+            raise ValueError("coef_cov: needs coef_prior (the slopes it spreads around)")
+        cov_raw = np.asarray(coef_cov, dtype=np.float64)
+        if cov_raw.shape != (z.shape[1],) * 2 or not np.all(np.isfinite(cov_raw)) \
+                or not np.allclose(cov_raw, cov_raw.T) or np.linalg.eigvalsh(cov_raw).min() < -1e-12:
+            raise ValueError(f"coef_cov: needs a finite symmetric positive semi-definite {z.shape[1]} x "
+                             f"{z.shape[1]} matrix, got shape {cov_raw.shape}")
+        cov_std = cov_raw * np.outer(scale, scale)
+        root = np.linalg.cholesky(cov_std + 1e-6 * np.trace(cov_std) * np.eye(len(cov_std)) / len(cov_std))
+    zt = zs @ root  # u = root^-1 (w - prior): an isotropic penalty on u is the covariance's penalty on w
+    best = min(alphas, key=lambda alpha: float(np.mean((y - offset - _ridge_loo(zt, y - offset, alpha)[2]) ** 2)))
+    coef, intercept, loo = _ridge_loo(zt, y - offset, best)
+    coef, loo = root @ coef + prior_std, loo + offset
     scores = [np.abs(np.log(v) - loo[i]) for i, v in enumerate(values)]
     half = tuple(conformal_quantile(scores, float(level)) for level in levels)
     loo_figures = {"kendall_tau": _kendall(loo, y), "within_10pct": float(np.mean(np.abs(np.expm1(loo - y)) <= 0.1)),
@@ -309,6 +352,41 @@ def measured_repeats(runs: Sequence[str | Path], space: str, metric: str, device
             "holdout": {a: np.asarray(v, dtype=float) for a, v in groups["holdout"].items()}}
 
 
+def release_slopes(dataset: str | Path, space: str, metric: str, workload: dict, exclude: str,
+                   min_archs: int = 30) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """How cost grows with the design's features on the devices a release already measured: per device other than
+    ``exclude`` with at least ``min_archs`` architectures of ``space`` at ``workload``, ``source_slopes`` of the log
+    per-architecture medians of ``metric`` on ``design``. Returns ``(mean (p,), covariance (p, p) or None below two
+    devices, device ids)`` for ``fit_device``'s ``coef_prior`` / ``coef_cov``; ``ValueError`` naming the field when no
+    device qualifies."""
+    import polars as pl
+
+    from hwgpt_bench.loaders.io import load_table
+    from hwgpt_bench.metrics import WORKLOAD_KEYS
+    from hwgpt_bench.search_spaces import ArchConfig, encode
+
+    rows = load_table("measurements", dataset).filter(
+        pl.col("space") == space, pl.col("device_id") != exclude, pl.col(metric).is_not_null(),
+        *[pl.col(k) == workload[k] for k in WORKLOAD_KEYS])
+    canonical = dict(load_table("architectures", dataset).select("arch_id", "canonical").iter_rows())
+    slopes, devices = [], []
+    for (device,), group in sorted(rows.group_by("device_id"), key=lambda item: item[0]):
+        medians: dict[str, list[float]] = {}
+        for arch_id, value in zip(group["arch_id"], group[metric], strict=True):
+            medians.setdefault(arch_id, []).extend(value if isinstance(value, list | pl.Series) else [value])
+        if len(medians) < min_archs:
+            continue
+        ids = sorted(medians)
+        x = np.stack([encode(ArchConfig.from_canonical(canonical[a])) for a in ids])
+        slopes.append(source_slopes(design(x, space), np.log([np.median(medians[a]) for a in ids])))
+        devices.append(device)
+    if not slopes:
+        raise ValueError(f"slopes_from: {dataset} has no device other than {exclude!r} with at least {min_archs} "
+                         f"{space} architectures of {metric} at {workload}")
+    stacked = np.stack(slopes)
+    return stacked.mean(axis=0), (np.cov(stacked, rowvar=False) if len(slopes) > 1 else None), devices
+
+
 def _held_out_figures(model, archs: list, values: list[np.ndarray]) -> dict | None:
     from hwgpt_bench.surrogates_onnx.intervals import Intervals, interval_metrics
 
@@ -335,13 +413,17 @@ def _merge_manifest(out: Path, entry: dict) -> None:
 
 def fit_device_model(runs: Sequence[str | Path], space: str, metric: str, out: str | Path, *,
                      device_id: str | None = None, workload: dict | None = None, prior_device: str | None = None,
-                     prior_root: str | Path | None = None, levels: Sequence[float] = LEVELS) -> dict:
+                     prior_root: str | Path | None = None, levels: Sequence[float] = LEVELS,
+                     slopes_from: str | Path | None = None) -> dict:
     """Fit a device model on the runs' measurements (``measured_repeats``), write ``out/models/<file>.onnx`` and its
     entry in ``out/manifest.json``, check the ONNX graph against numpy, and return the entry.
 
     ``prior_device``: a device of the shipped (or ``prior_root``) surrogates whose model of the same space, metric
     and workload becomes a feature (``design``); its graph is embedded in the written model. The entry's ``test``
     holds the held-out architectures' figures (``intervals.interval_metrics``), or is None without any.
+
+    ``slopes_from``: a release whose other devices' slopes (``release_slopes``) the fit shrinks towards
+    (``fit_device``'s ``coef_prior`` and ``coef_cov``) instead of towards zero; not with ``prior_device``.
     """
     from hwgpt_bench.files import file_sha256, write_bytes_atomic
     from hwgpt_bench.metrics import UNITS, workload_text
@@ -359,7 +441,14 @@ def fit_device_model(runs: Sequence[str | Path], space: str, metric: str, out: s
         prior_point = prior.predict_features(x).point
         features.append(f"log {prior_device} {metric} surrogate")
     z = design(x, space, prior_point)
-    fit = fit_device(z, [data["fit"][a] for a in ids], space, features, levels)
+    slopes = None
+    if slopes_from is not None:
+        if prior_device is not None:
+            raise ValueError("slopes_from: shrinks the plain design's slopes; give it or prior_device, not both")
+        mean, cov, source_devices = release_slopes(slopes_from, space, metric, wl, device)
+        slopes = {"devices": source_devices, "mean": mean.tolist()}
+    fit = fit_device(z, [data["fit"][a] for a in ids], space, features, levels,
+                     coef_prior=None if slopes is None else mean, coef_cov=None if slopes is None else cov)
     prior_path = None if prior is None else Path(prior_root or DEFAULT_ROOT) / prior.entry["file"]
     onnx_bytes = export_onnx(fit, prior_path).SerializeToString()
     out = Path(out)
@@ -372,6 +461,7 @@ def fit_device_model(runs: Sequence[str | Path], space: str, metric: str, out: s
              "measurement)", "fit": fit.to_dict(),
              "prior": None if prior is None else {"device": prior_device, "file": prior.entry["file"],
                                                   "sha256": prior.entry["sha256"]},
+             "slopes_prior": slopes,
              "n_archs": {"fit": len(ids), "holdout": len(data["holdout"])}}
     model = Surrogate(entry, open_session(out / file))
     check = model.predict_features(x)
