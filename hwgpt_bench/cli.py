@@ -243,7 +243,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
                                   ("dtype", args.dtype)) if v is not None} or None
     settings = SearchSettings(args.space, args.device, tuple(args.objectives), tuple(args.methods), args.budget,
                               args.seeds, mode=args.mode, noise=args.noise, domain=args.domain, workload=workload,
-                              release=args.release, models=args.models)
+                              release=args.release, models=args.models, device_models=args.device_models)
     table = run_search(settings, args.out, progress=not args.quiet)
     print(format_table(table, read_normalisation(args.out)))
     print(f"trajectories, tables and plots in {args.out}")
@@ -609,6 +609,8 @@ def _add_search(sub) -> None:
     _add_workload_filters(p, many=False)
     p.add_argument("--release", default="dataset", help="release folder (table mode, domain measured)")
     p.add_argument("--models", default=None, help="surrogates folder (default: the shipped ones)")
+    p.add_argument("--device-models", default=None, help="folder of the device metrics' surrogates, e.g. the --out "
+                   "of fit-device (default: --models)")
     p.add_argument("--out", required=True, help="output folder (resumable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_search)

@@ -102,12 +102,15 @@ class Benchmark:
         seed: seeds the noise draws (and nothing else); the same seed and calls give the same answers.
         models: folder of the surrogates (default: the shipped ones).
         release: folder of the release for table mode, ``domain="measured"`` and ``lookup``.
+        device_models: folder of the device metrics' surrogates (latency, energy, memory), e.g. the ``--out`` of
+            ``hwgpt-bench fit-device`` for a device of one's own; the device-free ones (perplexity, accuracy) still
+            come from ``models``. None: every surrogate from ``models``.
     """
 
     def __init__(self, space: str, device: str | None = None, objectives: Sequence[str] = ("perplexity", "latency_ms"),
                  workload: Mapping | None = None, noise: str = "none", mode: str = "surrogate",
                  domain: str | None = None, seed: int = 0, models: str | Path | None = None,
-                 release: str | Path = DEFAULT_RELEASE) -> None:
+                 release: str | Path = DEFAULT_RELEASE, device_models: str | Path | None = None) -> None:
         if not isinstance(space, str) or space not in SPACES:
             raise ValueError(f"space: unknown space {space!r}; allowed values: {_allowed(SPACES)}")
         self.space = space
@@ -134,7 +137,7 @@ class Benchmark:
         self._surrogates: dict[str, Surrogate] = {}
         self._table: MeasuredTable | None = None
         if self.mode == "surrogate":
-            self._load_surrogates(workload, models)
+            self._load_surrogates(workload, models, device_models)
         self.workload = self._resolve_workload(workload)
         if self.domain == "measured":
             self._candidates = self.table().complete_rows(self._table_metrics())
@@ -143,12 +146,14 @@ class Benchmark:
         self.objectives = tuple(self._objective(n) for n in self.objective_names)
 
     # ---- construction ------------------------------------------------------------------------------------------
-    def _load_surrogates(self, workload: Mapping | None, models: str | Path | None) -> None:
+    def _load_surrogates(self, workload: Mapping | None, models: str | Path | None,
+                         device_models: str | Path | None = None) -> None:
         for name in self.objective_names:
             if name in METRICS:
                 metric = METRICS[name]
+                root = models if metric.device_free or device_models is None else device_models
                 self._surrogates[name] = Surrogate.load(self.space, None if metric.device_free else self.device,
-                                                        name, None if metric.device_free else workload, root=models)
+                                                        name, None if metric.device_free else workload, root=root)
 
     def _resolve_workload(self, workload: Mapping | None) -> dict:
         """The device workload: the device surrogates' (they must agree), the table's, or the given / default one

@@ -61,6 +61,7 @@ class SearchSettings:
     workload: dict | None = None
     release: str = "dataset"
     models: str | None = None
+    device_models: str | None = None
     curve_step: int = field(default=0)  # 0: budget // 50 (at least 1)
 
     def __post_init__(self) -> None:
@@ -79,7 +80,8 @@ class SearchSettings:
 
     def benchmark(self) -> Benchmark:
         return Benchmark(self.space, self.device, self.objectives, workload=self.workload, noise=self.noise,
-                         mode=self.mode, domain=self.domain, models=self.models, release=self.release)
+                         mode=self.mode, domain=self.domain, models=self.models, release=self.release,
+                         device_models=self.device_models)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))

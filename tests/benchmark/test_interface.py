@@ -181,3 +181,30 @@ def test_a_workload_between_the_measured_ones_is_answered_by_the_free_model(rele
     assert np.all(low < got) and np.all(got < high)
     with pytest.raises(ValueError, match="batch_size: 8 is outside the measured range"):
         hb.Benchmark("gpt-s", device, ("latency_ms",), workload={**wl, "batch_size": 8}, release=release)
+
+
+def test_a_fitted_device_of_ones_own_beside_the_shipped_perplexity(tmp_path, make_measurement):
+    """``device_models``: the device metrics from a ``fit-device`` folder, perplexity from the shipped models."""
+    from hwgpt_bench.generation.architectures import architecture_row
+    from hwgpt_bench.generation.runs import PartWriter
+    from hwgpt_bench.search_spaces import encode
+    from hwgpt_bench.surrogates_onnx.device_fit import fit_device_model
+
+    rng = np.random.default_rng(0)
+    archs = sample_archs(SPACE, 14, seed=0)
+    run, mine = tmp_path / "run", tmp_path / "mine"
+    with PartWriter(run, "architectures") as writer:
+        writer.add([architecture_row(a, 0, i) for i, a in enumerate(archs)])
+    with PartWriter(run, "measurements") as writer:
+        writer.add([make_measurement(a.arch_id, "cpu-mine-1t", 1,
+                                     (3.0 * encode(a)[-1] * 1e3 * np.exp(rng.normal(0, 0.03, 5))).tolist())
+                    for a in archs])
+    fit_device_model([run], SPACE, "latency_ms", mine)
+    with pytest.raises(ValueError, match="no model for metric 'perplexity'"):
+        hb.Benchmark(SPACE, "cpu-mine-1t", OBJECTIVES, models=mine)
+    bench = hb.Benchmark(SPACE, "cpu-mine-1t", OBJECTIVES, device_models=mine)
+    fresh = bench.sample(20, seed=3)
+    values = bench.evaluate(fresh)
+    np.testing.assert_allclose(values["latency_ms"],
+                               Surrogate.load(SPACE, "cpu-mine-1t", "latency_ms", root=mine).predict(fresh).point)
+    np.testing.assert_allclose(values["perplexity"], Surrogate.load(SPACE, None, "perplexity").predict(fresh).point)
