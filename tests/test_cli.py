@@ -69,6 +69,7 @@ ARGPARSE_ALLOWED = {
     "benchmarks/search_speed.py": "python benchmarks/search_speed.py",
     "benchmarks/recalibration.py": "python benchmarks/recalibration.py",
     "benchmarks/device_transfer.py": "python benchmarks/device_transfer.py",
+    "benchmarks/device_fit_small_k.py": "python benchmarks/device_fit_small_k.py",
     "benchmarks/train_speed.py": "python benchmarks/train_speed.py",
     "benchmarks/tensor_peak_order.py": "python benchmarks/tensor_peak_order.py",
     "benchmarks/latency_drift.py": "python benchmarks/latency_drift.py",
