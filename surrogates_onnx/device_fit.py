@@ -182,7 +182,8 @@ def fit_device(z: np.ndarray, repeats: Sequence[np.ndarray], space: str, feature
             raise ValueError(f"coef_cov: needs a finite symmetric positive semi-definite {z.shape[1]} x "
                              f"{z.shape[1]} matrix, got shape {cov_raw.shape}")
         cov_std = cov_raw * np.outer(scale, scale)
-        root = np.linalg.cholesky(cov_std + 1e-6 * np.trace(cov_std) * np.eye(len(cov_std)) / len(cov_std))
+        jitter = 1e-6 * max(float(np.trace(cov_std)) / len(cov_std), 1e-12)  # devices that agree exactly: a tiny ball
+        root = np.linalg.cholesky(cov_std + jitter * np.eye(len(cov_std)))
     zt = zs @ root  # u = root^-1 (w - prior): an isotropic penalty on u is the covariance's penalty on w
     best = min(alphas, key=lambda alpha: float(np.mean((y - offset - _ridge_loo(zt, y - offset, alpha)[2]) ** 2)))
     coef, intercept, loo = _ridge_loo(zt, y - offset, best)
@@ -371,14 +372,14 @@ def release_slopes(dataset: str | Path, space: str, metric: str, workload: dict,
     canonical = dict(load_table("architectures", dataset).select("arch_id", "canonical").iter_rows())
     slopes, devices = [], []
     for (device,), group in sorted(rows.group_by("device_id"), key=lambda item: item[0]):
-        medians: dict[str, list[float]] = {}
+        repeats: dict[str, list[float]] = {}  # every value of an architecture (rows of several sessions pooled)
         for arch_id, value in zip(group["arch_id"], group[metric], strict=True):
-            medians.setdefault(arch_id, []).extend(value if isinstance(value, list | pl.Series) else [value])
-        if len(medians) < min_archs:
+            repeats.setdefault(arch_id, []).extend(value if isinstance(value, list | pl.Series) else [value])
+        if len(repeats) < min_archs:
             continue
-        ids = sorted(medians)
+        ids = sorted(repeats)
         x = np.stack([encode(ArchConfig.from_canonical(canonical[a])) for a in ids])
-        slopes.append(source_slopes(design(x, space), np.log([np.median(medians[a]) for a in ids])))
+        slopes.append(source_slopes(design(x, space), np.log([np.median(repeats[a]) for a in ids])))
         devices.append(device)
     if not slopes:
         raise ValueError(f"slopes_from: {dataset} has no device other than {exclude!r} with at least {min_archs} "

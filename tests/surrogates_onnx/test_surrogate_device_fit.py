@@ -110,6 +110,8 @@ def test_bad_slope_priors_are_clear_errors():
         fit_device(z, reps, SPACE, BASE_FEATURES, coef_prior=[0.9, np.nan, 0.1])
     with pytest.raises(ValueError, match="coef_cov: needs coef_prior"):
         fit_device(z, reps, SPACE, BASE_FEATURES, coef_cov=np.eye(3))
+    zero = fit_device(z, reps, SPACE, BASE_FEATURES, coef_prior=[0.9, 0.2, 0.0], coef_cov=np.zeros((3, 3)))
+    assert np.allclose(zero.coef / np.asarray(zero.scale), [0.9, 0.2, 0.0], atol=1e-3)  # sources agree: slopes kept
     for bad in (np.eye(2), -np.eye(3), np.array([[1.0, 2.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])):
         with pytest.raises(ValueError, match="coef_cov: needs a finite symmetric positive semi-definite 3 x 3"):
             fit_device(z, reps, SPACE, BASE_FEATURES, coef_prior=[0.9, 0.2, 0.0], coef_cov=bad)
