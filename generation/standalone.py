@@ -29,6 +29,7 @@ from pathlib import Path
 import polars as pl
 
 from hwgpt_bench.files import write_json_atomic
+from hwgpt_bench.loaders.ground_truth import pareto_flags
 from hwgpt_bench.search_spaces import ArchConfig, get_space
 
 log = logging.getLogger(__name__)
@@ -57,16 +58,6 @@ class Chosen:
         return ArchConfig.from_canonical(self.canonical)
 
 
-def pareto_mask(params: list[float], perplexity: list[float]) -> list[bool]:
-    """True where no other point has fewer-or-equal parameters and lower-or-equal perplexity, one of them strictly."""
-    order = sorted(range(len(params)), key=lambda i: (params[i], perplexity[i]))
-    mask, best = [False] * len(params), math.inf
-    for i in order:
-        if perplexity[i] < best:
-            mask[i], best = True, perplexity[i]
-    return mask
-
-
 def _spread(indices: list[int], log_params: list[float], k: int) -> list[int]:
     """``k`` of ``indices`` nearest to ``k`` evenly spaced targets over their log-parameter range (distinct)."""
     if k >= len(indices):
@@ -93,7 +84,7 @@ def choose_ground_truth(candidates: pl.DataFrame, n: int = 24, n_front: int | No
         raise ValueError(f"n_front: must be in [0, {n}], got {n_front}")
     rows = candidates.sort("canonical").to_dicts()
     log_params = [math.log(r["params"]) for r in rows]
-    front = [i for i, on in enumerate(pareto_mask([r["params"] for r in rows], [r["perplexity"] for r in rows])) if on]
+    front = [i for i, on in enumerate(pareto_flags([r["params"] for r in rows], [r["perplexity"] for r in rows])) if on]
     picked = {i: "pareto" for i in _spread(front, log_params, n_front)}
     rest = [i for i in range(len(rows)) if i not in picked]
     picked |= {i: "spread" for i in _spread(rest, log_params, n - len(picked))}

@@ -11,7 +11,8 @@ torch = pytest.importorskip("torch")
 
 from hwgpt_bench.generation import standalone  # noqa: E402
 from hwgpt_bench.generation.runs import read_parts  # noqa: E402
-from hwgpt_bench.generation.standalone import Chosen, choose_ground_truth, pareto_mask  # noqa: E402
+from hwgpt_bench.generation.standalone import Chosen, choose_ground_truth  # noqa: E402
+from hwgpt_bench.loaders.ground_truth import pareto_flags  # noqa: E402
 from hwgpt_bench.loaders.schema import check_table  # noqa: E402
 from hwgpt_bench.search_spaces import SPACES, SearchSpace, sample_archs  # noqa: E402
 
@@ -20,9 +21,9 @@ TINY_RECIPE = standalone.STANDALONE_RECIPE | {"max_steps": 4, "warmup_steps": 1,
                                               "ckpt_interval": 2, "dtype": "float32"}
 
 
-def test_pareto_mask_keeps_the_undominated_points():
+def test_the_front_the_choice_uses_keeps_the_undominated_points():
     params, ppl = [1, 2, 2, 3, 4], [10.0, 9.0, 9.5, 9.0, 7.0]
-    assert pareto_mask(params, ppl) == [True, True, False, False, True]
+    assert pareto_flags(params, ppl) == [True, True, False, False, True]
 
 
 def candidates(n: int = 200) -> pl.DataFrame:
@@ -39,7 +40,7 @@ def test_the_choice_spans_the_front_and_the_parameter_range():
     chosen = choose_ground_truth(cands, 24)
     assert len({c.canonical for c in chosen}) == 24 and chosen == choose_ground_truth(cands.reverse(), 24)
     rows = {r["canonical"]: r for r in cands.to_dicts()}
-    front = {c for c, on in zip(cands["canonical"], pareto_mask(cands["params"].to_list(),
+    front = {c for c, on in zip(cands["canonical"], pareto_flags(cands["params"].to_list(),
                                                               cands["perplexity"].to_list()), strict=True) if on}
     on_front = [c for c in chosen if c.reason == "pareto"]
     assert len(on_front) == min(12, len(front)) and all(c.canonical in front for c in on_front)
