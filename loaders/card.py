@@ -275,7 +275,8 @@ def perplexity_table(tables: dict[str, pa.Table]) -> str:
             "checkpoint_sha256",
             pl.when(pl.col("weights") == "standalone").then(pl.lit("standalone (one per architecture)"))
             .otherwise(pl.format("`{}`{}: supernet, {} steps, {}M tokens", "checkpoint_sha256",
-                                 pl.when("default").then(pl.lit(" (default)")).otherwise(pl.lit("")), "train_steps",
+                                 pl.when("default").then(pl.lit(" (default)")).otherwise(pl.lit("")),
+                                 pl.col("train_steps").map_elements(_count, pl.String),
                                  (pl.col("tokens_seen") / 1e6).round(2))).alias("checkpoint"))
         ppl = ppl.join(described, on="checkpoint_sha256", how="left")
     else:
