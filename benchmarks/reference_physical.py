@@ -67,8 +67,12 @@ def coverage(lower: np.ndarray, upper: np.ndarray, values: list[np.ndarray]) -> 
     return float(hits.mean())
 
 
-def evaluate(rows: pl.DataFrame) -> dict:
-    """Fit on training + calibration architectures of one (device, metric), score every test repeat."""
+def evaluate(rows: pl.DataFrame, intervals: str = "bins", max_iter: int = 200, max_repeats: int = 10) -> dict:
+    """Fit on training + calibration architectures of one (device, metric), score every test repeat.
+
+    ``intervals``: ``bins`` (the shipped physical model: cross-conformal offsets per Mondrian bin of the point) or
+    ``residual-cqr`` (``residual_cqr`` on the out-of-fold physical points: HGB quantile models of the residuals fitted
+    on the training architectures, corrected on the calibration ones)."""
     rows = rows.sort("arch_index")
     first = rows.row(0, named=True)
     workload = {"phase": "forward", "batch_size": int(first["batch_size"]), "seq_len": int(first["seq_len"])}
@@ -76,13 +80,20 @@ def evaluate(rows: pl.DataFrame) -> dict:
                         bool(r["bias"])) for r in rows.iter_rows(named=True)]
     x = np.asarray([encode(a) for a in archs], dtype=np.float32)
     values = [np.asarray(s, dtype=np.float64) for s in rows["samples"].to_list()]
-    fit_ids, _, test_ids = (lambda s: (s[0] | s[1], s[1], s[2]))(split_indices(rows["arch_index"].to_numpy()))
+    train_ids, cal_ids, test_ids = split_indices(rows["arch_index"].to_numpy())
     index = rows["arch_index"].to_list()
-    fit = [i for i, a in enumerate(index) if a in fit_ids]
+    fit = [i for i, a in enumerate(index) if a in train_ids | cal_ids]
     test = [i for i, a in enumerate(index) if a in test_ids]
     data = physical.SpaceData("gpt-s", [archs[i].arch_id for i in fit], x[fit], [values[i] for i in fit])
     model = physical.fit_pooled([data], workload, LEVELS)["gpt-s"]
     point, lower, upper = model.predict(x[test])
+    if intervals == "residual-cqr":
+        oof = physical.fit_cells([(data, workload)], LEVELS).log_oof["gpt-s"]
+        log_point = np.empty(len(archs))
+        log_point[fit], log_point[test] = oof, np.log(point)
+        train = [i for i in fit if index[i] in train_ids]
+        cal = [i for i in fit if index[i] in cal_ids]
+        point, lower, upper = residual_cqr(x, log_point, values, train, cal, test, max_iter, max_repeats)
     test_values = [values[i] for i in test]
     medians = np.array([np.median(v) for v in test_values])
     j = LEVELS.index(0.9)
@@ -92,6 +103,69 @@ def evaluate(rows: pl.DataFrame) -> dict:
             "winkler90_log": winkler_log(lower[:, j], upper[:, j], test_values, 0.9),
             "tau": float(kendalltau(point, medians)[0]), "pm10": float(np.mean(np.abs(point / medians - 1) < 0.1)),
             "test_archs": len(test), "bins": len(model.edges) + 1}
+
+
+def repeat_rows(x: np.ndarray, residuals: list[np.ndarray], max_repeats: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``(m, F)`` and residual targets ``(m,)``: at most ``max_repeats`` repeats per architecture, drawn at
+    random."""
+    keep = [r if len(r) <= max_repeats else rng.choice(r, max_repeats, replace=False) for r in residuals]
+    return np.repeat(x, [len(r) for r in keep], axis=0), np.concatenate(keep)
+
+
+def weighted_corrections(lows: np.ndarray, ups: np.ndarray, residuals: list[np.ndarray],
+                         levels: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Split-conformal corrections ``(n_levels,)`` per bound from EVERY repeat of the calibration architectures
+    (each architecture weighs 1), at ``(1 + 1/n) (1 + level) / 2`` as ``physical.conformal_offsets``."""
+    n, w = len(residuals), np.concatenate([np.full(len(r), 1 / len(r)) for r in residuals])
+    c_low, c_up = [], []
+    for j, lv in enumerate(levels):
+        q = min(1.0, (1 + 1 / n) * (1 + lv) / 2)
+        c_low.append(physical.weighted_quantile(np.concatenate([lo - r for lo, r in zip(lows[:, j], residuals,
+                                                                                         strict=True)]), w, q))
+        c_up.append(physical.weighted_quantile(np.concatenate([r - up for up, r in zip(ups[:, j], residuals,
+                                                                                        strict=True)]), w, q))
+    return np.array(c_low), np.array(c_up)
+
+
+def residual_cqr(x: np.ndarray, log_point: np.ndarray, values: list[np.ndarray], train: list[int], cal: list[int],
+                 test: list[int], max_iter: int, max_repeats: int, min_bin_archs: int = 150,
+                 max_bins: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split CQR on the physical model's log residuals: HGB quantile models of ``log(value) - log_point`` on the
+    encoding and the log point (training architectures), corrected on every repeat of the calibration ones per
+    Mondrian bin of the log point (at most ``max_bins`` bins of at least ``min_bin_archs`` architectures).
+    Returns point ``(n_test,)`` (the physical point moved by the residuals' median model) and bounds
+    ``(n_test, n_levels)``."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    feats = np.column_stack([x, log_point])
+    residuals = [np.log(v) - lp for v, lp in zip(values, log_point, strict=True)]
+    rows, target = repeat_rows(feats[train], [residuals[i] for i in train], max_repeats, np.random.default_rng(1))
+
+    def fit(q: float) -> HistGradientBoostingRegressor:
+        return HistGradientBoostingRegressor(loss="quantile", quantile=q, max_iter=max_iter, learning_rate=0.1,
+                                             early_stopping=False, random_state=0).fit(rows, target)
+
+    median = fit(0.5)
+    lowers, uppers = [fit((1 - lv) / 2) for lv in LEVELS], [fit((1 + lv) / 2) for lv in LEVELS]
+
+    def bounds(idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        lows = np.stack([m.predict(feats[idx]) for m in lowers], 1)
+        ups = np.stack([m.predict(feats[idx]) for m in uppers], 1)
+        return np.minimum(lows, ups), np.maximum(lows, ups)
+
+    edges = physical.bin_edges(log_point[cal], max(1, min(max_bins, len(cal) // min_bin_archs)))
+    cal_bin, test_bin = physical.bin_index(log_point[cal], edges), physical.bin_index(log_point[test], edges)
+    cal_lows, cal_ups = bounds(cal)
+    lows, ups = bounds(test)
+    for k in range(len(edges) + 1):
+        mine = np.flatnonzero(cal_bin == k)
+        c_low, c_up = weighted_corrections(cal_lows[mine], cal_ups[mine], [residuals[cal[i]] for i in mine], LEVELS)
+        lows[test_bin == k] -= c_low
+        ups[test_bin == k] += c_up
+    lows, ups = np.minimum.accumulate(lows, axis=1), np.maximum.accumulate(ups, axis=1)
+    base = log_point[test]
+    return np.exp(base + median.predict(feats[test])), np.exp(base[:, None] + lows), np.exp(base[:, None] + ups)
 
 
 def read_rows(path: Path, metrics: Sequence[str], devices: Sequence[str] | None) -> pl.DataFrame:
@@ -111,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--path", type=Path, default=REFERENCE, help="reference folder (default: the shared copy)")
     p.add_argument("--metrics", nargs="+", default=["latency", "energy"], choices=["latency", "energy"])
     p.add_argument("--devices", nargs="+", default=None, help="reference devices (default: all)")
+    p.add_argument("--intervals", default="bins", choices=["bins", "residual-cqr"],
+                   help="the shipped Mondrian offsets, or split CQR on the physical model's residuals")
+    p.add_argument("--max-iter", type=int, default=200, help="HGB iterations of residual-cqr")
+    p.add_argument("--max-repeats", type=int, default=10, help="training repeats per architecture of residual-cqr")
     args = p.parse_args(argv)
     data = args.path / "hwgpt_bench_s.parquet"
     if not data.is_file():
@@ -125,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for (device, metric), rows in sorted(frame.group_by(["device", "metric"]), key=lambda kv: str(kv[0])):
         if rows["samples"].list.len().min() < 1:
             continue
-        r, b = evaluate(rows), baselines.get((device, metric), {})
+        r, b = evaluate(rows, args.intervals, args.max_iter, args.max_repeats), baselines.get((device, metric), {})
         ratio = r["winkler90_log"] / b["winkler90_log"] if b else float("nan")
         ratios.append(ratio)
         cov = r["coverage"]

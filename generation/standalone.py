@@ -8,7 +8,8 @@ subnet's inherited (sliced) perplexity rank architectures as training each one a
    evenly over the log-parameter range of all evaluated architectures. ``selection.json`` freezes the choice.
 2. ``train_all`` trains each one alone (``generation.train`` with ``arch`` set: a fresh supernet of which only that
    architecture's slice is used, so it is exactly a model of that architecture) with one fixed recipe
-   (``STANDALONE_RECIPE``), resumable per architecture and per checkpoint, within a wall-time budget per call.
+   (``STANDALONE_RECIPE``), resumable per architecture and per checkpoint, within a wall-time budget per call, in
+   ``training_order`` (spread over the parameter range early, so a run cut short is a sample of the whole range).
 3. ``evaluate_all`` scores each finished model on the same held-out windows as the supernet's perplexity rows
    (``perplexity.evaluate_perplexity``, same ``eval_tokens``) and writes ``perplexity``, ``checkpoints`` and
    ``architectures`` parts into a run directory, ``weights = "standalone"`` in ``checkpoints``.
@@ -91,6 +92,16 @@ def choose_ground_truth(candidates: pl.DataFrame, n: int = 24, n_front: int | No
     chosen = sorted(picked, key=lambda i: (log_params[i], i))
     return [Chosen(rows[i]["canonical"], int(rows[i]["sample_seed"]), int(rows[i]["sample_index"]), picked[i])
             for i in chosen]
+
+
+def training_order(n: int) -> list[int]:
+    """An order of ``n`` architectures sorted by size that spreads over the range early: the smallest, the largest,
+    then each time the one farthest (in rank) from all taken so far (ties: the smaller). A ground truth cut short
+    by time is then a sample of the whole range, not only of its small end."""
+    order = [0, n - 1][:n] if n != 1 else [0]
+    while len(order) < n:
+        order.append(max((i for i in range(n) if i not in order), key=lambda i: (min(abs(i - j) for j in order), -i)))
+    return order
 
 
 def candidates_from_release(root: str | Path, space: str) -> pl.DataFrame:
@@ -221,6 +232,6 @@ def run_standalone(out: str | Path, data_dir: str | Path, dataset: str | Path = 
                                       "checkpoints": "default"})
     if threads:
         torch.set_num_threads(threads)
-    trained = train_all(chosen, data_dir, out, budget_s)
+    trained = train_all([chosen[i] for i in training_order(len(chosen))], data_dir, out, budget_s)
     evaluated = evaluate_all(chosen, data_dir, out, eval_tokens=eval_tokens)
     return {"chosen": len(chosen), "trained": len(trained), "evaluated": evaluated}

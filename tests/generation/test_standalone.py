@@ -109,6 +109,16 @@ def test_a_budget_stops_at_a_checkpoint_and_the_next_call_continues(tiny, tmp_pa
     assert steps == [1, 2, 3, 4]
 
 
+def test_training_order_spreads_over_the_size_range_early():
+    assert standalone.training_order(5) == [0, 4, 2, 1, 3]
+    assert standalone.training_order(1) == [0] and standalone.training_order(2) == [0, 1]
+    assert standalone.training_order(0) == []
+    for n in range(1, 30):
+        assert sorted(standalone.training_order(n)) == list(range(n))
+    first_five = sorted(standalone.training_order(24)[:5])
+    assert first_five[0] == 0 and first_five[-1] == 23 and max(np.diff(first_five)) <= 6  # the whole range, evenly
+
+
 def test_the_selection_is_frozen(tmp_path):
     chosen = choose_ground_truth(candidates(), 6)
     standalone.write_selection(tmp_path, chosen, {"dataset_version": "test"})
