@@ -75,6 +75,7 @@ ARGPARSE_ALLOWED = {
     "benchmarks/latency_drift.py": "python benchmarks/latency_drift.py",
     "benchmarks/reference_physical.py": "python benchmarks/reference_physical.py",
     "benchmarks/perplexity_speed.py": "python benchmarks/perplexity_speed.py",
+    "benchmarks/warmup_effect.py": "python benchmarks/warmup_effect.py",
 }
 
 
