@@ -9,6 +9,7 @@ import pytest
 
 import hwgpt_bench as hb
 from hwgpt_bench.benchmark import interface
+from hwgpt_bench.loaders.checkpoints import default_perplexity
 from hwgpt_bench.loaders.io import load_table
 from hwgpt_bench.search_spaces import SPACES, sample_archs
 from hwgpt_bench.surrogates_onnx.runtime import Surrogate, read_manifest
@@ -33,7 +34,7 @@ def table_bench(device, release):
 def measured(device, release) -> pl.DataFrame:
     rows = load_table("measurements", release).filter(space=SPACE, device_id=device, phase="forward", batch_size=1,
                                                        seq_len=256, dtype="float32", weights="random-init")
-    ppl = load_table("perplexity", release).filter(space=SPACE).select("arch_id", "perplexity")
+    ppl = default_perplexity(release).filter(space=SPACE).select("arch_id", "perplexity")  # what table mode answers
     return rows.join(ppl, on="arch_id", how="inner")
 
 
