@@ -132,14 +132,6 @@ def evaluate(rows: pl.DataFrame, intervals: str = "bins", max_iter: int = 200, m
             "test_archs": len(test), "bins": len(model.edges) + 1}
 
 
-def repeat_rows(x: np.ndarray, residuals: list[np.ndarray], max_repeats: int,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``(m, F)`` and residual targets ``(m,)``: at most ``max_repeats`` repeats per architecture, drawn at
-    random."""
-    keep = [r if len(r) <= max_repeats else rng.choice(r, max_repeats, replace=False) for r in residuals]
-    return np.repeat(x, [len(r) for r in keep], axis=0), np.concatenate(keep)
-
-
 def weighted_corrections(lows: np.ndarray, ups: np.ndarray, residuals: list[np.ndarray],
                          levels: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Split-conformal corrections ``(n_levels,)`` per bound from EVERY repeat of the calibration architectures
@@ -164,6 +156,8 @@ def residual_cqr(x: np.ndarray, log_point: np.ndarray, values: list[np.ndarray],
     Returns point ``(n_test,)`` (the physical point moved by the residuals' median model) and bounds
     ``(n_test, n_levels)``."""
     from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from hwgpt_bench.surrogates_onnx.training import repeat_rows
 
     feats = np.column_stack([x, log_point])
     residuals = [np.log(v) - lp for v, lp in zip(values, log_point, strict=True)]

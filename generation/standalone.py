@@ -98,7 +98,7 @@ def training_order(n: int) -> list[int]:
     """An order of ``n`` architectures sorted by size that spreads over the range early: the smallest, the largest,
     then each time the one farthest (in rank) from all taken so far (ties: the smaller). A ground truth cut short
     by time is then a sample of the whole range, not only of its small end."""
-    order = [0, n - 1][:n] if n != 1 else [0]
+    order = sorted({0, n - 1}) if n else []
     while len(order) < n:
         order.append(max((i for i in range(n) if i not in order), key=lambda i: (min(abs(i - j) for j in order), -i)))
     return order
