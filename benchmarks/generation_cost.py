@@ -9,12 +9,15 @@ evaluations per hour of the CPU-trainable family (gpt-nano) at the release's hel
     python benchmarks/generation_cost.py [--checkpoint runs/supernet-gpt-nano/supernet.safetensors]
     python benchmarks/generation_cost.py --warmup 2 --no-perplexity   # the 0.1.0 plan's warm-ups
     python benchmarks/generation_cost.py --no-perplexity --cases gpt-nano:20 gpt-s:6 gpt-m:4
+    python benchmarks/generation_cost.py --no-perplexity --plan plans/cpu-v0.4.0-a.toml --cases gpt-nano:20 gpt-s:6
     python benchmarks/generation_cost.py --runs runs/cpu-amd-epyc-2t runs/ppl-gpt-nano
 
-The first form measures afresh (run it on an otherwise idle machine) with the warm-ups and repeats of the release plan
-(`RELEASE_PLAN`); without a checkpoint a freshly initialised supernet is evaluated: the cost of a forward does not
-depend on the weights. The last form reads the same figures back from the parts of the runs that made a release, per
-run, and measures nothing.
+The first form measures afresh (run it on an otherwise idle machine) with each space's warm-ups, repeats and
+``min_timed_ms`` (repeats past ``repeats`` until they add up to that many milliseconds) from its entry in a plan
+(``--plan``, default the release plan `RELEASE_PLAN`; the ``[defaults]`` for a space without an entry), or as given by
+``--warmup``, ``--repeats`` and ``--min-timed-ms``; without a checkpoint a freshly initialised supernet is evaluated:
+the cost of a forward does not depend on the weights. The last form reads the same figures back from the parts of the
+runs that made a release, per run, and measures nothing.
 """
 
 from __future__ import annotations
@@ -33,20 +36,27 @@ from hwgpt_bench.generation import cost
 from hwgpt_bench.generation.runs import read_parts
 
 PROFILE_CASES = [("gpt-nano", 20), ("gpt-s", 4)]
-#: the plan whose CPU settings (warm-ups, repeats) the afresh measurement uses by default
+#: the plan whose CPU settings (warm-ups, repeats, min_timed_ms) the afresh measurement uses by default
 RELEASE_PLAN = Path(__file__).resolve().parents[1] / "plans" / "cpu-v0.2.0-a.toml"
+SETTINGS = {"warmup": 2, "repeats": 10, "min_timed_ms": 0.0}  # ``hwgpt-bench profile``'s defaults
 
 
-def plan_defaults(path: Path = RELEASE_PLAN) -> dict:
-    """``warmup`` and ``repeats`` of the plan's ``[defaults]`` (``SystemExit`` naming the plan if it is missing)."""
+def plan_settings(path: Path, space: str) -> dict:
+    """``warmup``, ``repeats`` and ``min_timed_ms`` of the first entry for ``space`` in the plan at ``path`` (its
+    ``[defaults]`` if it has none; ``profile``'s defaults for keys neither sets); ``SystemExit`` naming a missing
+    plan."""
     if not path.is_file():
-        raise SystemExit(f"{path}: release plan not found; give --warmup and --repeats")
+        raise SystemExit(f"--plan: {path} not found; give --warmup, --repeats and --min-timed-ms")
     with open(path, "rb") as fh:
-        defaults = tomllib.load(fh)["defaults"]
-    return {"warmup": int(defaults["warmup"]), "repeats": int(defaults["repeats"])}
+        plan = tomllib.load(fh)
+    entry = next((e for e in plan.get("profile", []) if e.get("space") == space), {})
+    merged = SETTINGS | {k: v for k, v in (plan.get("defaults", {}) | entry).items() if k in SETTINGS}
+    return {"warmup": int(merged["warmup"]), "repeats": int(merged["repeats"]),
+            "min_timed_ms": float(merged["min_timed_ms"])}
 
 
-def profile_overhead(space: str, n: int, memory: bool, workdir: Path, warmup: int, repeats: int) -> dict:
+def profile_overhead(space: str, n: int, memory: bool, workdir: Path, warmup: int, repeats: int,
+                     min_timed_ms: float = 0.0) -> dict:
     """Profile ``n`` archs of ``space`` at the release's CPU settings in one `hwgpt-bench profile` call.
 
     ``wall_s`` / ``timed_s``: the release figure (``cost.profiling_overhead``: the span of the rows after the first,
@@ -54,7 +64,8 @@ def profile_overhead(space: str, n: int, memory: bool, workdir: Path, warmup: in
     """
     out = workdir / f"{space}-{'mem' if memory else 'nomem'}"
     argv = ["profile", "--space", space, "--n", str(n), "--seq-len", "256", "--warmup", str(warmup), "--repeats",
-            str(repeats), "--out", str(out), "--flush-every", "30"] + ([] if memory else ["--no-memory"])
+            str(repeats), "--min-timed-ms", str(min_timed_ms), "--out", str(out), "--flush-every", "30"]
+    argv += [] if memory else ["--no-memory"]
     start = time.perf_counter()
     cli(argv)
     call = time.perf_counter() - start
@@ -85,10 +96,10 @@ def perplexity_rate(checkpoint: str | None, n: int, eval_tokens: int, workdir: P
 def print_profile_table(rows: list[tuple], calls: list[tuple[float, float]] | None = None) -> None:
     """Rows (label, archs, memory yes/no, wall s, timed s) as a table with the overhead ratio; with ``calls``, one
     (wall s, timed s) of the whole profiling call per row as two more columns."""
-    head = f"\n{'profiling run':<34} {'archs':>5} {'memory':>6} {'wall s':>8} {'timed s':>8} {'overhead':>9}"
+    head = f"\n{'profiling run':<46} {'archs':>5} {'memory':>6} {'wall s':>8} {'timed s':>8} {'overhead':>9}"
     print(head + (f" {'call s':>8} {'call overhead':>13}" if calls else ""))
     for i, (label, n, mem, wall, measured) in enumerate(rows):
-        line = f"{label:<34} {n:>5} {mem:>6} {wall:>8.1f} {measured:>8.1f} {wall / measured:>8.2f}x"
+        line = f"{label:<46} {n:>5} {mem:>6} {wall:>8.1f} {measured:>8.1f} {wall / measured:>8.2f}x"
         if calls:
             line += f" {calls[i][0]:>8.1f} {calls[i][0] / calls[i][1]:>12.2f}x"
         print(line)
@@ -104,16 +115,18 @@ def report_runs(run_dirs: list[str]) -> None:
               f"{r['eval_tokens']:.0f} held-out tokens in {r['wall_s'] / 3600:.2f} h = {r['per_hour']:.0f} per hour")
 
 
-def measure_afresh(checkpoint: str | None, eval_tokens: int, warmup: int, repeats: int, perplexity: bool,
+def measure_afresh(checkpoint: str | None, eval_tokens: int, settings: dict[str, dict], perplexity: bool,
                    cases: list[tuple[str, int]] = PROFILE_CASES) -> None:
-    """Profile small samples (``cases``: (space, architectures)) with and without memory, evaluate 10 perplexities
-    (unless not ``perplexity``), print the tables."""
+    """Profile small samples (``cases``: (space, architectures)) with and without memory, each space with its
+    ``settings`` (``plan_settings``), evaluate 10 perplexities (unless not ``perplexity``), print the tables."""
     rows, calls = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for space, n in cases:
+            warmup, repeats, min_timed_ms = (settings[space][k] for k in ("warmup", "repeats", "min_timed_ms"))
             for memory in (False, True):
-                r = profile_overhead(space, n, memory, Path(tmp), warmup, repeats)
-                rows.append((f"{space} (warm-up {warmup}, repeats {repeats})", n, "yes" if memory else "no",
+                r = profile_overhead(space, n, memory, Path(tmp), warmup, repeats, min_timed_ms)
+                more = f" until {min_timed_ms:g} ms" if min_timed_ms else ""
+                rows.append((f"{space} (warm-up {warmup}, repeats {repeats}{more})", n, "yes" if memory else "no",
                              r["wall_s"], r["timed_s"]))
                 calls.append((r["call_s"], r["call_timed_s"]))
         rate = perplexity_rate(checkpoint, 10, eval_tokens, Path(tmp)) if perplexity else None
@@ -141,10 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-tokens", type=int, default=32768, help="held-out tokens per evaluation")
     parser.add_argument("--runs", nargs="+", default=None,
                         help="run directories to read the figures from instead of measuring afresh")
+    parser.add_argument("--plan", type=Path, default=RELEASE_PLAN,
+                        help=f"plan whose per-space settings are measured (default {RELEASE_PLAN.name})")
     parser.add_argument("--warmup", type=int, default=None,
-                        help=f"untimed warm-ups per measurement (default: the [defaults] of {RELEASE_PLAN.name})")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help=f"timed repeats per measurement (default: the [defaults] of {RELEASE_PLAN.name})")
+                        help="untimed warm-ups per measurement (default: the plan's)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default: the plan's)")
+    parser.add_argument("--min-timed-ms", type=float, default=None,
+                        help="record repeats past --repeats until they add up to this many ms (default: the plan's)")
     parser.add_argument("--no-perplexity", action="store_true", help="measure the profiling overhead only")
     parser.add_argument("--cases", nargs="+", type=_case, default=PROFILE_CASES, metavar="SPACE:N",
                         help="spaces and sample sizes measured afresh (default: "
@@ -153,10 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs:
         report_runs(args.runs)
         return 0
-    plan = plan_defaults() if args.warmup is None or args.repeats is None else {}
-    warmup = plan["warmup"] if args.warmup is None else args.warmup
-    repeats = plan["repeats"] if args.repeats is None else args.repeats
-    measure_afresh(args.checkpoint, args.eval_tokens, warmup, repeats, not args.no_perplexity, args.cases)
+    given = {k: v for k, v in (("warmup", args.warmup), ("repeats", args.repeats),
+                               ("min_timed_ms", args.min_timed_ms)) if v is not None}
+    settings = {space: (given if len(given) == len(SETTINGS) else plan_settings(args.plan, space) | given)
+                for space, _ in args.cases}
+    measure_afresh(args.checkpoint, args.eval_tokens, settings, not args.no_perplexity, args.cases)
     return 0
 
 

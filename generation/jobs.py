@@ -58,7 +58,9 @@ class ProfileRequest:
         shard: ``"i/n"``: measure only architectures with ``int(arch_id, 16) % n == i``.
         device, device_id, dtype: torch device (``cpu``, ``cuda``, ``cuda:N``), its id (default: derived) and dtype.
         phase, batch_size, seq_len: the workload axes; every combination is measured (``seq_len`` None: the block).
-        warmup, repeats: untimed runs, recorded latency repeats.
+        warmup, repeats: untimed runs, recorded latency repeats (at least).
+        min_timed_ms: record repeats past ``repeats`` until they add up to this many milliseconds (0: exactly
+            ``repeats``; ``ProfileSettings.min_timed_ms``).
         energy_samples, energy_window_ms: energy samples where a counter exists, each at least this long (ms).
         threads: torch intra-op threads (None: all logical cores).
         no_memory: skip the peak-memory measurement.
@@ -79,6 +81,7 @@ class ProfileRequest:
     seq_len: tuple[int, ...] | None = None
     warmup: int = 2
     repeats: int = 10
+    min_timed_ms: float = 0.0
     energy_samples: int = 5
     energy_window_ms: float = 1000.0
     threads: int | None = None
@@ -146,8 +149,9 @@ class ProfileRequest:
             return self.seq_len or (space.block_size - 1 if phase == "decode" else space.block_size,)
 
         grid = [ProfileSettings(device=self.device, dtype=self.dtype, batch_size=b, seq_len=t, phase=phase,
-                                n_warmup=self.warmup, n_repeats=self.repeats, n_energy_samples=self.energy_samples,
-                                energy_window_ms=self.energy_window_ms, threads=self.n_threads)
+                                n_warmup=self.warmup, n_repeats=self.repeats, min_timed_ms=self.min_timed_ms,
+                                n_energy_samples=self.energy_samples, energy_window_ms=self.energy_window_ms,
+                                threads=self.n_threads)
                 for phase in self.phase for b, t in itertools.product(self.batch_size, seq_lens(phase))]
         for settings in grid:
             settings.check_fits(space.smallest())

@@ -59,7 +59,7 @@ from .memory import (
     peak_rss_mib,
 )
 from .model import GPT, KVCache, build_model
-from .workload import ProfileSettings, Workload, compute_context
+from .workload import MAX_TIMED_REPEATS, ProfileSettings, Workload, compute_context
 from .zygote import fork_supported
 
 log = logging.getLogger(__name__)
@@ -251,8 +251,17 @@ def _time_cuda(step: Callable[[], object]) -> float:
     return float(start.elapsed_time(end))
 
 
+def _more_repeats(latencies: list[float], settings: ProfileSettings) -> bool:
+    """Whether to record another repeat: fewer than ``n_repeats`` so far, or (with ``min_timed_ms``) fewer than
+    ``MAX_TIMED_REPEATS`` recorded that add up to less than ``min_timed_ms`` milliseconds."""
+    if len(latencies) < settings.n_repeats:
+        return True
+    return len(latencies) < MAX_TIMED_REPEATS and sum(latencies) < settings.min_timed_ms
+
+
 def measure_latency(model: GPT, settings: ProfileSettings, tensor_peak: bool = False) -> LatencyResult:
-    """``n_repeats`` timed steps (milliseconds) after ``n_warmup`` untimed ones; state is prepared outside the timing.
+    """``n_repeats`` timed steps (milliseconds) after ``n_warmup`` untimed ones, and more while they add up to less
+    than ``min_timed_ms`` (``_more_repeats``); state is prepared outside the timing.
 
     ``other_cpu_cores`` spans the recorded repeats (see ``environment.CpuBusyMeter``). With ``tensor_peak`` the first
     warm-up also measures the tensor peak (``measure_tensor_peak``; no extra step), or, when ``n_warmup == 0``, one
@@ -265,7 +274,7 @@ def measure_latency(model: GPT, settings: ProfileSettings, tensor_peak: bool = F
         work = Workload(model, settings)
         peak = _warm_up(work, tensor_peak)
         with CpuBusyMeter() as meter:
-            for _ in range(settings.n_repeats):
+            while _more_repeats(latencies, settings):
                 cache = work.prepare()
                 _sync(settings)
                 loads.append(host_load_1m())
@@ -386,9 +395,12 @@ def measure_in_child(arch: ArchConfig, settings: ProfileSettings, tensor_peak: b
         peak = None if report["tensor_peak"] is None else TensorPeak(**report["tensor_peak"])
     except (KeyError, TypeError, ValueError) as err:
         raise RuntimeError(f"{child} for {arch.arch_id} sent a malformed report ({err!r}); {raw}") from err
-    if len(latency.latency_ms) != settings.n_repeats or len(latency.host_load_1m) != settings.n_repeats:
-        raise RuntimeError(f"{child} for {arch.arch_id} sent {len(latency.latency_ms)} repeats, expected "
-                           f"{settings.n_repeats}; {raw}")
+    n, low = len(latency.latency_ms), settings.n_repeats
+    high = MAX_TIMED_REPEATS if settings.min_timed_ms else low
+    if not low <= n <= high or len(latency.host_load_1m) != n:
+        expected = f"{low}" if low == high else f"{low} to {high} (min_timed_ms {settings.min_timed_ms:g})"
+        raise RuntimeError(f"{child} for {arch.arch_id} sent {n} repeats and {len(latency.host_load_1m)} host loads, "
+                           f"expected {expected} of each; {raw}")
     return ChildMeasurement(latency, energy, memory, peak)
 
 

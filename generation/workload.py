@@ -32,6 +32,8 @@ from .model import GPT, KVCache
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _WEIGHTS = re.compile(r"^(random-init|supernet:[0-9a-f]{12})$")
+#: ``min_timed_ms`` adds repeats up to this many in all (a ceiling for a target far above the step's duration)
+MAX_TIMED_REPEATS = 200
 
 
 # ---- settings ----------------------------------------------------------------------------------------------------
@@ -51,7 +53,11 @@ class ProfileSettings:
         seq_len: tokens per sequence (forward, prefill) or tokens already in the KV cache (decode).
         phase: ``"forward"``, ``"prefill"`` or ``"decode"`` (see the module docstring).
         n_warmup: untimed runs before the first recorded repeat (latency and energy each do their own).
-        n_repeats: recorded latency repeats.
+        n_repeats: recorded latency repeats (at least; see ``min_timed_ms``).
+        min_timed_ms: after ``n_repeats``, keep recording repeats until the recorded ones add up to this many
+            milliseconds (at most ``MAX_TIMED_REPEATS`` in all; 0: exactly ``n_repeats``), as ``timeit``'s autorange:
+            a process's fixed cost (fork, build, warm-ups) is then spread over at least this much recorded work, and a
+            short step gets more repeats.
         n_energy_samples: recorded energy samples (where a counter exists).
         energy_window_ms: each energy sample repeats the forward until at least this long has passed (milliseconds);
             the energy per forward is the counter's delta divided by the forwards run.
@@ -67,6 +73,7 @@ class ProfileSettings:
     phase: str = "forward"
     n_warmup: int = 2
     n_repeats: int = 10
+    min_timed_ms: float = 0.0
     n_energy_samples: int = 5
     energy_window_ms: float = 500.0
     threads: int = field(default_factory=_default_threads)
@@ -84,6 +91,12 @@ class ProfileSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}: must be an integer >= {low}, got {value!r}")
+        if self.n_repeats > MAX_TIMED_REPEATS:
+            raise ValueError(f"n_repeats: must be at most {MAX_TIMED_REPEATS}, got {self.n_repeats}")
+        timed = self.min_timed_ms
+        if isinstance(timed, bool) or not isinstance(timed, (int, float)) or not 0 <= timed < float("inf"):
+            raise ValueError(f"min_timed_ms: must be a finite number >= 0 (milliseconds; 0: exactly n_repeats), "
+                             f"got {timed!r}")
         window = self.energy_window_ms
         if isinstance(window, bool) or not isinstance(window, (int, float)) or not window > 0:
             raise ValueError(f"energy_window_ms: must be a number > 0 (milliseconds), got {window!r}")

@@ -53,8 +53,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from hwgpt_bench.generation.jobs import ProfileRequest, profile
 
     fields = ("space", "n", "seed", "shard", "device", "device_id", "dtype", "phase", "batch_size", "seq_len",
-              "warmup", "repeats", "energy_samples", "energy_window_ms", "threads", "no_memory", "flush_every", "limit",
-              "pick")
+              "warmup", "repeats", "min_timed_ms", "energy_samples", "energy_window_ms", "threads", "no_memory",
+              "flush_every", "limit", "pick")
     written = profile(ProfileRequest(**{f: getattr(args, f) for f in fields}), args.out)
     print(f"{written} measurement(s) written to {args.out}")
     return 0
@@ -296,6 +296,9 @@ def _add_profile(sub) -> None:
                    help="sequence lengths in tokens (default: the space's block size)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (default 2)")
     p.add_argument("--repeats", type=int, default=10, help="recorded latency repeats (default 10)")
+    p.add_argument("--min-timed-ms", type=float, default=0.0,
+                   help="record repeats past --repeats until they add up to this many ms, at most 200 in all "
+                        "(default 0: exactly --repeats)")
     p.add_argument("--energy-samples", type=int, default=5, help="energy samples where a counter exists (default 5)")
     p.add_argument("--energy-window-ms", type=float, default=1000.0,
                    help="minimum duration of one energy sample in ms (default 1000)")

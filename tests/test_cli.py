@@ -76,6 +76,7 @@ ARGPARSE_ALLOWED = {
     "benchmarks/reference_physical.py": "python benchmarks/reference_physical.py",
     "benchmarks/perplexity_speed.py": "python benchmarks/perplexity_speed.py",
     "benchmarks/warmup_effect.py": "python benchmarks/warmup_effect.py",
+    "benchmarks/profile_breakdown.py": "python benchmarks/profile_breakdown.py",
 }
 
 

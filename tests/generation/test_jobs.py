@@ -154,6 +154,9 @@ def test_eval_perplexity_run_is_resumable_and_sharded(tmp_path):
     (["--shard", "2/2"], "shard: need 0 <= index < count"),
     (["--repeats", "0"], "n_repeats: must be an integer >= 1"),
     (["--flush-every", "-1"], "flush_every: must be a number of seconds >= 0"),
+    (["--min-timed-ms", "-5"], "min_timed_ms: must be a finite number >= 0"),
+    (["--min-timed-ms", "inf"], "min_timed_ms: must be a finite number >= 0"),
+    (["--repeats", "201"], "n_repeats: must be at most 200"),
 ])
 def test_bad_profile_arguments_are_rejected_before_anything_is_written(tmp_path, capsys, flags, message):
     """Regression: --seq-len 4096 was rejected only after parts were written; --n 0 exited 0 with a devices row."""

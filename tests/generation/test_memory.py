@@ -206,6 +206,16 @@ def counting_zygote(own_zygote, tmp_path):
     return counter
 
 
+@pytest.mark.skipif(not zygote.fork_supported(), reason="needs Linux /proc")
+def test_a_forked_measurement_records_repeats_until_min_timed_ms(short_settings):
+    """``min_timed_ms`` reaches the measurement's own process: it stops at the first repeat that makes the sum."""
+    settings = short_settings(n_repeats=2, min_timed_ms=25.0)
+    times = profilers.measure_in_child(NANO.smallest(), settings, tensor_peak=False).latency.latency_ms
+    assert 2 <= len(times) <= profilers.MAX_TIMED_REPEATS
+    assert sum(times) >= 25.0 or len(times) == profilers.MAX_TIMED_REPEATS
+    assert len(times) == 2 or sum(times[:-1]) < 25.0
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not zygote.fork_supported(), reason="needs Linux /proc")
 def test_cpu_profile_with_memory_builds_the_model_once_in_its_own_process(counting_zygote, monkeypatch,

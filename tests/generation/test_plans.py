@@ -21,6 +21,16 @@ def test_defaults_apply_and_entries_override(tmp_path):
     assert entry_request(second, shard="1/4").shard == "1/4"
 
 
+def test_min_timed_ms_reaches_every_workload_of_a_plan_entry(tmp_path):
+    pytest.importorskip("torch")
+    plan = tmp_path / "p.toml"
+    plan.write_text('[defaults]\nmin_timed_ms = 600\n\n[[profile]]\nspace = "gpt-nano"\nn = 5\nbatch_size = [1, 2]\n\n'
+                    '[[profile]]\nspace = "gpt-s"\nn = 2\nmin_timed_ms = 0\n')
+    nano, small = plan_requests(plan)
+    assert [s.min_timed_ms for s in nano.settings_grid()] == [600.0, 600.0]
+    assert [s.min_timed_ms for s in small.settings_grid()] == [0.0]
+
+
 def test_plan_may_not_choose_the_output(tmp_path):
     plan = tmp_path / "p.toml"
     plan.write_text('[[profile]]\nspace = "gpt-s"\nn = 5\nout = "elsewhere"\n')

@@ -32,6 +32,8 @@ def model(arch):
     ("device", "tpu"), ("device", "cuda:x"), ("dtype", "float16"), ("phase", "backward"), ("batch_size", 0),
     ("seq_len", -1), ("n_warmup", -1), ("n_repeats", 0), ("n_energy_samples", 0), ("energy_window_ms", 0.0),
     ("threads", 0), ("threads", 1.5), ("seed", -3), ("weights", "pretrained"), ("batch_size", True),
+    ("min_timed_ms", -1.0), ("min_timed_ms", float("inf")), ("min_timed_ms", float("nan")), ("min_timed_ms", "1"),
+    ("min_timed_ms", True), ("n_repeats", 201),
 ])
 def test_invalid_settings_name_the_field(field, value):
     with pytest.raises(ValueError, match=rf"^{field}: "):
@@ -107,6 +109,33 @@ def test_latency_records_every_repeat(model, phase, dtype, short_settings):
     assert result.other_cpu_cores is None or result.other_cpu_cores >= 0
     assert "perf_counter_ns" in result.method
     assert torch.get_num_threads() == before  # the thread setting is restored
+
+
+@pytest.mark.parametrize("min_timed_ms, step_ms, expected", [
+    (0.0, 4.0, 3),      # exactly n_repeats
+    (10.0, 4.0, 3),     # n_repeats already add up to more
+    (30.0, 4.0, 8),     # 7 repeats = 28 ms < 30, 8 = 32 ms: stop at the first sum that reaches the target
+    (32.0, 4.0, 8),     # reaching the target exactly is enough
+    (1e9, 1.0, 200),    # MAX_TIMED_REPEATS in all
+])
+def test_min_timed_ms_adds_repeats_until_they_add_up(model, monkeypatch, short_settings, min_timed_ms, step_ms,
+                                                     expected):
+    """``min_timed_ms`` records repeats past ``n_repeats`` until their sum reaches it, never more than 200."""
+    steps = []
+    monkeypatch.setattr(profilers, "_time_cpu", lambda step: steps.append(1) or step_ms)
+    result = profilers.measure_latency(model, short_settings(n_warmup=0, n_repeats=3, min_timed_ms=min_timed_ms))
+    assert profilers.MAX_TIMED_REPEATS == 200
+    assert result.latency_ms == [step_ms] * expected and len(steps) == expected
+    assert len(result.host_load_1m) == expected
+
+
+def test_min_timed_ms_on_real_steps(model, short_settings):
+    """Real timings: the repeats stop at the first that makes them add up to the target."""
+    result = profilers.measure_latency(model, short_settings(n_warmup=1, n_repeats=2, min_timed_ms=20.0))
+    times = result.latency_ms
+    assert 2 <= len(times) <= profilers.MAX_TIMED_REPEATS and len(result.host_load_1m) == len(times)
+    assert sum(times) >= 20.0 or len(times) == profilers.MAX_TIMED_REPEATS
+    assert len(times) == 2 or sum(times[:-1]) < 20.0
 
 
 def test_latency_uses_the_requested_threads(model, monkeypatch, short_settings):
@@ -323,7 +352,8 @@ def test_profile_arch_on_cpu_with_memory_builds_nothing_here(arch, facts, monkey
 
 
 @pytest.mark.parametrize("overrides, error", [
-    ({"latency_ms": [1.0]}, "sent 1 repeats, expected 3"),
+    ({"latency_ms": [1.0]}, "sent 1 repeats and 3 host loads, expected 3 of each"),
+    ({"latency_ms": [1.0] * 4}, "sent 4 repeats and 3 host loads, expected 3 of each"),
     ({"energy": {"energy_mj": None}}, "sent a malformed report"),
     ({"host_load_1m": None}, "sent a malformed report"),
     ({"peak_memory_mib": "lots"}, "printed no JSON report"),
@@ -334,6 +364,21 @@ def test_a_malformed_child_report_is_a_clear_error(arch, monkeypatch, overrides,
                         lambda call, request, a, timeout_s, child: _child_report(a, settings, **overrides))
     with pytest.raises(RuntimeError, match=rf"^profiling child for {arch.arch_id} .*{error}"):
         profilers.measure_in_child(arch, settings)
+
+
+def test_a_child_report_with_min_timed_ms_may_hold_more_repeats(arch, monkeypatch, short_settings):
+    """With ``min_timed_ms`` a report of n_repeats..200 repeats is accepted; fewer is an error."""
+    settings = short_settings(min_timed_ms=100.0)
+    for n in (3, 7, 200):
+        monkeypatch.setattr(profilers, "forked_report", lambda call, request, a, timeout_s, child, n=n: _child_report(
+            a, settings, latency_ms=[1.5] * n, host_load_1m=[0.25] * n))
+        assert profilers.measure_in_child(arch, settings).latency.latency_ms == [1.5] * n
+    for n in (2, 201):
+        monkeypatch.setattr(profilers, "forked_report", lambda call, request, a, timeout_s, child, n=n: _child_report(
+            a, settings, latency_ms=[1.5] * n, host_load_1m=[0.25] * n))
+        with pytest.raises(RuntimeError, match=rf"sent {n} repeats and {n} host loads, expected 3 to 200 "
+                                               r"\(min_timed_ms 100\) of each"):
+            profilers.measure_in_child(arch, settings)
 
 
 def test_measure_in_child_is_cpu_and_random_init_only(arch, short_settings):
