@@ -23,6 +23,7 @@ runs that made a release, per run, and measures nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -38,21 +39,23 @@ from hwgpt_bench.generation.runs import read_parts
 PROFILE_CASES = [("gpt-nano", 20), ("gpt-s", 4)]
 #: the plan whose CPU settings (warm-ups, repeats, min_timed_ms) the afresh measurement uses by default
 RELEASE_PLAN = Path(__file__).resolve().parents[1] / "plans" / "cpu-v0.2.0-a.toml"
-SETTINGS = {"warmup": 2, "repeats": 10, "min_timed_ms": 0.0}  # ``hwgpt-bench profile``'s defaults
+SETTINGS = ("warmup", "repeats", "min_timed_ms")  # what the afresh measurement takes from a plan entry
 
 
-def plan_settings(path: Path, space: str) -> dict:
+def plan_settings(path: Path, space: str, given: dict) -> dict:
     """``warmup``, ``repeats`` and ``min_timed_ms`` of the first entry for ``space`` in the plan at ``path`` (its
-    ``[defaults]`` if it has none; ``profile``'s defaults for keys neither sets); ``SystemExit`` naming a missing
-    plan."""
+    ``[defaults]`` if it has none), each replaced by ``given``'s, as the validated ``ProfileRequest`` that ``run-plan``
+    would make (``profile``'s defaults for what neither sets); ``SystemExit`` naming a missing plan."""
+    from hwgpt_bench.generation.plans import entry_request, load_plan
+
     if not path.is_file():
-        raise SystemExit(f"--plan: {path} not found; give --warmup, --repeats and --min-timed-ms")
-    with open(path, "rb") as fh:
-        plan = tomllib.load(fh)
-    entry = next((e for e in plan.get("profile", []) if e.get("space") == space), {})
-    merged = SETTINGS | {k: v for k, v in (plan.get("defaults", {}) | entry).items() if k in SETTINGS}
-    return {"warmup": int(merged["warmup"]), "repeats": int(merged["repeats"]),
-            "min_timed_ms": float(merged["min_timed_ms"])}
+        raise SystemExit(f"--plan: {path} is not a plan file")
+    entry = next((e for e in load_plan(path) if e.get("space") == space), None)
+    if entry is None:
+        with open(path, "rb") as fh:
+            entry = tomllib.load(fh).get("defaults", {}) | {"space": space, "n": 1}
+    request = dataclasses.replace(entry_request(entry), **given)
+    return {k: getattr(request, k) for k in SETTINGS}
 
 
 def profile_overhead(space: str, n: int, memory: bool, workdir: Path, warmup: int, repeats: int,
@@ -171,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     given = {k: v for k, v in (("warmup", args.warmup), ("repeats", args.repeats),
                                ("min_timed_ms", args.min_timed_ms)) if v is not None}
-    settings = {space: (given if len(given) == len(SETTINGS) else plan_settings(args.plan, space) | given)
-                for space, _ in args.cases}
+    settings = {space: plan_settings(args.plan, space, given) for space, _ in args.cases}
     measure_afresh(args.checkpoint, args.eval_tokens, settings, not args.no_perplexity, args.cases)
     return 0
 
