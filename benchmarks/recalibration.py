@@ -5,11 +5,18 @@ measurements exist on ``--to-device`` in the release (``--dataset``): the model 
 one session of the new host (both positions, start and end, all repeats), then evaluated on that host's measured
 architectures of the same session at the panel's workload that the model never saw (not measured on
 ``--from-device`` at that workload, or in the model's test split there) and that are not in the panel. Prints per
-space: the architectures used, the coverage of single repeats at 0.5 and 0.9 before and after, the fitted scale,
-and Kendall tau (unchanged by a scale). Nothing is measured here.
+space: the architectures used, the panel's drift within the session (median over its architectures of |log(start
+median / end median)|, the two panel positions), the coverage of single repeats at 0.5 and 0.9 before and after, the
+fitted scale, and Kendall tau (unchanged by a scale). Nothing is measured here.
+
+``--panel-sizes K ...`` adds a second table: what the number of architectures alone costs. For every space and
+session with at least ``MIN_HELD_FOR_SIZES`` held-out architectures, ``--draws`` times: recalibrate from K of those
+block-measured architectures drawn at random (exchangeable with the rest and measured with the same protocol, unlike
+a real panel) and measure the coverage at 0.9 on the others (``recalibration.coverage_by_panel_size``); prints the
+mean, the standard deviation and the share of draws within 0.05 of 0.9.
 
     python benchmarks/recalibration.py [--dataset dataset] [--from-device cpu-amd-epyc-2t]
-        [--to-device cpu-intel-xeon-2t-d712558a]
+        [--to-device cpu-intel-xeon-2t-d712558a] [--panel-sizes 16 32 64] [--draws 200]
 """
 
 from __future__ import annotations
@@ -26,10 +33,12 @@ from hwgpt_bench.loaders.splits import split_of
 from hwgpt_bench.metrics import WORKLOAD_KEYS
 from hwgpt_bench.search_spaces import ArchConfig
 from hwgpt_bench.surrogates_onnx.intervals import Intervals, interval_metrics
+from hwgpt_bench.surrogates_onnx.recalibration import coverage_by_panel_size
 from hwgpt_bench.surrogates_onnx.runtime import Surrogate, list_models
 
 METRIC = "latency_ms"
 LEVELS = ("0.5", "0.9")
+MIN_HELD_FOR_SIZES = 100  # held-out architectures a panel-size draw needs to leave a test set of its own
 
 
 def _workload(row: dict) -> dict:
@@ -44,6 +53,19 @@ def _repeats_by_arch(rows: pl.DataFrame) -> dict[str, np.ndarray]:
     return {a: np.asarray(v, dtype=float) for a, v in out.items()}
 
 
+def panel_drift(panel: pl.DataFrame) -> float:
+    """Median over ``panel``'s architectures (one session) of |log(median at the start / median at the end)|;
+    ``nan`` when no architecture has both positions."""
+    medians = panel.with_columns(pl.col(METRIC).list.median().alias("m")).pivot(
+        on="panel_position", index="arch_id", values="m", aggregate_function="first")
+    if not {"start", "end"} <= set(medians.columns):
+        return float("nan")
+    both = medians.drop_nulls(["start", "end"])
+    if not both.height:
+        return float("nan")
+    return float(np.median(np.abs(np.log(both["start"].to_numpy() / both["end"].to_numpy()))))
+
+
 def _figures(model: Surrogate, archs: list[ArchConfig], repeats: list[np.ndarray]) -> dict:
     pred = model.predict(archs)
     return interval_metrics(Intervals(pred.point, pred.lower, pred.upper, pred.levels), repeats)
@@ -53,17 +75,36 @@ def evaluate_space(model: Surrogate, panel: pl.DataFrame, measured: pl.DataFrame
                    session: str, seen: set[str]) -> dict:
     """Before/after figures of ``model`` on ``measured``'s rows of ``session`` (architectures outside the panel and
     outside ``seen``, the ones the model was fitted on), recalibrated with ``panel``'s rows of the same session."""
-    panel_repeats = _repeats_by_arch(panel.filter(pl.col("session_id") == session))
+    session_panel = panel.filter(pl.col("session_id") == session)
+    panel_repeats = _repeats_by_arch(session_panel)
     ids = sorted(panel_repeats)
     fitted = model.recalibrate([archs[a] for a in ids], [panel_repeats[a] for a in ids], device="new host")
-    held = _repeats_by_arch(measured.filter(~pl.col("arch_id").is_in(ids), pl.col("session_id") == session))
-    held_ids = sorted(a for a in held if a not in seen)
-    held_archs, held_values = [archs[a] for a in held_ids], [held[a] for a in held_ids]
-    if not held_ids:
+    held_archs, held_values = held_out(measured, archs, session, seen | set(ids))
+    if not held_archs:
         return {"archs": 0}
     before, after = _figures(model, held_archs, held_values), _figures(fitted, held_archs, held_values)
     return {"panel_archs": len(ids), "panel_repeats": int(sum(v.size for v in panel_repeats.values())),
-            "archs": len(held_ids), "before": before, "after": after, "scale": fitted.recalibration.scale}
+            "archs": len(held_archs), "before": before, "after": after, "scale": fitted.recalibration.scale,
+            "drift": panel_drift(session_panel), "held": (held_archs, held_values)}
+
+
+def held_out(measured: pl.DataFrame, archs: dict[str, ArchConfig], session: str,
+             excluded: set[str]) -> tuple[list[ArchConfig], list[np.ndarray]]:
+    """The architectures of ``measured`` in ``session`` outside ``excluded`` (sorted by id) and their repeats."""
+    held = _repeats_by_arch(measured.filter(pl.col("session_id") == session))
+    ids = sorted(a for a in held if a not in excluded)
+    return [archs[a] for a in ids], [held[a] for a in ids]
+
+
+def panel_size_row(model: Surrogate, held_archs: list[ArchConfig], held_values: list[np.ndarray],
+                   sizes: list[int], draws: int) -> list[str]:
+    """Per panel size: ``mean +- sd (share within 0.05)`` of the coverage at 0.9 over ``draws`` random panels."""
+    pred = model.predict(held_archs)
+    cells = []
+    for k in sizes:
+        cov = coverage_by_panel_size(pred.point, pred.lower, pred.upper, held_values, pred.levels, 0.9, k, draws)
+        cells.append(f"{cov.mean():.3f} +- {cov.std():.3f} ({np.mean(np.abs(cov - 0.9) <= 0.05):.2f})")
+    return cells
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,9 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=None, help="surrogate folder (default: the shipped models)")
     parser.add_argument("--from-device", default="cpu-amd-epyc-2t")
     parser.add_argument("--to-device", default="cpu-intel-xeon-2t-d712558a")
+    parser.add_argument("--panel-sizes", type=int, nargs="*", default=[],
+                        help="also print what K random block architectures give as a panel (e.g. 16 32 64)")
+    parser.add_argument("--draws", type=int, default=200, help="random panels per size (default 200)")
     args = parser.parse_args(argv)
     if not Path(args.dataset).is_dir():
         raise SystemExit(f"--dataset: {args.dataset} is not a folder")
+    if args.draws < 1:
+        raise SystemExit(f"--draws: at least 1, got {args.draws}")
     panel = load_table("panel", args.dataset).filter(pl.col("device_id") == args.to_device)
     every = load_table("measurements", args.dataset)
     measured = every.filter(pl.col("device_id") == args.to_device)
@@ -83,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     entries = [m for m in list_models(args.models) if m["device"] == args.from_device and m["metric"] == METRIC]
     print(f"{args.from_device} latency models recalibrated with the panel of one {args.to_device} session, on that "
           "host's test-split architectures outside the panel (coverage of single repeats)\n")
-    print("| space | workload | session | panel archs (repeats) | test archs | coverage 0.5 before -> after | "
-          "coverage 0.9 before -> after | scale | tau |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| space | workload | session | panel archs (repeats) | panel drift | test archs | coverage 0.5 before -> "
+          "after | coverage 0.9 before -> after | scale | tau |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    size_rows = []
     for entry in entries:
         wl = entry["workload"]
         where = [pl.col("space") == entry["space"], *[pl.col(k) == wl[k] for k in WORKLOAD_KEYS]]
@@ -100,10 +147,19 @@ def main(argv: list[str] | None = None) -> int:
             if not res["archs"]:
                 continue
             cov = {lv: f"{res['before']['coverage'][lv]:.2f} -> {res['after']['coverage'][lv]:.2f}" for lv in LEVELS}
-            print(f"| {entry['space']} | {wl['phase']} b{wl['batch_size']} s{wl['seq_len']} | {session} | "
-                  f"{res['panel_archs']} "
-                  f"({res['panel_repeats']}) | {res['archs']} | {cov['0.5']} | {cov['0.9']} | {res['scale']:.3f} | "
-                  f"{res['after']['kendall_tau']:.3f} |")
+            label = f"| {entry['space']} | {wl['phase']} b{wl['batch_size']} s{wl['seq_len']} | {session} |"
+            print(f"{label} {res['panel_archs']} ({res['panel_repeats']}) | {res['drift']:.3f} | {res['archs']} | "
+                  f"{cov['0.5']} | {cov['0.9']} | {res['scale']:.3f} | {res['after']['kendall_tau']:.3f} |")
+            if args.panel_sizes and res["archs"] >= MIN_HELD_FOR_SIZES:
+                cells = panel_size_row(model, *res["held"], args.panel_sizes, args.draws)
+                size_rows.append(f"{label} {res['archs']} | " + " | ".join(cells) + " |")
+    if args.panel_sizes:
+        print(f"\nCoverage at 0.9 after recalibrating from K random block architectures of the session ({args.draws} "
+              "draws; mean +- sd, share of draws within 0.05 of 0.9), judged on the session's other architectures\n")
+        sizes = " | ".join(f"K = {k}" for k in args.panel_sizes)
+        print(f"| space | workload | session | architectures | {sizes} |")
+        print("|---|---|---|---|" + "---|" * len(args.panel_sizes))
+        print("\n".join(size_rows))
     return 0
 
 

@@ -137,3 +137,40 @@ def fit_recalibration(point: np.ndarray, lower: np.ndarray, upper: np.ndarray, r
                   for i, log_v in enumerate(log_values)]
         widen.append(conformal_quantile(scores, float(level)))
     return Recalibration(shift, tuple(widen), tuple(float(lv) for lv in levels), n, int(sum(v.size for v in values)))
+
+
+def _coverage_of_repeats(lower: np.ndarray, upper: np.ndarray, repeats: Sequence[np.ndarray]) -> float:
+    """Mean over architectures of the share of their single measurements inside ``[lower, upper]`` (each ``(n,)``)."""
+    return float(np.mean([np.mean((v >= lo) & (v <= hi)) for lo, hi, v in zip(lower, upper, repeats, strict=True)]))
+
+
+def coverage_by_panel_size(point: np.ndarray, lower: np.ndarray, upper: np.ndarray, repeats: Sequence[np.ndarray],
+                           levels: Sequence[float], level: float, panel_size: int, draws: int = 200,
+                           seed: int = 0) -> np.ndarray:
+    """How close to ``level`` a recalibration from ``panel_size`` architectures lands, measured on real data.
+
+    From ``N`` architectures measured on the new host (``point (N,)``, ``lower``/``upper`` ``(N, L)`` at ``levels``
+    as in ``fit_recalibration``, ``repeats`` their single measurements), ``draws`` times: fit the recalibration on
+    ``panel_size`` architectures drawn at random (exchangeable with the rest by construction, same protocol) and
+    measure the coverage at ``level`` of the single measurements of the other ``N - panel_size``. Returns the
+    ``(draws,)`` coverages: their spread is what the size of a panel alone costs (split conformal from ``k``
+    architectures covers a share drawn from about Beta(ceil(level (k + 1)), k + 1 - ceil(level (k + 1)))), before any
+    difference between a real panel and the architectures it stands for. Seeded: the same inputs give the same draws.
+    """
+    point, lower, upper = (np.asarray(a, dtype=float) for a in (point, lower, upper))
+    n = len(point)
+    if not MIN_ARCHS <= panel_size <= n - 1:
+        raise ValueError(f"panel_size: between {MIN_ARCHS} and {n - 1} (one fewer than the {n} architectures), got "
+                         f"{panel_size}")
+    if level not in levels:
+        raise ValueError(f"level: one of the model's levels {tuple(levels)}, got {level}")
+    j = list(levels).index(level)
+    rng = np.random.default_rng(seed)
+    out = np.empty(draws)
+    for d in range(draws):
+        order = rng.permutation(n)
+        panel, rest = order[:panel_size], order[panel_size:]
+        fit = fit_recalibration(point[panel], lower[panel], upper[panel], [repeats[i] for i in panel], levels)
+        _, lo, hi = fit.apply(point[rest], lower[rest], upper[rest])
+        out[d] = _coverage_of_repeats(lo[:, j], hi[:, j], [repeats[i] for i in rest])
+    return out

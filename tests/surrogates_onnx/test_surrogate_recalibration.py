@@ -12,7 +12,12 @@ import math
 import numpy as np
 import pytest
 
-from hwgpt_bench.surrogates_onnx.recalibration import MIN_ARCHS, conformal_quantile, fit_recalibration
+from hwgpt_bench.surrogates_onnx.recalibration import (
+    MIN_ARCHS,
+    conformal_quantile,
+    coverage_by_panel_size,
+    fit_recalibration,
+)
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 SPACE, CPU = "gpt-nano", "cpu-syn-2t"  # the synthetic release of conftest
@@ -78,6 +83,41 @@ def test_the_conformal_quantile_with_one_score_per_architecture_is_split_conform
     for level in (0.5, 0.8, 0.9):
         assert conformal_quantile(scores, level) == flat[math.ceil(level * 10) - 1]
     assert conformal_quantile(scores, 0.95) == math.inf
+
+
+def _exchangeable_host(rng, n: int = 300) -> tuple:
+    """``n`` architectures of a new host 0.8x the old one, each off by its own log-normal factor (sd 0.07, the
+    model's rank error there) and measured with small log-normal repeats (sd 0.01): the architectures, not the
+    repeats, are the units whose number sets the coverage's spread."""
+    truth = np.exp(rng.uniform(np.log(5), np.log(500), n))
+    own = truth * np.exp(rng.normal(0, 0.07, n))
+    return (*_old_model(truth, 0.03), _new_host(own, 0.8, 0.01, 10, rng))
+
+
+def test_random_panels_cover_the_level_on_average_and_spread_as_split_conformal_does():
+    point, lower, upper, repeats = _exchangeable_host(np.random.default_rng(3))
+    spread = {}
+    for k in (16, 64):
+        cov = coverage_by_panel_size(point, lower, upper, repeats, LEVELS, 0.9, k, draws=150, seed=1)
+        assert cov.shape == (150,)
+        assert 0.9 - 0.015 <= cov.mean() <= 0.9 + 1 / (k + 1) + 0.015, (k, cov.mean())
+        spread[k] = cov.std()
+    assert spread[64] < 0.75 * spread[16]  # more architectures, a tighter coverage: the point of the figure
+    assert 0.035 < spread[16] < 0.09  # Beta(16, 1) has sd 0.054
+
+
+def test_random_panels_are_seeded_and_check_their_arguments():
+    point, lower, upper, repeats = _exchangeable_host(np.random.default_rng(4), n=40)
+    first = coverage_by_panel_size(point, lower, upper, repeats, LEVELS, 0.9, 10, draws=5, seed=7)
+    assert np.array_equal(first, coverage_by_panel_size(point, lower, upper, repeats, LEVELS, 0.9, 10, draws=5, seed=7))
+    assert not np.array_equal(first, coverage_by_panel_size(point, lower, upper, repeats, LEVELS, 0.9, 10, draws=5,
+                                                             seed=8))
+    with pytest.raises(ValueError, match=r"panel_size: between 5 and 39 .* got 40"):
+        coverage_by_panel_size(point, lower, upper, repeats, LEVELS, 0.9, 40)
+    with pytest.raises(ValueError, match=r"panel_size: between 5 and 39 .* got 4"):
+        coverage_by_panel_size(point, lower, upper, repeats, LEVELS, 0.9, 4)
+    with pytest.raises(ValueError, match=r"level: one of the model's levels \(0.5, 0.8, 0.9, 0.95\), got 0.85"):
+        coverage_by_panel_size(point, lower, upper, repeats, LEVELS, 0.85, 10)
 
 
 @pytest.mark.parametrize(("kw", "message"), [
