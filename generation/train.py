@@ -436,13 +436,16 @@ class LossCurve:
     def __init__(self, path: Path, resume_step: int, columns: Sequence[str] = CURVE_COLUMNS) -> None:
         self.path, self.columns = path, tuple(columns)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and path.stat().st_size == 0:  # created by a run killed before its header reached the disk
+            log.info("loss curve %s is empty (no step was written); starting it anew", path)
+            path.unlink()
         self._check_header()
         self._truncate(resume_step)
-        new = not path.exists()
+        if not path.exists():  # the header lands whole or not at all: a kill never leaves a curve without one
+            with atomic_output(path) as tmp:
+                tmp.write_text(",".join(self.columns) + "\n", encoding="utf-8")
         self._fh = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115  (closed in close())
-        self._writer = csv.DictWriter(self._fh, fieldnames=self.columns)
-        if new:
-            self._writer.writeheader()
+        self._writer = csv.DictWriter(self._fh, fieldnames=self.columns, lineterminator="\n")
 
     def _check_header(self) -> None:
         """An existing curve must have this run's columns (a resumed run never rewrites another run's curve)."""

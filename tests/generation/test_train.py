@@ -296,6 +296,22 @@ def test_a_curve_of_other_columns_is_never_appended_to(tiny_space, tmp_path):
     assert curve.read_text() == before and [int(r["step"]) for r in read_curve(Path(cfg.out_dir))] == [1, 2]
 
 
+def test_a_curve_has_its_header_on_disk_before_any_step_and_an_empty_one_is_started_anew(tmp_path):
+    path = tmp_path / "run" / "loss_curve.csv"
+    curve = train.LossCurve(path, 0, ("step", "loss"))
+    assert path.read_text().splitlines() == ["step,loss"]  # a kill now leaves a curve that resumes
+    curve.append({"step": 1, "loss": 2.5})
+    curve.close()
+    assert path.read_text().splitlines() == ["step,loss", "1,2.5"]
+    resumed = train.LossCurve(path, 1, ("step", "loss"))
+    resumed.append({"step": 2, "loss": 2.25})
+    resumed.close()
+    assert path.read_bytes() == b"step,loss\n1,2.5\n2,2.25\n"  # one line ending throughout
+    path.write_text("")  # what a run killed before its header was flushed left (before the header was atomic)
+    train.LossCurve(path, 0, ("step", "loss")).close()
+    assert path.read_text().splitlines() == ["step,loss"]
+
+
 def test_checkpoints_older_than_a_field_resume_with_its_default(tiny_space, tmp_path):
     cfg = tiny_config(tmp_path, max_steps=4)
     train_supernet(cfg, stop_at_step=2)
