@@ -284,6 +284,32 @@ def measure_latency(model: GPT, settings: ProfileSettings, tensor_peak: bool = F
     return LatencyResult(latencies, loads, meter.result, CUDA_LATENCY_METHOD if cuda else CPU_LATENCY_METHOD, peak)
 
 
+def measure_paired_latency(model: GPT, reference: GPT, settings: ProfileSettings,
+                           reference_settings: ProfileSettings | None = None) -> tuple[list[float], list[float]]:
+    """``model``'s timed steps each followed at once by one of ``reference`` (a fixed model): two equally long lists
+    of milliseconds, ``(latency_ms, reference_ms)``, after ``n_warmup`` untimed steps of each.
+
+    A CPU host's speed wanders on a scale of seconds (``benchmarks/process_spread.py``); a step and the reference
+    step right after it see nearly the same speed, so ``latency_ms[i] / reference_ms[i]`` carries much less of it than
+    either does. ``reference_settings`` (default ``settings``) is the reference's workload; threads, device and
+    dtype context are ``settings``'; repeats follow ``settings`` (``n_repeats``, ``min_timed_ms`` on the model's
+    steps). CPU only.
+    """
+    if is_cuda(settings.device):
+        raise ValueError(f"device: {settings.device!r}; paired reference timing is for CPU hosts")
+    reference_settings = settings if reference_settings is None else reference_settings
+    latencies, references = [], []
+    with compute_context(settings):
+        work, ref_work = Workload(model, settings), Workload(reference, reference_settings)
+        _warm_up(work)
+        _warm_up(ref_work)
+        while _more_repeats(latencies, settings):
+            cache, ref_cache = work.prepare(), ref_work.prepare()
+            latencies.append(_time_cpu(lambda c=cache: work.run(c)))
+            references.append(_time_cpu(lambda c=ref_cache: ref_work.run(c)))
+    return latencies, references
+
+
 # ---- energy ------------------------------------------------------------------------------------------------------
 def _energy_sample(counter, work: Workload, cache: KVCache | None) -> tuple[float, float]:
     """One sample: repeat the step until ``energy_window_ms`` has passed; (mJ per forward, window in ms)."""

@@ -77,6 +77,7 @@ ARGPARSE_ALLOWED = {
     "benchmarks/perplexity_speed.py": "python benchmarks/perplexity_speed.py",
     "benchmarks/warmup_effect.py": "python benchmarks/warmup_effect.py",
     "benchmarks/profile_breakdown.py": "python benchmarks/profile_breakdown.py",
+    "benchmarks/process_spread.py": "python benchmarks/process_spread.py",
 }
 
 

@@ -147,6 +147,29 @@ def test_latency_uses_the_requested_threads(model, monkeypatch, short_settings):
     assert seen == [1, 1]
 
 
+def test_paired_latency_alternates_the_model_and_the_reference(model, monkeypatch, short_settings):
+    """Each timed step of the model is followed at once by one of the reference, both after their own warm-ups; the
+    repeat rule is the model's (here min_timed_ms: 4 ms steps until 30 ms, so 8)."""
+    reference = build_model(NANO.smallest(), seed=0)
+    order = []
+    original = Workload.run
+    monkeypatch.setattr(Workload, "run", lambda self, c: order.append("m" if self.model is model else "r")
+                        or original(self, c))
+    monkeypatch.setattr(profilers, "_time_cpu", lambda step: step() is None or (4.0 if order[-1] == "m" else 1.0))
+    latency, ref = profilers.measure_paired_latency(model, reference, short_settings(n_warmup=2, n_repeats=3,
+                                                                                     min_timed_ms=30.0))
+    assert latency == [4.0] * 8 and ref == [1.0] * 8
+    assert order == ["m", "m", "r", "r"] + ["m", "r"] * 8
+
+
+def test_paired_latency_on_real_steps_and_not_on_a_gpu(model, short_settings):
+    reference = build_model(NANO.smallest(), seed=0)
+    latency, ref = profilers.measure_paired_latency(model, reference, short_settings(n_warmup=1, n_repeats=3))
+    assert len(latency) == len(ref) == 3 and all(t > 0 for t in latency + ref)
+    with pytest.raises(ValueError, match="^device: 'cuda'; paired reference timing is for CPU hosts"):
+        profilers.measure_paired_latency(model, reference, ProfileSettings(device="cuda"))
+
+
 # ---- energy ------------------------------------------------------------------------------------------------------
 def test_energy_on_a_host_without_a_counter_is_missing_with_the_reason(model, tmp_path, short_settings):
     result = profilers.measure_energy(model, short_settings(), powercap_root=tmp_path / "absent")
