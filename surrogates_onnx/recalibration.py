@@ -164,6 +164,8 @@ def coverage_by_panel_size(point: np.ndarray, lower: np.ndarray, upper: np.ndarr
                          f"{panel_size}")
     if level not in levels:
         raise ValueError(f"level: one of the model's levels {tuple(levels)}, got {level}")
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws: an integer >= 1, got {draws!r}")
     j = list(levels).index(level)
     rng = np.random.default_rng(seed)
     out = np.empty(draws)

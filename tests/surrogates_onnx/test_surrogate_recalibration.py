@@ -118,6 +118,8 @@ def test_random_panels_are_seeded_and_check_their_arguments():
         coverage_by_panel_size(point, lower, upper, repeats, LEVELS, 0.9, 4)
     with pytest.raises(ValueError, match=r"level: one of the model's levels \(0.5, 0.8, 0.9, 0.95\), got 0.85"):
         coverage_by_panel_size(point, lower, upper, repeats, LEVELS, 0.85, 10)
+    with pytest.raises(ValueError, match=r"draws: an integer >= 1, got 0"):
+        coverage_by_panel_size(point, lower, upper, repeats, LEVELS, 0.9, 10, draws=0)
 
 
 @pytest.mark.parametrize(("kw", "message"), [
