@@ -46,9 +46,11 @@ from hwgpt_bench.generation.model import build_model
 from hwgpt_bench.generation.profilers import measure_in_child, measure_latency, measure_paired_latency
 from hwgpt_bench.generation.workload import MAX_TIMED_REPEATS, ProfileSettings
 from hwgpt_bench.panel import PANEL_K, calibration_panel
+from hwgpt_bench.search_spaces import get_space
 
 WAYS = ("fresh process", "this process", "this process, paired")
-REFERENCE_SPACE = "gpt-nano"  # the paired reference: this space's calibration panel's middle member
+WAY_NAMES = {"fresh": WAYS[0], "this": WAYS[1], "paired": WAYS[2]}  # --ways
+REFERENCE_SPACE = "gpt-nano"  # the default paired reference: this space's calibration panel's middle member
 
 
 def measure_once(arch, settings: ProfileSettings, way: str, reference) -> tuple[list[float], list[float] | None]:
@@ -95,19 +97,21 @@ def step_series(space: str, k: int, steps: int, threads: int) -> list[dict]:
     return out
 
 
-def run_space(space: str, k: int, rounds: int, seed: int, threads: int) -> list[dict]:
-    """Measure the panel of ``space`` ``rounds`` times both ways; returns one summary per way."""
+def run_space(space: str, k: int, rounds: int, seed: int, threads: int, ways: Sequence[str] = WAYS,
+              reference_space: str = REFERENCE_SPACE) -> list[dict]:
+    """Measure the panel of ``space`` ``rounds`` times each of ``ways``, the paired one against the middle member of
+    ``reference_space``'s calibration panel; returns one summary per way."""
     archs = calibration_panel(space, k)
     settings = ProfileSettings(n_warmup=2, n_repeats=10, threads=threads)
-    reference = build_model(calibration_panel(REFERENCE_SPACE, PANEL_K)[PANEL_K // 2], seed=settings.seed)
+    reference = build_model(calibration_panel(reference_space, PANEL_K)[PANEL_K // 2], seed=settings.seed)
     rng = np.random.default_rng(seed)
-    log_medians = {way: np.empty((rounds, k)) for way in WAYS}
-    repeats: dict[str, list] = {way: [] for way in WAYS}
+    log_medians = {way: np.empty((rounds, k)) for way in ways}
+    repeats: dict[str, list] = {way: [] for way in ways}
     reference_steps: list[float] = []
     started = time.perf_counter()
     for r in range(rounds):
         for i in rng.permutation(k):
-            for way in rng.permutation(WAYS):
+            for way in rng.permutation(list(ways)):
                 values, ref = measure_once(archs[i], settings, str(way), reference)
                 if ref is not None:  # the ratio's median; the reference's overall level is put back below
                     reference_steps.extend(ref)
@@ -115,9 +119,10 @@ def run_space(space: str, k: int, rounds: int, seed: int, threads: int) -> list[
                 log_medians[str(way)][r, i] = math.log(float(np.median(values)))
                 repeats[str(way)].append(values)
     minutes = (time.perf_counter() - started) / 60
-    log_medians[WAYS[2]] += math.log(float(np.median(reference_steps)))
+    if reference_steps:
+        log_medians[WAYS[2]] += math.log(float(np.median(reference_steps)))
     out = []
-    for way in WAYS:
+    for way in ways:
         levels = np.median(log_medians[way], axis=1)
         out.append({"space": space, "way": way, "rounds": rounds, "archs": k, "minutes": minutes,
                     "level_sd": float(np.std(levels, ddof=1)), "between": between_round_sd(log_medians[way]),
@@ -133,11 +138,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="measurements of each architecture per way (default 5; 0: only --series-steps)")
     p.add_argument("--seed", type=int, default=0, help="seed of the rounds' orders (default 0)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2, as the release)")
+    p.add_argument("--ways", nargs="+", choices=sorted(WAY_NAMES), default=list(WAY_NAMES),
+                   help="which ways to measure (default all: fresh this paired)")
+    p.add_argument("--reference", default=REFERENCE_SPACE,
+                   help="space whose panel's middle member is the paired reference, or 'own' for the measured "
+                        f"space's (default {REFERENCE_SPACE})")
     p.add_argument("--series-steps", type=int, default=0,
                    help="first time this many consecutive steps of three panel models per space (0: skip)")
     args = p.parse_args(argv)
     if args.series_steps and not 2 * SERIES_BLOCK <= args.series_steps <= MAX_TIMED_REPEATS:
         p.error(f"--series-steps: 0 or {2 * SERIES_BLOCK} to {MAX_TIMED_REPEATS}, got {args.series_steps}")
+    for name, space in [("--cases", c) for c in args.cases] + [("--reference", args.reference)]:
+        if space != "own" or name != "--reference":
+            try:
+                get_space(space)
+            except (KeyError, ValueError) as err:
+                p.error(f"{name}: {err}")
     if args.rounds == 1 or args.rounds < 0:
         p.error(f"--rounds: 0 (only the series) or at least 2 to have a spread between rounds, got {args.rounds}")
     if args.k < 2:
@@ -153,11 +169,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
     if not args.rounds:
         return 0
+    print(f"Paired reference: the middle member of the calibration panel of {args.reference}"
+          f"{' (the measured space)' if args.reference == 'own' else ''}\n")
     print("| space | way | rounds x archs | minutes (all ways) | round level sd | between rounds sd (level removed) "
           "| from the repeats alone sd |")
     print("|---|---|---|---|---|---|---|")
     for space in args.cases:
-        for row in run_space(space, args.k, args.rounds, args.seed, args.threads):
+        reference = space if args.reference == "own" else args.reference
+        ways = [WAY_NAMES[w] for w in dict.fromkeys(args.ways)]
+        for row in run_space(space, args.k, args.rounds, args.seed, args.threads, ways, reference):
             print(f"| {row['space']} | {row['way']} | {row['rounds']} x {row['archs']} | {row['minutes']:.1f} | "
                   f"{100 * row['level_sd']:.1f}% | {100 * row['between']:.1f}% | {100 * row['repeats']:.1f}% |",
                   flush=True)
