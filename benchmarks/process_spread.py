@@ -14,9 +14,11 @@ round in a new random order, two ways per architecture and round:
   measurement, which builds the model; forward, batch 1 x 256 tokens, float32, 2 warm-ups, 10 repeats, 2 threads);
 - ``this process``: the model built and measured here, in the one long-lived process (as the session's panel is);
 - ``this process, paired``: as ``this process``, each timed step followed at once by a step of a fixed reference
-  model (the gpt-nano calibration panel's middle member, same workload; ``profilers.measure_paired_latency``), and
-  the architecture's figure is the median of its step / reference step ratios times the reference's median over the
-  whole run (so it stays in milliseconds): what a measurement protocol with a paired reference would record.
+  model (the gpt-nano calibration panel's middle member, or ``--reference``'s, same workload;
+  ``profilers.measure_paired_latency``), and the architecture's figure is the median of its step / reference step
+  ratios times the reference's median over the whole run (so it stays in milliseconds);
+- ``fresh process, paired``: the same in a process forked for the measurement, which builds both models
+  (``profilers.measure_paired_in_child``): what a release protocol with a paired reference would record.
 
 Printed per space and way: the spread of the round levels (median over architectures of log median, sd over rounds:
 the host's drift over the minutes of the run), the between-round sd of one architecture's log median once each
@@ -43,24 +45,33 @@ from collections.abc import Sequence
 import numpy as np
 
 from hwgpt_bench.generation.model import build_model
-from hwgpt_bench.generation.profilers import measure_in_child, measure_latency, measure_paired_latency
+from hwgpt_bench.generation.profilers import (
+    measure_in_child,
+    measure_latency,
+    measure_paired_in_child,
+    measure_paired_latency,
+)
 from hwgpt_bench.generation.workload import MAX_TIMED_REPEATS, ProfileSettings
 from hwgpt_bench.panel import PANEL_K, calibration_panel
 from hwgpt_bench.search_spaces import get_space
 
-WAYS = ("fresh process", "this process", "this process, paired")
-WAY_NAMES = {"fresh": WAYS[0], "this": WAYS[1], "paired": WAYS[2]}  # --ways
+WAYS = ("fresh process", "this process", "this process, paired", "fresh process, paired")
+WAY_NAMES = {"fresh": WAYS[0], "this": WAYS[1], "paired": WAYS[2], "fresh-paired": WAYS[3]}  # --ways
 REFERENCE_SPACE = "gpt-nano"  # the default paired reference: this space's calibration panel's middle member
 
 
-def measure_once(arch, settings: ProfileSettings, way: str, reference) -> tuple[list[float], list[float] | None]:
-    """One measurement's repeats (ms) of ``arch`` the given way, and the paired reference's steps (else None)."""
+def measure_once(arch, settings: ProfileSettings, way: str, reference,
+                 reference_model) -> tuple[list[float], list[float] | None]:
+    """One measurement's repeats (ms) of ``arch`` the given way, and the paired reference's steps (else None);
+    ``reference`` is the reference architecture, ``reference_model`` it built in this process."""
     if way == "fresh process":
         return list(measure_in_child(arch, settings, tensor_peak=False).latency.latency_ms), None
+    if way == "fresh process, paired":
+        return measure_paired_in_child(arch, reference, settings)
     model = build_model(arch, seed=settings.seed)
     if way == "this process":
         return list(measure_latency(model, settings).latency_ms), None
-    return measure_paired_latency(model, reference, settings)
+    return measure_paired_latency(model, reference_model, settings)
 
 
 def between_round_sd(log_medians: np.ndarray) -> float:
@@ -103,24 +114,26 @@ def run_space(space: str, k: int, rounds: int, seed: int, threads: int, ways: Se
     ``reference_space``'s calibration panel; returns one summary per way."""
     archs = calibration_panel(space, k)
     settings = ProfileSettings(n_warmup=2, n_repeats=10, threads=threads)
-    reference = build_model(calibration_panel(reference_space, PANEL_K)[PANEL_K // 2], seed=settings.seed)
+    reference = calibration_panel(reference_space, PANEL_K)[PANEL_K // 2]
+    reference_model = build_model(reference, seed=settings.seed)
     rng = np.random.default_rng(seed)
     log_medians = {way: np.empty((rounds, k)) for way in ways}
     repeats: dict[str, list] = {way: [] for way in ways}
-    reference_steps: list[float] = []
+    reference_steps: dict[str, list[float]] = {way: [] for way in ways}
     started = time.perf_counter()
     for r in range(rounds):
         for i in rng.permutation(k):
             for way in rng.permutation(list(ways)):
-                values, ref = measure_once(archs[i], settings, str(way), reference)
+                values, ref = measure_once(archs[i], settings, str(way), reference, reference_model)
                 if ref is not None:  # the ratio's median; the reference's overall level is put back below
-                    reference_steps.extend(ref)
+                    reference_steps[str(way)].extend(ref)
                     values = list(np.asarray(values) / np.asarray(ref))
                 log_medians[str(way)][r, i] = math.log(float(np.median(values)))
                 repeats[str(way)].append(values)
     minutes = (time.perf_counter() - started) / 60
-    if reference_steps:
-        log_medians[WAYS[2]] += math.log(float(np.median(reference_steps)))
+    for way in ways:
+        if reference_steps[way]:
+            log_medians[way] += math.log(float(np.median(reference_steps[way])))
     out = []
     for way in ways:
         levels = np.median(log_medians[way], axis=1)
@@ -139,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the rounds' orders (default 0)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2, as the release)")
     p.add_argument("--ways", nargs="+", choices=sorted(WAY_NAMES), default=list(WAY_NAMES),
-                   help="which ways to measure (default all: fresh this paired)")
+                   help="which ways to measure (default all: fresh this paired fresh-paired)")
     p.add_argument("--reference", default=REFERENCE_SPACE,
                    help="space whose panel's middle member is the paired reference, or 'own' for the measured "
                         f"space's (default {REFERENCE_SPACE})")

@@ -457,6 +457,51 @@ def profile_child(request: dict) -> dict:
             "tensor_peak": None if tensor_peak is None else asdict(tensor_peak)}
 
 
+PAIRED_CHILD_CALL = "hwgpt_bench.generation.profilers:paired_latency_child"  # the paired measurement's child
+
+
+def paired_latency_child(request: dict) -> dict:
+    """In the process forked for one paired measurement (``measure_paired_in_child``'s request): build the model and
+    the reference (random-init, ``settings.seed``) and run ``measure_paired_latency``. Returns a JSON-ready report."""
+    arch, reference = ArchConfig.from_canonical(request["arch"]), ArchConfig.from_canonical(request["reference"])
+    settings = ProfileSettings(**request["settings"])
+    latency, ref = measure_paired_latency(build_model(arch, seed=settings.seed),
+                                          build_model(reference, seed=settings.seed), settings)
+    return {"arch_id": arch.arch_id, "latency_ms": latency, "reference_ms": ref}
+
+
+def measure_paired_in_child(arch: ArchConfig, reference: ArchConfig, settings: ProfileSettings,
+                            timeout_s: float = PROFILE_CHILD_TIMEOUT_S) -> tuple[list[float], list[float]]:
+    """``measure_paired_latency`` of ``arch`` against ``reference`` (both built random-init at ``settings``' workload,
+    which both must fit) in a process forked from the memory zygote for this one measurement, as the release's rows
+    are measured: ``(latency_ms, reference_ms)``, equally long, in milliseconds.
+
+    CPU only, Linux only (``zygote.fork_supported``). A child that fails, dies, runs past ``timeout_s`` or sends a
+    malformed report raises ``RuntimeError`` naming the architecture.
+    """
+    if is_cuda(settings.device):
+        raise ValueError(f"device: {settings.device!r}; paired reference timing is for CPU hosts")
+    if settings.weights != "random-init":
+        raise ValueError(f"weights: {settings.weights!r}; the measurement's own process builds random-init only")
+    settings.check_fits(arch)
+    settings.check_fits(reference)
+    child = "paired profiling child"
+    request = {"arch": arch.canonical, "reference": reference.canonical, "settings": asdict(settings)}
+    report = forked_report(PAIRED_CHILD_CALL, request, arch, timeout_s, child=child)
+    try:
+        latency = [float(t) for t in report["latency_ms"]]
+        ref = [float(t) for t in report["reference_ms"]]
+    except (KeyError, TypeError, ValueError) as err:
+        raise RuntimeError(f"{child} for {arch.arch_id} sent a malformed report ({err!r}): "
+                           f"{json.dumps(report)[-2000:]}") from err
+    low = settings.n_repeats
+    high = MAX_TIMED_REPEATS if settings.min_timed_ms else low
+    if not low <= len(latency) <= high or len(ref) != len(latency) or min(latency + ref) <= 0:
+        raise RuntimeError(f"{child} for {arch.arch_id} sent {len(latency)} steps and {len(ref)} reference steps "
+                           f"(expected {low}..{high} positive ones of each, equally many)")
+    return latency, ref
+
+
 # ---- one row -----------------------------------------------------------------------------------------------------
 _FACT_KEYS = ("device_id", "device_name", "torch_version", "driver_version", "cuda_version", "gpu_power_limit_w")
 

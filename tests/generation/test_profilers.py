@@ -411,6 +411,34 @@ def test_measure_in_child_is_cpu_and_random_init_only(arch, short_settings):
         profilers.measure_in_child(arch, short_settings(weights="supernet:0123456789ab"))
 
 
+@pytest.mark.skipif(not profilers.fork_supported(), reason="needs Linux /proc (the zygote)")
+def test_a_paired_measurement_in_a_forked_child_is_real_and_builds_nothing_here(arch, monkeypatch, short_settings):
+    monkeypatch.setattr(profilers, "build_model", lambda *a, **k: pytest.fail("built a model in the parent"))
+    reference = NANO.smallest()
+    latency, ref = profilers.measure_paired_in_child(arch, reference, short_settings(n_warmup=1, n_repeats=3))
+    assert len(latency) == len(ref) == 3 and min(latency + ref) > 0
+
+
+@pytest.mark.parametrize("report, error", [
+    ({"latency_ms": [1.0] * 3, "reference_ms": [1.0] * 2}, "sent 3 steps and 2 reference steps"),
+    ({"latency_ms": [1.0] * 2, "reference_ms": [1.0] * 2}, "sent 2 steps and 2 reference steps"),
+    ({"latency_ms": [1.0] * 3, "reference_ms": [1.0, 0.0, 1.0]}, r"expected 3\.\.3 positive ones"),
+    ({"latency_ms": [1.0] * 3}, "sent a malformed report"),
+])
+def test_a_malformed_paired_report_is_a_clear_error(arch, monkeypatch, report, error, short_settings):
+    calls = []
+    monkeypatch.setattr(profilers, "forked_report", lambda call, request, a, timeout_s, child: calls.append(
+        (call, request, child)) or {"arch_id": a.arch_id, **report})
+    with pytest.raises(RuntimeError, match=rf"^paired profiling child for {arch.arch_id} .*{error}"):
+        profilers.measure_paired_in_child(arch, NANO.smallest(), short_settings())
+    ((call, request, child),) = calls
+    assert call == profilers.PAIRED_CHILD_CALL and request["reference"] == NANO.smallest().canonical
+    with pytest.raises(ValueError, match="^device: "):
+        profilers.measure_paired_in_child(arch, NANO.smallest(), short_settings(device="cuda"))
+    with pytest.raises(ValueError, match="^weights: "):
+        profilers.measure_paired_in_child(arch, NANO.smallest(), short_settings(weights="supernet:0123456789ab"))
+
+
 def test_profile_arch_without_memory_builds_here_once_and_forks_nothing(arch, facts, monkeypatch, short_settings):
     builds = []
     monkeypatch.setattr(profilers, "build_model", lambda a, seed, device: builds.append(a) or build_model(a, seed))
