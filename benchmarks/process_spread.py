@@ -1,20 +1,20 @@
 """Where an architecture's latency spread between profiling processes comes from: the process, or the hour.
 
     python benchmarks/process_spread.py [--cases gpt-nano gpt-s] [--k 16] [--rounds 5] [--seed 0]
-        [--series-steps 200]
+        [--ways fresh this paired fresh-paired] [--reference own] [--series-steps 200]
 
 The release's calibration panels show one architecture's median moving between the start and the end of a session by
 6-23% (sd, each panel's level removed; card, "Between profiling processes"), several times what its repeats in one
 process suggest. Two very different causes fit that: every fresh process lands on its own memory layout, threads and
 caches (then two processes seconds apart differ as much), or the host changes over the hours of a session (then they
 do not). This measures the space's calibration panel (``--k`` architectures) ``--rounds`` times back to back, each
-round in a new random order, two ways per architecture and round:
+round in a new random order, each of ``--ways`` (default all four) per architecture and round:
 
 - ``fresh process``: as the release measures a row (``profilers.measure_in_child``: a process forked for this one
   measurement, which builds the model; forward, batch 1 x 256 tokens, float32, 2 warm-ups, 10 repeats, 2 threads);
 - ``this process``: the model built and measured here, in the one long-lived process (as the session's panel is);
 - ``this process, paired``: as ``this process``, each timed step followed at once by a step of a fixed reference
-  model (the gpt-nano calibration panel's middle member, or ``--reference``'s, same workload;
+  model (the middle member of the measured space's calibration panel, or of ``--reference``'s, same workload;
   ``profilers.measure_paired_latency``), and the architecture's figure is the median of its step / reference step
   ratios times the reference's median over the whole run (so it stays in milliseconds);
 - ``fresh process, paired``: the same in a process forked for the measurement, which builds both models
@@ -57,7 +57,6 @@ from hwgpt_bench.search_spaces import get_space
 
 WAYS = ("fresh process", "this process", "this process, paired", "fresh process, paired")
 WAY_NAMES = {"fresh": WAYS[0], "this": WAYS[1], "paired": WAYS[2], "fresh-paired": WAYS[3]}  # --ways
-REFERENCE_SPACE = "gpt-nano"  # the default paired reference: this space's calibration panel's middle member
 
 
 def measure_once(arch, settings: ProfileSettings, way: str, reference,
@@ -109,12 +108,12 @@ def step_series(space: str, k: int, steps: int, threads: int) -> list[dict]:
 
 
 def run_space(space: str, k: int, rounds: int, seed: int, threads: int, ways: Sequence[str] = WAYS,
-              reference_space: str = REFERENCE_SPACE) -> list[dict]:
+              reference_space: str | None = None) -> list[dict]:
     """Measure the panel of ``space`` ``rounds`` times each of ``ways``, the paired one against the middle member of
-    ``reference_space``'s calibration panel; returns one summary per way."""
+    ``reference_space``'s calibration panel (default: ``space``'s own); returns one summary per way."""
     archs = calibration_panel(space, k)
     settings = ProfileSettings(n_warmup=2, n_repeats=10, threads=threads)
-    reference = calibration_panel(reference_space, PANEL_K)[PANEL_K // 2]
+    reference = calibration_panel(reference_space or space, PANEL_K)[PANEL_K // 2]
     reference_model = build_model(reference, seed=settings.seed)
     rng = np.random.default_rng(seed)
     log_medians = {way: np.empty((rounds, k)) for way in ways}
@@ -153,9 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2, as the release)")
     p.add_argument("--ways", nargs="+", choices=sorted(WAY_NAMES), default=list(WAY_NAMES),
                    help="which ways to measure (default all: fresh this paired fresh-paired)")
-    p.add_argument("--reference", default=REFERENCE_SPACE,
-                   help="space whose panel's middle member is the paired reference, or 'own' for the measured "
-                        f"space's (default {REFERENCE_SPACE})")
+    p.add_argument("--reference", default="own",
+                   help="space whose panel's middle member is the paired reference, or 'own' (default) for the "
+                        "measured space's")
     p.add_argument("--series-steps", type=int, default=0,
                    help="first time this many consecutive steps of three panel models per space (0: skip)")
     args = p.parse_args(argv)
@@ -182,8 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
     if not args.rounds:
         return 0
-    print(f"Paired reference: the middle member of the calibration panel of {args.reference}"
-          f"{' (the measured space)' if args.reference == 'own' else ''}\n")
+    owner = "the measured space" if args.reference == "own" else args.reference
+    print(f"Paired reference: the middle member of the calibration panel of {owner}\n")
     print("| space | way | rounds x archs | minutes (all ways) | round level sd | between rounds sd (level removed) "
           "| from the repeats alone sd |")
     print("|---|---|---|---|---|---|---|")
