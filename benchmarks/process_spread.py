@@ -1,4 +1,4 @@
-"""Where an architecture's latency spread between profiling processes comes from: the process, or the hour.
+"""Where an architecture's latency spread between measurements comes from, and whether a paired reference removes it.
 
     python benchmarks/process_spread.py [--cases gpt-nano gpt-s] [--k 16] [--rounds 5] [--seed 0]
         [--ways fresh this paired fresh-paired] [--reference own] [--series-steps 200]
