@@ -392,6 +392,12 @@ class ChildMeasurement:
     tensor_peak: TensorPeak | None
 
 
+def _repeat_range(settings: ProfileSettings) -> tuple[int, int]:
+    """How many timed repeats a child may report: exactly ``n_repeats``, or up to ``MAX_TIMED_REPEATS`` with
+    ``min_timed_ms`` (``_more_repeats``)."""
+    return settings.n_repeats, MAX_TIMED_REPEATS if settings.min_timed_ms else settings.n_repeats
+
+
 def measure_in_child(arch: ArchConfig, settings: ProfileSettings, tensor_peak: bool = True,
                      timeout_s: float = PROFILE_CHILD_TIMEOUT_S) -> ChildMeasurement:
     """Latency, peak memory, energy and (with ``tensor_peak``) the tensor peak of ``arch`` on CPU, all measured in one
@@ -421,8 +427,7 @@ def measure_in_child(arch: ArchConfig, settings: ProfileSettings, tensor_peak: b
         peak = None if report["tensor_peak"] is None else TensorPeak(**report["tensor_peak"])
     except (KeyError, TypeError, ValueError) as err:
         raise RuntimeError(f"{child} for {arch.arch_id} sent a malformed report ({err!r}); {raw}") from err
-    n, low = len(latency.latency_ms), settings.n_repeats
-    high = MAX_TIMED_REPEATS if settings.min_timed_ms else low
+    n, (low, high) = len(latency.latency_ms), _repeat_range(settings)
     if not low <= n <= high or len(latency.host_load_1m) != n:
         expected = f"{low}" if low == high else f"{low} to {high} (min_timed_ms {settings.min_timed_ms:g})"
         raise RuntimeError(f"{child} for {arch.arch_id} sent {n} repeats and {len(latency.host_load_1m)} host loads, "
@@ -494,8 +499,7 @@ def measure_paired_in_child(arch: ArchConfig, reference: ArchConfig, settings: P
     except (KeyError, TypeError, ValueError) as err:
         raise RuntimeError(f"{child} for {arch.arch_id} sent a malformed report ({err!r}): "
                            f"{json.dumps(report)[-2000:]}") from err
-    low = settings.n_repeats
-    high = MAX_TIMED_REPEATS if settings.min_timed_ms else low
+    low, high = _repeat_range(settings)
     if not low <= len(latency) <= high or len(ref) != len(latency) or min(latency + ref) <= 0:
         raise RuntimeError(f"{child} for {arch.arch_id} sent {len(latency)} steps and {len(ref)} reference steps "
                            f"(expected {low}..{high} positive ones of each, equally many)")
