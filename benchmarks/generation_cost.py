@@ -39,13 +39,15 @@ from hwgpt_bench.generation.runs import read_parts
 PROFILE_CASES = [("gpt-nano", 20), ("gpt-s", 4)]
 #: the plan whose CPU settings (warm-ups, repeats, min_timed_ms) the afresh measurement uses by default
 RELEASE_PLAN = Path(__file__).resolve().parents[1] / "plans" / "cpu-v0.2.0-a.toml"
-SETTINGS = ("warmup", "repeats", "min_timed_ms")  # what the afresh measurement takes from a plan entry
+#: what the afresh measurement takes from a plan entry
+SETTINGS = ("warmup", "repeats", "min_timed_ms", "paired_reference")
 
 
 def plan_settings(path: Path, space: str, given: dict) -> dict:
-    """``warmup``, ``repeats`` and ``min_timed_ms`` of the first entry for ``space`` in the plan at ``path`` (its
-    ``[defaults]`` if it has none), each replaced by ``given``'s, as the validated ``ProfileRequest`` that ``run-plan``
-    would make (``profile``'s defaults for what neither sets); ``SystemExit`` naming a missing plan."""
+    """``warmup``, ``repeats``, ``min_timed_ms`` and ``paired_reference`` of the first entry for ``space`` in the plan
+    at ``path`` (its ``[defaults]`` if it has none), each replaced by ``given``'s, as the validated ``ProfileRequest``
+    that ``run-plan`` would make (``profile``'s defaults for what neither sets); ``SystemExit`` naming a missing
+    plan."""
     from hwgpt_bench.generation.plans import entry_request, load_plan
 
     if not path.is_file():
@@ -59,8 +61,9 @@ def plan_settings(path: Path, space: str, given: dict) -> dict:
 
 
 def profile_overhead(space: str, n: int, memory: bool, workdir: Path, warmup: int, repeats: int,
-                     min_timed_ms: float = 0.0) -> dict:
-    """Profile ``n`` archs of ``space`` at the release's CPU settings in one `hwgpt-bench profile` call.
+                     min_timed_ms: float = 0.0, paired_reference: bool = False) -> dict:
+    """Profile ``n`` archs of ``space`` at the release's CPU settings in one `hwgpt-bench profile` call (with
+    ``paired_reference`` each repeat followed by a reference step, which counts as overhead, not as a repeat).
 
     ``wall_s`` / ``timed_s``: the release figure (``cost.profiling_overhead``: the span of the rows after the first,
     the repeats of those rows); ``call_s`` / ``call_timed_s``: the whole call's wall seconds, all rows' repeats.
@@ -68,7 +71,7 @@ def profile_overhead(space: str, n: int, memory: bool, workdir: Path, warmup: in
     out = workdir / f"{space}-{'mem' if memory else 'nomem'}"
     argv = ["profile", "--space", space, "--n", str(n), "--seq-len", "256", "--warmup", str(warmup), "--repeats",
             str(repeats), "--min-timed-ms", str(min_timed_ms), "--out", str(out), "--flush-every", "30"]
-    argv += [] if memory else ["--no-memory"]
+    argv += ([] if memory else ["--no-memory"]) + (["--paired-reference"] if paired_reference else [])
     start = time.perf_counter()
     cli(argv)
     call = time.perf_counter() - start
@@ -125,10 +128,10 @@ def measure_afresh(checkpoint: str | None, eval_tokens: int, settings: dict[str,
     rows, calls = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for space, n in cases:
-            warmup, repeats, min_timed_ms = (settings[space][k] for k in ("warmup", "repeats", "min_timed_ms"))
+            warmup, repeats, min_timed_ms, paired = (settings[space][k] for k in SETTINGS)
             for memory in (False, True):
-                r = profile_overhead(space, n, memory, Path(tmp), warmup, repeats, min_timed_ms)
-                more = f" until {min_timed_ms:g} ms" if min_timed_ms else ""
+                r = profile_overhead(space, n, memory, Path(tmp), warmup, repeats, min_timed_ms, paired)
+                more = (f" until {min_timed_ms:g} ms" if min_timed_ms else "") + (", paired" if paired else "")
                 rows.append((f"{space} (warm-up {warmup}, repeats {repeats}{more})", n, "yes" if memory else "no",
                              r["wall_s"], r["timed_s"]))
                 calls.append((r["call_s"], r["call_timed_s"]))

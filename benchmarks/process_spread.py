@@ -18,7 +18,7 @@ round in a new random order, each of ``--ways`` (default all four) per architect
   ``profilers.measure_paired_latency``), and the architecture's figure is the median of its step / reference step
   ratios times the reference's median over the whole run (so it stays in milliseconds);
 - ``fresh process, paired``: the same in a process forked for the measurement, which builds both models
-  (``profilers.measure_paired_in_child``): what a release protocol with a paired reference would record.
+  (``profilers.measure_paired_in_child``): what the release's paired protocol (``profile --paired-reference``) records.
 
 Printed per space and way: the spread of the round levels (median over architectures of log median, sd over rounds:
 the host's drift over the minutes of the run), the between-round sd of one architecture's log median once each
@@ -52,7 +52,7 @@ from hwgpt_bench.generation.profilers import (
     measure_paired_latency,
 )
 from hwgpt_bench.generation.workload import MAX_TIMED_REPEATS, ProfileSettings
-from hwgpt_bench.panel import PANEL_K, calibration_panel
+from hwgpt_bench.panel import calibration_panel, paired_reference
 from hwgpt_bench.search_spaces import get_space
 
 WAYS = ("fresh process", "this process", "this process, paired", "fresh process, paired")
@@ -113,7 +113,7 @@ def run_space(space: str, k: int, rounds: int, seed: int, threads: int, ways: Se
     ``reference_space``'s calibration panel (default: ``space``'s own); returns one summary per way."""
     archs = calibration_panel(space, k)
     settings = ProfileSettings(n_warmup=2, n_repeats=10, threads=threads)
-    reference = calibration_panel(reference_space or space, PANEL_K)[PANEL_K // 2]
+    reference = paired_reference(reference_space or space)
     reference_model = build_model(reference, seed=settings.seed)
     rng = np.random.default_rng(seed)
     log_medians = {way: np.empty((rounds, k)) for way in ways}

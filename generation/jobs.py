@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 from hwgpt_bench.files import file_sha256
 from hwgpt_bench.generation.architectures import sample_with_rows
 from hwgpt_bench.generation.checkpoints import curve_rows, describe_checkpoint
-from hwgpt_bench.generation.runs import PartWriter, Shard, merge_parts, write_parquet_atomic
+from hwgpt_bench.generation.runs import PartWriter, Shard, merge_parts, read_parts, write_parquet_atomic
 from hwgpt_bench.loaders.schema import PRIMARY_KEYS, TABLES
+from hwgpt_bench.panel import paired_reference
 from hwgpt_bench.search_spaces import ArchConfig, get_space
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,9 @@ class ProfileRequest:
         energy_samples, energy_window_ms: energy samples where a counter exists, each at least this long (ms).
         threads: torch intra-op threads (None: all logical cores).
         no_memory: skip the peak-memory measurement.
+        paired_reference: follow each timed repeat at once by one step of the space's paired reference
+            (``hwgpt_bench.panel.paired_reference``, same workload; CPU only), recorded in ``reference_ms``. A run
+            directory holds one protocol per device: resuming a device's rows with the other one is refused.
         flush_every: seconds between atomic part writes; limit: stop after this many new architectures.
         pick: measure only these positions of the seeded sample (distinct, each ``< n``; the sample is a prefix-stable
             stream, so position ``i`` is the same architecture for every ``n > i``); None: all ``n``.
@@ -86,6 +91,7 @@ class ProfileRequest:
     energy_window_ms: float = 1000.0
     threads: int | None = None
     no_memory: bool = False
+    paired_reference: bool = False
     flush_every: float = 30.0
     limit: int | None = None
     pick: tuple[int, ...] | None = None
@@ -108,8 +114,12 @@ class ProfileRequest:
                 or not self.flush_every >= 0:
             raise ValueError(f"flush_every: must be a number of seconds >= 0 (0: after every row), got "
                              f"{self.flush_every!r}")
-        if not isinstance(self.no_memory, bool):
-            raise ValueError(f"no_memory: must be true or false, got {self.no_memory!r}")
+        for name in ("no_memory", "paired_reference"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: must be true or false, got {getattr(self, name)!r}")
+        if self.paired_reference and self.device != "cpu":
+            raise ValueError(f"paired_reference: a paired reference is timed on CPU hosts only, not on device "
+                             f"{self.device!r} (allowed: device 'cpu', or paired_reference false)")
         for name in ("phase", "batch_size"):
             if not getattr(self, name):
                 raise ValueError(f"{name}: needs at least one value")
@@ -195,6 +205,8 @@ def profile(request: ProfileRequest, out: str | Path, session=None) -> int:
     else:
         check_session(request, out, session)
     facts = environment.device_facts(request.device, request.n_threads, device_id=session.device_id)
+    check_protocol(out, facts["device_id"], request.paired_reference)
+    reference = paired_reference(request.space) if request.paired_reference else None
     archs = write_sample_architectures(request, out)
     run_dir = Path(out)
     with session if own else contextlib.nullcontext(), \
@@ -210,7 +222,7 @@ def profile(request: ProfileRequest, out: str | Path, session=None) -> int:
             measure_memory = not request.no_memory
             model = None if profilers.measured_in_child(settings, measure_memory) else built.model_for(arch, settings)
             writer.add([profilers.profile_arch(arch, settings, run_id, facts, measure_memory=measure_memory,
-                                               model=model, session_id=session.session_id)])
+                                               model=model, session_id=session.session_id, reference=reference)])
     return len(todo)
 
 
@@ -249,6 +261,20 @@ def write_sample_architectures(request: ProfileRequest, out: str | Path) -> list
         archs, rows = [archs[i] for i in request.pick], [rows[i] for i in request.pick]
     write_architectures(Path(out), rows, Shard.parse(request.shard))
     return archs
+
+
+def check_protocol(out: str | Path, device_id: str, paired: bool) -> None:
+    """``ValueError`` (naming ``paired_reference``) when ``out`` already holds measurements of ``device_id`` taken
+    the other way (with or without a paired reference): a device's rows never mix the two protocols."""
+    data = read_parts([Path(out) / "measurements"], "measurements").select(["device_id", "reference_arch_id"])
+    mine = data.filter(pc.equal(data.column("device_id"), device_id))
+    other = mine.column("reference_arch_id").null_count if paired else mine.num_rows - mine.column(
+        "reference_arch_id").null_count
+    if other:
+        have, want = ("without", "with") if paired else ("with", "without")
+        raise ValueError(f"paired_reference: {out} holds {other} measurement(s) of {device_id} taken {have} a paired "
+                         f"reference; this request measures {want} one. A device's rows keep one protocol: use "
+                         f"paired_reference = {str(not paired).lower()}, or another run directory and device id")
 
 
 def check_session(request: ProfileRequest, out: str | Path, session) -> None:

@@ -61,6 +61,12 @@ CPU_MEMORY_STEPS = {
                "measurement (whose caches are prefilled outside its timing), the energy samples and the tensor-peak "
                "step under torch.profiler"),
 }
+# The measurement's own process with a paired reference (``profilers.profile_child``), every phase: the reference
+# model is built only after the peak is read, so it is not counted in it.
+CPU_MEMORY_STEPS_PAIRED = ("runs one step on freshly prepared state (decode: on a zero-filled KV cache); the peak is "
+                           "read right after it, before the paired reference model is built, the latency measurement "
+                           "(each repeat followed by a reference step), the energy samples and the tensor-peak step "
+                           "under torch.profiler")
 # ``measure_memory_cpu``: a child that measures memory only.
 CPU_ONE_STEP_MEMORY_METHOD = f"{_ZYGOTE_PROCESS} and runs one step; {_INCLUDES}"
 CPU_FRESH_MEMORY_METHOD = ("{source} (peak resident set) of a fresh process after one forward; includes the Python "

@@ -63,8 +63,13 @@ def plan_requests(path: str | Path, spaces: Sequence[str] | None = None, shard: 
 def session_device(requests: Sequence) -> tuple[str, int, str | None]:
     """The ``(device, threads, device_id)`` every request shares: a plan runs as one session on one device.
 
-    ``ValueError`` listing the combinations when the entries differ.
+    ``ValueError`` listing the combinations when the entries differ, or naming ``paired_reference`` when some entries
+    pair their repeats with a reference and others do not (a device's rows keep one protocol).
     """
+    paired = sorted({r.paired_reference for r in requests})
+    if len(paired) > 1:
+        raise ValueError("paired_reference: a plan's entries must all be paired or all not (a device's rows keep one "
+                         "protocol); set it once in [defaults]")
     combos = list(dict.fromkeys((r.device, r.n_threads, r.device_id) for r in requests))
     if len(combos) != 1:
         listed = ", ".join(f"device={d!r} threads={t} device_id={i!r}" for d, t, i in combos)
@@ -89,7 +94,7 @@ def run_plan(path: str | Path, out: str | Path, spaces: Sequence[str] | None = N
     calibration panels of all the plan's spaces at its start and end, and each entry is a ``jobs.profile`` call in it.
     Returns the number of measurements written by this call (0, and no session, for a plan without entries).
     """
-    from hwgpt_bench.generation.jobs import profile, write_sample_architectures
+    from hwgpt_bench.generation.jobs import check_protocol, profile, write_sample_architectures
     from hwgpt_bench.generation.session import Session
 
     requests = plan_requests(path, spaces, shard)
@@ -99,6 +104,7 @@ def run_plan(path: str | Path, out: str | Path, spaces: Sequence[str] | None = N
     device, threads, device_id = session_device(requests)
     session = Session(out, device, threads, spaces=[r.space for r in requests],
                       command=plan_command(path, spaces, shard), device_id=device_id)
+    check_protocol(out, session.device_id, requests[0].paired_reference)
     for request in requests:
         write_sample_architectures(request, out)
     written = 0

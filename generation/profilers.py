@@ -51,6 +51,7 @@ from .environment import POWERCAP_ROOT, CpuBusyMeter, energy_source, gpu_sm_cloc
 from .memory import (
     CPU_MEMORY_METHOD,
     CPU_MEMORY_STEPS,
+    CPU_MEMORY_STEPS_PAIRED,
     MemoryResult,
     forked_report,
     measure_memory_cpu,
@@ -66,6 +67,9 @@ log = logging.getLogger(__name__)
 
 _MIB = 2**20
 CPU_LATENCY_METHOD = "time.perf_counter_ns around each repeat (torch.inference_mode, torch.set_num_threads)"
+CPU_PAIRED_LATENCY_METHOD = (f"{CPU_LATENCY_METHOD}; each recorded repeat followed at once by one step of the paired "
+                             "reference, timed the same way (reference_ms)")
+NO_REFERENCE_REASON = "measured without a paired reference (profile without paired_reference)"
 CUDA_LATENCY_METHOD = "torch.cuda.Event(enable_timing=True) pair with torch.cuda.synchronize (torch.inference_mode)"
 CUDA_MEMORY_METHOD = ("torch.cuda.max_memory_allocated over one forward after torch.cuda.reset_peak_memory_stats "
                       "(tensors of torch's caching allocator: weights, inputs, KV cache, activations; CUDA context and "
@@ -101,14 +105,16 @@ class TensorPeak:
 
 @dataclass(frozen=True)
 class LatencyResult:
-    """Every recorded repeat (milliseconds), the 1-minute load read before each, busy cores of other processes, and
-    the tensor peak when it was asked for (``measure_latency(..., tensor_peak=True)``; else ``None``)."""
+    """Every recorded repeat (milliseconds), the 1-minute load read before each, busy cores of other processes, the
+    tensor peak when it was asked for (``measure_latency(..., tensor_peak=True)``; else ``None``) and, when measured
+    with a paired reference, the reference's step right after each repeat (milliseconds; else ``None``)."""
 
     latency_ms: list[float]
     host_load_1m: list[float | None]
     other_cpu_cores: float | None
     method: str
     tensor_peak: TensorPeak | None = None
+    reference_ms: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -259,55 +265,54 @@ def _more_repeats(latencies: list[float], settings: ProfileSettings) -> bool:
     return len(latencies) < MAX_TIMED_REPEATS and sum(latencies) < settings.min_timed_ms
 
 
-def measure_latency(model: GPT, settings: ProfileSettings, tensor_peak: bool = False) -> LatencyResult:
+def measure_latency(model: GPT, settings: ProfileSettings, tensor_peak: bool = False, reference: GPT | None = None,
+                    reference_settings: ProfileSettings | None = None) -> LatencyResult:
     """``n_repeats`` timed steps (milliseconds) after ``n_warmup`` untimed ones, and more while they add up to less
     than ``min_timed_ms`` (``_more_repeats``); state is prepared outside the timing.
 
     ``other_cpu_cores`` spans the recorded repeats (see ``environment.CpuBusyMeter``). With ``tensor_peak`` the first
     warm-up also measures the tensor peak (``measure_tensor_peak``; no extra step), or, when ``n_warmup == 0``, one
     extra untimed step after the repeats does (so the first repeat stays cold); the repeats are unchanged.
+
+    With ``reference`` (a fixed model; CPU only) each timed step is followed at once by a timed step of it
+    (``reference_ms``, as long as ``latency_ms``), after ``n_warmup`` untimed steps of each. A CPU host's speed
+    wanders on a scale of seconds (``benchmarks/process_spread.py``); a step and the reference step right after it see
+    nearly the same speed, so ``latency_ms[i] / reference_ms[i]`` carries much less of it than either does.
+    ``reference_settings`` (default ``settings``) is the reference's workload; threads, device and dtype context and
+    the number of repeats are ``settings``'.
     """
     cuda = is_cuda(settings.device)
+    if reference is not None and cuda:
+        raise ValueError(f"device: {settings.device!r}; paired reference timing is for CPU hosts")
     timer = _time_cuda if cuda else _time_cpu
-    latencies, loads = [], []
+    latencies, loads, references = [], [], []
     with compute_context(settings):
         work = Workload(model, settings)
         peak = _warm_up(work, tensor_peak)
+        ref_work = None if reference is None else Workload(reference, reference_settings or settings)
+        if ref_work is not None:
+            _warm_up(ref_work)
         with CpuBusyMeter() as meter:
             while _more_repeats(latencies, settings):
                 cache = work.prepare()
+                ref_cache = None if ref_work is None else ref_work.prepare()
                 _sync(settings)
                 loads.append(host_load_1m())
                 latencies.append(timer(lambda c=cache: work.run(c)))
+                if ref_work is not None:
+                    references.append(_time_cpu(lambda c=ref_cache: ref_work.run(c)))
     if tensor_peak and peak is None:
         peak = measure_tensor_peak(model, settings)
-    return LatencyResult(latencies, loads, meter.result, CUDA_LATENCY_METHOD if cuda else CPU_LATENCY_METHOD, peak)
+    method = CUDA_LATENCY_METHOD if cuda else CPU_PAIRED_LATENCY_METHOD if reference is not None else CPU_LATENCY_METHOD
+    return LatencyResult(latencies, loads, meter.result, method, peak, None if reference is None else references)
 
 
 def measure_paired_latency(model: GPT, reference: GPT, settings: ProfileSettings,
                            reference_settings: ProfileSettings | None = None) -> tuple[list[float], list[float]]:
-    """``model``'s timed steps each followed at once by one of ``reference`` (a fixed model): two equally long lists
-    of milliseconds, ``(latency_ms, reference_ms)``, after ``n_warmup`` untimed steps of each.
-
-    A CPU host's speed wanders on a scale of seconds (``benchmarks/process_spread.py``); a step and the reference
-    step right after it see nearly the same speed, so ``latency_ms[i] / reference_ms[i]`` carries much less of it than
-    either does. ``reference_settings`` (default ``settings``) is the reference's workload; threads, device and
-    dtype context are ``settings``'; repeats follow ``settings`` (``n_repeats``, ``min_timed_ms`` on the model's
-    steps). CPU only.
-    """
-    if is_cuda(settings.device):
-        raise ValueError(f"device: {settings.device!r}; paired reference timing is for CPU hosts")
-    reference_settings = settings if reference_settings is None else reference_settings
-    latencies, references = [], []
-    with compute_context(settings):
-        work, ref_work = Workload(model, settings), Workload(reference, reference_settings)
-        _warm_up(work)
-        _warm_up(ref_work)
-        while _more_repeats(latencies, settings):
-            cache, ref_cache = work.prepare(), ref_work.prepare()
-            latencies.append(_time_cpu(lambda c=cache: work.run(c)))
-            references.append(_time_cpu(lambda c=ref_cache: ref_work.run(c)))
-    return latencies, references
+    """``measure_latency`` of ``model`` with ``reference`` paired: ``(latency_ms, reference_ms)``, two equally long
+    lists of milliseconds. CPU only (``ValueError`` naming ``device``)."""
+    result = measure_latency(model, settings, reference=reference, reference_settings=reference_settings)
+    return result.latency_ms, result.reference_ms
 
 
 # ---- energy ------------------------------------------------------------------------------------------------------
@@ -399,10 +404,13 @@ def _repeat_range(settings: ProfileSettings) -> tuple[int, int]:
 
 
 def measure_in_child(arch: ArchConfig, settings: ProfileSettings, tensor_peak: bool = True,
-                     timeout_s: float = PROFILE_CHILD_TIMEOUT_S) -> ChildMeasurement:
+                     timeout_s: float = PROFILE_CHILD_TIMEOUT_S, reference: ArchConfig | None = None
+                     ) -> ChildMeasurement:
     """Latency, peak memory, energy and (with ``tensor_peak``) the tensor peak of ``arch`` on CPU, all measured in one
     process forked from the memory zygote for this measurement (``profile_child``), which builds the model once
-    (random-init, ``settings.seed``); this process builds nothing.
+    (random-init, ``settings.seed``); this process builds nothing. With ``reference`` (which must fit the workload
+    too) each timed repeat is followed by a step of it, built in the child after the peak memory is read
+    (``latency.reference_ms``).
 
     Linux only (``zygote.fork_supported``). A child that fails, dies, runs past ``timeout_s`` (seconds, from the fork
     to its exit; it is killed) or sends a malformed report raises ``RuntimeError`` naming the architecture.
@@ -412,27 +420,43 @@ def measure_in_child(arch: ArchConfig, settings: ProfileSettings, tensor_peak: b
     if settings.weights != "random-init":
         raise ValueError(f"weights: {settings.weights!r}; the measurement's own process builds random-init only")
     settings.check_fits(arch)
+    if reference is not None:
+        settings.check_fits(reference)
     child = "profiling child"
-    request = {"arch": arch.canonical, "settings": asdict(settings), "tensor_peak": tensor_peak}
+    request = {"arch": arch.canonical, "settings": asdict(settings), "tensor_peak": tensor_peak,
+               "reference": None if reference is None else reference.canonical}
     report = forked_report(PROFILE_CHILD_CALL, request, arch, timeout_s, child=child)
     raw = f"report: {json.dumps(report)[-2000:]}"
-    method = CPU_MEMORY_METHOD.format(source="{source}", steps=CPU_MEMORY_STEPS[settings.phase])
-    memory = memory_result(arch, report, method, raw, child=child)
+    steps = CPU_MEMORY_STEPS[settings.phase] if reference is None else CPU_MEMORY_STEPS_PAIRED
+    memory = memory_result(arch, report, CPU_MEMORY_METHOD.format(source="{source}", steps=steps), raw, child=child)
     try:
+        references = None if reference is None else [float(t) for t in report["reference_ms"]]
         latency = LatencyResult([float(t) for t in report["latency_ms"]],
                                 [None if x is None else float(x) for x in report["host_load_1m"]],
                                 None if report["other_cpu_cores"] is None else float(report["other_cpu_cores"]),
-                                CPU_LATENCY_METHOD)
+                                CPU_LATENCY_METHOD if reference is None else CPU_PAIRED_LATENCY_METHOD,
+                                reference_ms=references)
         energy = EnergyResult(**report["energy"])
         peak = None if report["tensor_peak"] is None else TensorPeak(**report["tensor_peak"])
     except (KeyError, TypeError, ValueError) as err:
         raise RuntimeError(f"{child} for {arch.arch_id} sent a malformed report ({err!r}); {raw}") from err
+    _check_child_repeats(arch, settings, latency, child, raw)
+    return ChildMeasurement(latency, energy, memory, peak)
+
+
+def _check_child_repeats(arch: ArchConfig, settings: ProfileSettings, latency: LatencyResult, child: str,
+                         raw: str) -> None:
+    """``RuntimeError`` unless the child sent an allowed number of repeats (``_repeat_range``), a host load for each
+    and, when paired, one positive reference step for each."""
     n, (low, high) = len(latency.latency_ms), _repeat_range(settings)
+    expected = f"{low}" if low == high else f"{low} to {high} (min_timed_ms {settings.min_timed_ms:g})"
     if not low <= n <= high or len(latency.host_load_1m) != n:
-        expected = f"{low}" if low == high else f"{low} to {high} (min_timed_ms {settings.min_timed_ms:g})"
         raise RuntimeError(f"{child} for {arch.arch_id} sent {n} repeats and {len(latency.host_load_1m)} host loads, "
                            f"expected {expected} of each; {raw}")
-    return ChildMeasurement(latency, energy, memory, peak)
+    refs = latency.reference_ms
+    if refs is not None and (len(refs) != n or min(refs) <= 0):
+        raise RuntimeError(f"{child} for {arch.arch_id} sent {len(refs)} reference steps for {n} repeats (expected "
+                           f"one positive step each); {raw}")
 
 
 def profile_child(request: dict) -> dict:
@@ -442,68 +466,38 @@ def profile_child(request: dict) -> dict:
     ``measure_latency`` (warm-ups, timed repeats), then the peak resident set; for decode first one decode step on a
     zero-filled cache and the peak (a prefill's larger activation peak must not count), then ``measure_latency``
     (whose caches are prefilled); then ``measure_energy`` and, last, ``measure_tensor_peak`` (torch.profiler, which
-    would raise the peak, runs only after it is read). Returns a JSON-ready report.
+    would raise the peak, runs only after it is read). With a ``reference`` in the request every phase takes the
+    peak after one step, as decode does, and only then builds the reference (it must not count in the peak) for
+    ``measure_latency``'s paired steps. Returns a JSON-ready report.
     """
     arch, settings = ArchConfig.from_canonical(request["arch"]), ProfileSettings(**request["settings"])
+    reference = request.get("reference")
     baseline, _ = peak_rss_mib()
     model = build_model(arch, seed=settings.seed)
-    if settings.phase == "decode":
+    if settings.phase == "decode" or reference is not None:
         memory_step(model, settings)
         peak, source = peak_rss_mib()
-        latency = measure_latency(model, settings)
+        ref_model = None if reference is None else build_model(ArchConfig.from_canonical(reference), seed=settings.seed)
+        latency = measure_latency(model, settings, reference=ref_model)
+        del ref_model
     else:
         latency = measure_latency(model, settings)
         peak, source = peak_rss_mib()
     energy = measure_energy(model, settings)
     tensor_peak = measure_tensor_peak(model, settings) if request.get("tensor_peak", True) else None
     return {"arch_id": arch.arch_id, "latency_ms": latency.latency_ms, "host_load_1m": latency.host_load_1m,
-            "other_cpu_cores": latency.other_cpu_cores, "peak_memory_mib": peak, "memory_baseline_mib": baseline,
-            "source": source, "energy": asdict(energy),
+            "other_cpu_cores": latency.other_cpu_cores, "reference_ms": latency.reference_ms,
+            "peak_memory_mib": peak, "memory_baseline_mib": baseline, "source": source, "energy": asdict(energy),
             "tensor_peak": None if tensor_peak is None else asdict(tensor_peak)}
-
-
-PAIRED_CHILD_CALL = "hwgpt_bench.generation.profilers:paired_latency_child"  # the paired measurement's child
-
-
-def paired_latency_child(request: dict) -> dict:
-    """In the process forked for one paired measurement (``measure_paired_in_child``'s request): build the model and
-    the reference (random-init, ``settings.seed``) and run ``measure_paired_latency``. Returns a JSON-ready report."""
-    arch, reference = ArchConfig.from_canonical(request["arch"]), ArchConfig.from_canonical(request["reference"])
-    settings = ProfileSettings(**request["settings"])
-    latency, ref = measure_paired_latency(build_model(arch, seed=settings.seed),
-                                          build_model(reference, seed=settings.seed), settings)
-    return {"arch_id": arch.arch_id, "latency_ms": latency, "reference_ms": ref}
 
 
 def measure_paired_in_child(arch: ArchConfig, reference: ArchConfig, settings: ProfileSettings,
                             timeout_s: float = PROFILE_CHILD_TIMEOUT_S) -> tuple[list[float], list[float]]:
-    """``measure_paired_latency`` of ``arch`` against ``reference`` (both built random-init at ``settings``' workload,
-    which both must fit) in a process forked from the memory zygote for this one measurement, as the release's rows
-    are measured: ``(latency_ms, reference_ms)``, equally long, in milliseconds.
-
-    CPU only, Linux only (``zygote.fork_supported``). A child that fails, dies, runs past ``timeout_s`` or sends a
-    malformed report raises ``RuntimeError`` naming the architecture.
-    """
-    if is_cuda(settings.device):
-        raise ValueError(f"device: {settings.device!r}; paired reference timing is for CPU hosts")
-    if settings.weights != "random-init":
-        raise ValueError(f"weights: {settings.weights!r}; the measurement's own process builds random-init only")
-    settings.check_fits(arch)
-    settings.check_fits(reference)
-    child = "paired profiling child"
-    request = {"arch": arch.canonical, "reference": reference.canonical, "settings": asdict(settings)}
-    report = forked_report(PAIRED_CHILD_CALL, request, arch, timeout_s, child=child)
-    try:
-        latency = [float(t) for t in report["latency_ms"]]
-        ref = [float(t) for t in report["reference_ms"]]
-    except (KeyError, TypeError, ValueError) as err:
-        raise RuntimeError(f"{child} for {arch.arch_id} sent a malformed report ({err!r}): "
-                           f"{json.dumps(report)[-2000:]}") from err
-    low, high = _repeat_range(settings)
-    if not low <= len(latency) <= high or len(ref) != len(latency) or min(latency + ref) <= 0:
-        raise RuntimeError(f"{child} for {arch.arch_id} sent {len(latency)} steps and {len(ref)} reference steps "
-                           f"(expected {low}..{high} positive ones of each, equally many)")
-    return latency, ref
+    """The latency of ``measure_in_child(arch, settings, tensor_peak=False, reference=reference)``: ``arch``'s steps,
+    each followed by one of ``reference``, in a process forked for this one measurement, exactly as the release's
+    paired rows are measured: ``(latency_ms, reference_ms)``, equally long, in milliseconds. CPU only, Linux only."""
+    child = measure_in_child(arch, settings, tensor_peak=False, timeout_s=timeout_s, reference=reference)
+    return child.latency.latency_ms, child.latency.reference_ms
 
 
 # ---- one row -----------------------------------------------------------------------------------------------------
@@ -519,7 +513,7 @@ def measured_in_child(settings: ProfileSettings, measure_memory: bool) -> bool:
 
 def profile_arch(arch: ArchConfig, settings: ProfileSettings, run_id: str, facts: dict, measure_memory: bool = True,
                  model: GPT | None = None, session_id: str | None = None,
-                 session_missing_reason: str | None = None) -> dict:
+                 session_missing_reason: str | None = None, reference: ArchConfig | None = None) -> dict:
     """Measure ``arch`` under ``settings``; one row of the ``measurements`` table, columns in schema order.
 
     ``facts`` is ``environment.device_facts(settings.device, settings.threads)`` (its ``threads`` must match); the SM
@@ -529,9 +523,15 @@ def profile_arch(arch: ArchConfig, settings: ProfileSettings, run_id: str, facts
     this process builds nothing. ``measure_memory=False`` leaves memory null with a reason (the tensor peak, then
     taken on the first latency warm-up in this process, is measured regardless). ``session_id`` is the profiling
     session the row belongs to; without one, ``session_missing_reason`` says why (default ``NO_SESSION_REASON``);
-    giving both is a ``ValueError``.
+    giving both is a ``ValueError``. With ``reference`` (CPU only; ``hwgpt_bench.panel.paired_reference``) each timed
+    repeat is followed by a step of that architecture (random-init, ``settings.seed``, built where the model is) and
+    the row's ``reference_*`` columns hold them; without, they are null with ``NO_REFERENCE_REASON``.
     """
     settings.check_fits(arch)
+    if reference is not None:
+        if is_cuda(settings.device):
+            raise ValueError(f"reference: paired reference timing is for CPU hosts, not device {settings.device!r}")
+        settings.check_fits(reference)
     if facts.get("threads") != settings.threads:
         raise ValueError(f"threads: facts were taken for {facts.get('threads')} threads, settings use "
                          f"{settings.threads}")
@@ -541,15 +541,18 @@ def profile_arch(arch: ArchConfig, settings: ProfileSettings, run_id: str, facts
         if settings.weights != "random-init":
             raise ValueError(f"weights: {settings.weights!r} needs the model passed in; only 'random-init' is built")
         if measured_in_child(settings, measure_memory):
-            child = measure_in_child(arch, settings)
+            child = measure_in_child(arch, settings, reference=reference)
             return _row(arch, settings, run_id, facts, sm_clock, child.latency, child.energy, child.memory,
-                        child.tensor_peak, session)
+                        child.tensor_peak, session, reference)
         model = build_model(arch, seed=settings.seed, device=settings.device)
-    latency = measure_latency(model, settings, tensor_peak=True)
+    ref_model = None if reference is None else build_model(reference, seed=settings.seed, device=settings.device)
+    latency = measure_latency(model, settings, tensor_peak=True, reference=ref_model)
+    del ref_model
     energy = measure_energy(model, settings)
     memory = (_measure_memory(arch, model, settings) if measure_memory
               else MemoryResult(None, None, None, "memory not measured in this run (measure_memory=False)"))
-    return _row(arch, settings, run_id, facts, sm_clock, latency, energy, memory, latency.tensor_peak, session)
+    return _row(arch, settings, run_id, facts, sm_clock, latency, energy, memory, latency.tensor_peak, session,
+                reference)
 
 
 def _session_columns(session_id: str | None, session_missing_reason: str | None) -> dict:
@@ -574,10 +577,23 @@ def _model_memory_mib(memory: MemoryResult) -> float | None:
     return memory.peak_memory_mib - memory.memory_baseline_mib
 
 
+def _reference_columns(latency: LatencyResult, reference: ArchConfig | None) -> dict:
+    """``reference_arch_id``, ``reference_ms`` and ``reference_missing_reason`` of a row; ``ValueError`` when the
+    paired steps and the reference architecture do not come together."""
+    if (reference is None) != (latency.reference_ms is None):
+        raise ValueError(f"reference: {'no' if reference is None else reference.arch_id} reference architecture "
+                         f"with {'no' if latency.reference_ms is None else 'paired'} reference steps")
+    if reference is None:
+        return {"reference_arch_id": None, "reference_ms": None, "reference_missing_reason": NO_REFERENCE_REASON}
+    return {"reference_arch_id": reference.arch_id, "reference_ms": list(latency.reference_ms),
+            "reference_missing_reason": None}
+
+
 def _row(arch, settings, run_id, facts, sm_clock, latency: LatencyResult, energy: EnergyResult,
-         memory: MemoryResult, tensor_peak: TensorPeak | None = None, session: dict | None = None) -> dict:
+         memory: MemoryResult, tensor_peak: TensorPeak | None = None, session: dict | None = None,
+         reference: ArchConfig | None = None) -> dict:
     """One ``measurements`` row, columns in schema order (``tensor_peak`` ``None``: null with a reason; ``session``
-    ``None``: ``_session_columns(None, None)``)."""
+    ``None``: ``_session_columns(None, None)``; ``reference``: the paired reference of ``latency.reference_ms``)."""
     if tensor_peak is None:
         tensor_peak = TensorPeak(None, None, "tensor peak not measured (measure_latency without tensor_peak)")
     session = _session_columns(None, None) if session is None else session
@@ -587,7 +603,8 @@ def _row(arch, settings, run_id, facts, sm_clock, latency: LatencyResult, energy
         "batch_size": settings.batch_size, "seq_len": settings.seq_len, "dtype": settings.dtype,
         "weights": settings.weights, "n_warmup": settings.n_warmup, "latency_ms": latency.latency_ms,
         "latency_method": latency.method, "host_load_1m": latency.host_load_1m,
-        "other_cpu_cores": latency.other_cpu_cores, "energy_mj": energy.energy_mj, "energy_method": energy.method,
+        "other_cpu_cores": latency.other_cpu_cores, **_reference_columns(latency, reference),
+        "energy_mj": energy.energy_mj, "energy_method": energy.method,
         "energy_window_ms": energy.window_ms, "energy_missing_reason": energy.missing_reason,
         "peak_memory_mib": memory.peak_memory_mib, "memory_baseline_mib": memory.memory_baseline_mib,
         "model_memory_mib": _model_memory_mib(memory), "memory_method": memory.method,

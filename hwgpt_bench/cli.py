@@ -54,7 +54,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
     fields = ("space", "n", "seed", "shard", "device", "device_id", "dtype", "phase", "batch_size", "seq_len",
               "warmup", "repeats", "min_timed_ms", "energy_samples", "energy_window_ms", "threads", "no_memory",
-              "flush_every", "limit", "pick")
+              "paired_reference", "flush_every", "limit", "pick")
     written = profile(ProfileRequest(**{f: getattr(args, f) for f in fields}), args.out)
     print(f"{written} measurement(s) written to {args.out}")
     return 0
@@ -304,6 +304,9 @@ def _add_profile(sub) -> None:
                    help="minimum duration of one energy sample in ms (default 1000)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all logical cores)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--paired-reference", action="store_true",
+                   help="follow each timed repeat by one step of the space's paired reference (the middle member of "
+                        "its calibration panel, same workload; CPU only), recorded in reference_ms")
     p.add_argument("--pick", nargs="+", type=int, default=None, metavar="I",
                    help="measure only these positions (0-based) of the seeded sample of --n (a `plan-device` choice)")
     p.set_defaults(handler=_cmd_profile)

@@ -80,3 +80,10 @@ def calibration_panel(space: SearchSpace | str, k: int = PANEL_K) -> list[ArchCo
     range ``2 .. max_k(space)``, or naming ``space`` when it is unknown.
     """
     return [arch for _, arch in panel_members(space, k)]
+
+
+def paired_reference(space: SearchSpace | str) -> ArchConfig:
+    """The fixed architecture whose step follows each timed step of a paired measurement of ``space``: the middle
+    member of its default calibration panel (position ``PANEL_K // 2``, FLOPs near the space's median), so the
+    reference does the same kind of work as the measured models and is measured at every session's panels too."""
+    return calibration_panel(space, PANEL_K)[PANEL_K // 2]

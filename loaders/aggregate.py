@@ -26,6 +26,11 @@ def _iqr(column: str) -> pl.Expr:
     return _quantile(column, 0.75) - _quantile(column, 0.25)
 
 
+def _ratios() -> pl.Expr:
+    """Each row's ``latency_ms[i] / reference_ms[i]`` (a list; null without a paired reference)."""
+    return pl.col("latency_ms") / pl.col("reference_ms")
+
+
 def summary_exprs() -> list[pl.Expr]:
     """Polars expressions mapping one ``measurements`` row to its ``summary`` row (usable on a LazyFrame).
 
@@ -38,6 +43,8 @@ def summary_exprs() -> list[pl.Expr]:
         pl.col("latency_ms").list.median().alias("latency_ms_median"),
         _iqr("latency_ms").alias("latency_ms_iqr"),
         pl.col("latency_ms").list.min().alias("latency_ms_min"),
+        pl.col("reference_ms").list.median().alias("reference_ms_median"),
+        _ratios().list.median().alias("latency_ratio_median"),
         pl.col("energy_mj").list.len().cast(pl.Int32).alias("n_energy"),
         pl.col("energy_mj").list.median().alias("energy_mj_median"),
         _iqr("energy_mj").alias("energy_mj_iqr"),
@@ -48,9 +55,11 @@ def summary_exprs() -> list[pl.Expr]:
 def summarise_repeats(measurements: pa.Table | pl.DataFrame | pl.LazyFrame) -> pa.Table:
     """The ``summary`` table of ``measurements``: one row per measurement row, in the same order.
 
-    Per row: ``n_latency``, median, IQR and min of ``latency_ms`` (ms); ``n_energy``, median and IQR of ``energy_mj``
-    (mJ) or nulls when energy is missing; ``peak_memory_mib`` (MiB) copied. Returns exactly ``SCHEMAS["summary"]``;
-    a row with no repeat (empty or all-null ``latency_ms``) is a ``ValueError`` naming the first such row's key.
+    Per row: ``n_latency``, median, IQR and min of ``latency_ms`` (ms); with a paired reference the median of
+    ``reference_ms`` (ms) and of the ratios ``latency_ms[i] / reference_ms[i]`` (else null); ``n_energy``, median
+    and IQR of ``energy_mj`` (mJ) or nulls when energy is missing; ``peak_memory_mib`` (MiB) copied. Returns exactly
+    ``SCHEMAS["summary"]``; a row with no repeat (empty or all-null ``latency_ms``) is a ``ValueError`` naming the
+    first such row's key.
     """
     frame = pl.from_arrow(measurements) if isinstance(measurements, pa.Table) else measurements
     out = frame.lazy().select(summary_exprs()).collect()
@@ -76,3 +85,26 @@ def sort_by_key(data: pa.Table, table: str) -> pa.Table:
     """``data`` sorted by ``table``'s primary key (ascending), the deterministic row order of a release."""
     schema_for(table)
     return data.sort_by([(k, "ascending") for k in PRIMARY_KEYS[table]])
+
+
+#: the workload of a paired reference: rows sharing these share one reference level
+REFERENCE_LEVEL_KEYS = ("device_id", "space", "phase", "batch_size", "seq_len", "dtype")
+
+
+def paired_latency(summary: pa.Table | pl.DataFrame) -> pl.DataFrame:
+    """``summary`` with ``reference_level_ms`` and ``latency_ms_paired`` added (milliseconds; null for rows measured
+    without a paired reference).
+
+    ``reference_level_ms`` is the median of ``reference_ms_median`` over all rows of the same device and workload
+    (``REFERENCE_LEVEL_KEYS``: one reference architecture, measured beside every row), and ``latency_ms_paired =
+    latency_ratio_median * reference_level_ms``: the row's latency at the device's typical speed, with the speed the
+    host happened to run at during this one measurement divided out (README, "Where that spread comes from").
+    """
+    frame = pl.from_arrow(summary) if isinstance(summary, pa.Table) else summary
+    missing = [c for c in ("latency_ratio_median", "reference_ms_median", *REFERENCE_LEVEL_KEYS)
+               if c not in frame.columns]
+    if missing:
+        raise ValueError(f"summary: missing columns {missing} (a summary of schema 2.2.0 or later)")
+    level = pl.col("reference_ms_median").median().over(list(REFERENCE_LEVEL_KEYS)).alias("reference_level_ms")
+    return frame.with_columns(level).with_columns(
+        (pl.col("latency_ratio_median") * pl.col("reference_level_ms")).alias("latency_ms_paired"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from hwgpt_bench.loaders.schema import schema_for
+from hwgpt_bench.loaders.schema import ADDED_COLUMNS, LEGACY_VALUES, schema_for
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +41,32 @@ def schema_problems(config: str, found: pl.Schema) -> list[str]:
             for name, dtype in expected.items() if found[name] != dtype]
 
 
+def upgrade_frame(config: str, frame: pl.LazyFrame) -> pl.LazyFrame:
+    """``frame`` of a release of an older minor schema with the columns added since, as ``schema.upgrade_table``
+    adds them (null or ``LEGACY_VALUES``; ``model_memory_mib`` from peak and baseline), in the schema's order;
+    unchanged when none is missing."""
+    found, expected = frame.collect_schema(), polars_schema(config)
+    missing = [c for c in ADDED_COLUMNS.get(config, ()) if c not in found]
+    if not missing:
+        return frame
+    added = [(pl.col("peak_memory_mib") - pl.col("memory_baseline_mib")).alias(c) if c == "model_memory_mib"
+             else pl.lit(LEGACY_VALUES.get(config, {}).get(c), dtype=expected[c]).alias(c) for c in missing]
+    columns = set(found.names()) | set(missing)
+    return frame.with_columns(added).select([c for c in expected.names() if c in columns] +
+                                            [c for c in found.names() if c not in expected])
+
+
 def load_table(config: str, root: str | Path = "dataset", lazy: bool = False) -> pl.DataFrame | pl.LazyFrame:
     """One config of the release as a polars DataFrame (or LazyFrame with ``lazy=True``), rows in file order.
 
-    Columns and dtypes are checked against ``schema.SCHEMAS[config]``; a mismatch or a missing folder is a
-    ``ValueError`` naming the config and column. Units are in the column names (``latency_ms``, ``energy_mj``...).
+    Columns and dtypes are checked against ``schema.SCHEMAS[config]`` (a release of an older minor schema first
+    gets the columns added since, ``upgrade_frame``); a mismatch or a missing folder is a ``ValueError`` naming the
+    config and column. Units are in the column names (``latency_ms``, ``energy_mj``...).
     """
     files = data_files(config, root)
     if not files:
         raise ValueError(f"{config}: no parquet files under {Path(root) / DATA_DIR / config}")
-    frame = pl.scan_parquet(files)
+    frame = upgrade_frame(config, pl.scan_parquet(files))
     problems = schema_problems(config, frame.collect_schema())
     if problems:
         raise ValueError("; ".join(problems))
@@ -79,11 +95,12 @@ def read_manifest(root: str | Path = "dataset") -> dict:
 
 
 def release_tables(root: str | Path = "dataset") -> dict:
-    """Every config of the release at ``root`` that has data files, as pyarrow tables cast to the schema."""
+    """Every config of the release at ``root`` that has data files, as pyarrow tables cast to the schema (a release
+    of an older minor schema gets the columns added since, ``schema.upgrade_table``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from hwgpt_bench.loaders.schema import SCHEMAS, cast_table
+    from hwgpt_bench.loaders.schema import SCHEMAS, cast_table, upgrade_table
 
-    return {config: cast_table(config, pa.concat_tables([pq.read_table(p) for p in files]))
+    return {config: cast_table(config, pa.concat_tables([upgrade_table(config, pq.read_table(p)) for p in files]))
             for config in SCHEMAS if (files := data_files(config, root))}

@@ -9,8 +9,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# 2.0.0: host fingerprints, sessions, calibration panels, the memory split; 2.1.0: checkpoints, training_curves
-SCHEMA_VERSION = "2.1.0"
+# 2.0.0: host fingerprints, sessions, calibration panels, the memory split; 2.1.0: checkpoints, training_curves;
+# 2.2.0: the paired reference (measurements.reference_*, summary.reference_ms_median / latency_ratio_median)
+SCHEMA_VERSION = "2.2.0"
 
 _STR = pa.string()
 _I32 = pa.int32()
@@ -56,6 +57,13 @@ _MEASUREMENTS = [
     _f("latency_method", _STR, "clock used: `time.perf_counter_ns` on CPU, `torch.cuda.Event` with synchronise on GPU"),
     _f("host_load_1m", pa.list_(_F64), "1-minute load average read just before each repeat (runnable tasks)"),
     _f("other_cpu_cores", _F64, "mean CPU cores busy with other processes over the timed window (cores)", True),
+    _f("reference_arch_id", _STR, "paired reference (joins `architectures`): the fixed architecture (the middle member "
+       "of the space's calibration panel, same workload) whose step ran right after each recorded repeat; null when "
+       "measured without one", True),
+    _f("reference_ms", pa.list_(_F64), "the reference's step right after each recorded repeat, in order, as long as "
+       "`latency_ms` (milliseconds); `latency_ms[i] / reference_ms[i]` cancels the host's speed wander; null when "
+       "measured without a reference", True),
+    _f("reference_missing_reason", _STR, "why `reference_ms` is null; null when measured", True),
     _f("energy_mj", pa.list_(_F64), "energy per forward, one value per energy sample (millijoules); null if missing",
        True),
     _f("energy_method", _STR, "energy counter used (e.g. `nvml total energy`), null if missing", True),
@@ -230,6 +238,10 @@ _SUMMARY = [
     _f("latency_ms_median", _F64, "median of the repeats (milliseconds)"),
     _f("latency_ms_iqr", _F64, "interquartile range of the repeats (milliseconds)"),
     _f("latency_ms_min", _F64, "fastest repeat (milliseconds)"),
+    _f("reference_ms_median", _F64, "median of the paired reference's steps (milliseconds); null without a reference",
+       True),
+    _f("latency_ratio_median", _F64, "median of `latency_ms[i] / reference_ms[i]` (ratio); null without a reference",
+       True),
     _f("n_energy", _I32, "number of energy samples aggregated (count)", True),
     _f("energy_mj_median", _F64, "median energy per forward (millijoules)", True),
     _f("energy_mj_iqr", _F64, "interquartile range of energy per forward (millijoules)", True),
@@ -261,10 +273,12 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "panel": ("session_id", "panel_position", "arch_id", "phase", "batch_size", "seq_len", "dtype"),
 }
 
-#: columns added in schema 2.0.0, and the value rows written under 1.0.0 get when they are read (``upgrade_table``)
+#: the value added columns (``ADDED_COLUMNS``) get in rows written before them, where it is not null
+#: (``upgrade_table``)
 LEGACY_VALUES: dict[str, dict[str, object]] = {
     "measurements": {"session_missing_reason": "measured before sessions were recorded (schema 1.0.0, release 0.1.0)",
-                     "tensor_peak_missing_reason": "not measured before schema 2.0.0 (release 0.1.0)"},
+                     "tensor_peak_missing_reason": "not measured before schema 2.0.0 (release 0.1.0)",
+                     "reference_missing_reason": "measured without a paired reference (written before schema 2.2.0)"},
     "devices": {"fingerprinted": False},
 }
 
@@ -303,10 +317,13 @@ def cast_table(table: str, data: pa.Table) -> pa.Table:
     return data.select(schema.names).cast(schema)
 
 
-#: columns each table gained in schema 2.0.0 (all others must be present in any part ever written)
-ADDED_IN_2 = {
+#: columns each table gained after schema 1.0.0 (all others must be present in any part ever written): in 2.0.0, and
+#: in 2.2.0 the paired reference (``reference_*`` of measurements, two nullable statistics of summary)
+ADDED_COLUMNS = {
     "measurements": ("model_memory_mib", "tensor_peak_mib", "tensor_peak_method", "tensor_peak_missing_reason",
-                     "session_id", "session_missing_reason"),
+                     "session_id", "session_missing_reason", "reference_arch_id", "reference_ms",
+                     "reference_missing_reason"),
+    "summary": ("reference_ms_median", "latency_ratio_median"),
     "devices": ("fingerprinted", "fingerprint_sha256", "cpu_vendor", "cpu_family", "cpu_model", "cpu_stepping",
                 "cpu_microcode", "cpu_flags_sha256", "cpu_flags_key", "physical_cores", "sockets", "l1d_cache_kib",
                 "l2_cache_kib", "l3_cache_kib", "nominal_mhz", "gpu_memory_mib", "gpu_power_limit_w", "gpu_ecc",
@@ -315,13 +332,14 @@ ADDED_IN_2 = {
 
 
 def upgrade_table(table: str, data: pa.Table) -> pa.Table:
-    """``data`` written under schema 1.0.0, with the columns of 2.0.0 added; unchanged when nothing is missing.
+    """``data`` written under an older schema (1.0.0 to 2.1.0), with the columns added since (``ADDED_COLUMNS``);
+    unchanged when nothing is missing.
 
     Added columns are null, except ``LEGACY_VALUES`` (the reasons why, ``fingerprinted = false``) and
-    ``model_memory_mib``, which is ``peak_memory_mib - memory_baseline_mib`` where both were measured. A missing
-    column that 2.0.0 did not add is left for ``cast_table`` to report.
+    ``model_memory_mib``, which is ``peak_memory_mib - memory_baseline_mib`` where both were measured; the columns
+    come in the schema's order. A missing column that was never added later is left for ``cast_table`` to report.
     """
-    missing = [c for c in ADDED_IN_2.get(table, ()) if c not in data.column_names]
+    missing = [c for c in ADDED_COLUMNS.get(table, ()) if c not in data.column_names]
     schema = schema_for(table)
     for column in missing:
         typ = schema.field(column).type
@@ -330,7 +348,10 @@ def upgrade_table(table: str, data: pa.Table) -> pa.Table:
         else:
             values = pa.array([LEGACY_VALUES.get(table, {}).get(column)] * data.num_rows, typ)
         data = data.append_column(pa.field(column, typ), values.cast(typ))
-    return data
+    if not missing:
+        return data
+    order = {name: i for i, name in enumerate(schema.names)}  # the schema's order; columns it lacks stay last
+    return data.select(sorted(data.column_names, key=lambda c: order.get(c, len(order))))
 
 
 def check_table(table: str, data: pa.Table) -> list[str]:

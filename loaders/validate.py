@@ -26,7 +26,14 @@ from hwgpt_bench.loaders.aggregate import sort_by_key, summarise_repeats
 from hwgpt_bench.loaders.card import README, card_problems, data_problems, default_config, split_front_matter
 from hwgpt_bench.loaders.checkpoints import WEIGHTS, default_problems
 from hwgpt_bench.loaders.io import DATA_DIR, MANIFEST, data_files, read_manifest
-from hwgpt_bench.loaders.schema import PRIMARY_KEYS, SCHEMA_VERSION, SCHEMAS, check_table, key_tuples
+from hwgpt_bench.loaders.schema import (
+    PRIMARY_KEYS,
+    SCHEMA_VERSION,
+    SCHEMAS,
+    check_table,
+    key_tuples,
+    upgrade_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +61,9 @@ def duplicate_keys(data: pa.Table, table: str) -> list[tuple]:
     return [key for key, n in Counter(key_tuples(data, table)).items() if n > 1]
 
 
-def _unknown(child: pa.Table, parent: pa.Table, column: str) -> list:
-    known = set(parent.column(column).to_pylist())
+def _unknown(child: pa.Table, parent: pa.Table, column: str, parent_column: str | None = None) -> list:
+    """Values of ``child``'s ``column`` (nulls aside) missing from ``parent``'s ``parent_column`` (default: same)."""
+    known = set(parent.column(parent_column or column).to_pylist())
     return sorted({v for v in child.column(column).to_pylist() if v is not None and v not in known})
 
 
@@ -65,14 +73,16 @@ _REFERENCES = (("measurements", "arch_id", "architectures"), ("perplexity", "arc
                ("panel", "session_id", "sessions"), ("panel", "arch_id", "architectures"),
                ("panel", "device_id", "devices"), ("perplexity", "checkpoint_sha256", "checkpoints"),
                ("checkpoints", "arch_id", "architectures"), ("training_curves", "checkpoint_sha256", "checkpoints"))
+#: references whose parent column has another name: (child, column, parent, parent column)
+_RENAMED_REFERENCES = (("measurements", "reference_arch_id", "architectures", "arch_id"),)
 
 
 def integrity_problems(tables: dict[str, pa.Table]) -> list[str]:
     """Referential integrity: every arch_id / device_id of a child table exists in its parent, spaces agree."""
     problems = []
-    for child, column, parent in _REFERENCES:
+    for child, column, parent, parent_column in [(*r, None) for r in _REFERENCES] + list(_RENAMED_REFERENCES):
         if child in tables and parent in tables:
-            unknown = _unknown(tables[child], tables[parent], column)
+            unknown = _unknown(tables[child], tables[parent], column, parent_column)
             if unknown:
                 problems.append(f"data/{child}: column {column}: {len(unknown)} value(s) not in {parent}, "
                                 f"e.g. {unknown[:3]}")
@@ -134,6 +144,7 @@ def _read_config(root: Path, config: str) -> tuple[pa.Table | None, list[str]]:
         except (pa.ArrowException, OSError, ValueError) as err:
             problems.append(f"{rel}: unreadable parquet ({' '.join(str(err).split())})")
             continue
+        part = upgrade_table(config, part)  # a release of an older minor schema lacks the columns added since
         problems += [f"{rel}: {p}" for p in check_table(config, part)]
         parts.append(part)
     if problems:
@@ -173,7 +184,8 @@ def _file_problems(root: Path, entry: dict) -> list[str]:
 
 def schema_readable(version) -> bool:
     """Whether a release of schema ``version`` is read by this code: the same major version and a minor version no
-    newer than ``SCHEMA_VERSION``'s (minor versions only add tables, so an older release lacks some configs)."""
+    newer than ``SCHEMA_VERSION``'s (minor versions only add tables, which an older release lacks, and nullable
+    columns, which ``schema.upgrade_table`` fills when it is read)."""
     match = VERSION_PATTERN.match(str(version))
     if match is None:
         return False
@@ -253,6 +265,13 @@ def value_rules() -> dict[str, list[tuple[str, pl.Expr, str]]]:
             ("latency_ms", pl.col("latency_ms").list.len() < 1, "no repeats (empty list)"),
             ("latency_ms", _any("latency_ms", lambda e: _outside(e, 0, MAX_LATENCY_MS)),
              f"a repeat outside (0, {MAX_LATENCY_MS:g}) ms"),
+            *_both_or_neither("reference_ms", "reference_missing_reason"),
+            ("reference_arch_id", pl.col("reference_arch_id").is_null() != pl.col("reference_ms").is_null(),
+             "null while reference_ms is set, or set while it is null"),
+            ("reference_ms", pl.col("reference_ms").list.len() != pl.col("latency_ms").list.len(),
+             "a length different from latency_ms (one reference step after each repeat)"),
+            ("reference_ms", _any("reference_ms", lambda e: _outside(e, 0, MAX_LATENCY_MS)),
+             f"a step outside (0, {MAX_LATENCY_MS:g}) ms"),
             ("host_load_1m", pl.col("host_load_1m").list.len() != pl.col("latency_ms").list.len(),
              "a length different from latency_ms (one reading per repeat)"),
             ("host_load_1m", _any("host_load_1m", lambda e: e < 0), "a negative load"),

@@ -62,8 +62,10 @@ def panel_row(arch_id: str, device_id: str, position: str) -> dict:
 
 
 def measurement_row(arch_id: str, device_id: str = CPU, batch_size: int = 1, latency_ms=(1.0, 2.0, 4.0),
-                    energy_mj=None, peak_memory_mib: float | None = 100.0, run_id: str = "run-test") -> dict:
-    """One complete ``measurements`` row; energy null (with a reason) unless ``energy_mj`` is given."""
+                    energy_mj=None, peak_memory_mib: float | None = 100.0, run_id: str = "run-test",
+                    reference_ms=None, reference_arch_id: str | None = None) -> dict:
+    """One complete ``measurements`` row; energy null (with a reason) unless ``energy_mj`` is given; the paired
+    reference null (with a reason) unless ``reference_ms`` (and ``reference_arch_id``) are given."""
     n = len(latency_ms)
     gpu = device_id == GPU
     return {
@@ -83,7 +85,9 @@ def measurement_row(arch_id: str, device_id: str = CPU, batch_size: int = 1, lat
         "measured_at": WHEN, "model_memory_mib": peak_memory_mib - 50.0 if peak_memory_mib else None,
         "tensor_peak_mib": None, "tensor_peak_method": None,
         "tensor_peak_missing_reason": "not measured in the synthetic run", "session_id": session_id(device_id),
-        "session_missing_reason": None,
+        "session_missing_reason": None, "reference_arch_id": reference_arch_id,
+        "reference_ms": None if reference_ms is None else list(reference_ms),
+        "reference_missing_reason": None if reference_ms is not None else "measured without a paired reference",
     }
 
 

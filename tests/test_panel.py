@@ -111,3 +111,15 @@ def test_panel_module_is_torch_free():
     code = "import sys, hwgpt_bench.panel as p; p.calibration_panel('gpt-s'); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("space", ["gpt-nano", "gpt-s", "gpt-xl-wide"])
+def test_the_paired_reference_is_the_panels_middle_member(space):
+    """Fixed forever: the member at position PANEL_K // 2 of the default panel, strictly between the extremes in
+    FLOPs, so every session's panels measure it too."""
+    from hwgpt_bench.panel import PANEL_K, paired_reference
+
+    panel = calibration_panel(space)
+    reference = paired_reference(space)
+    assert reference == panel[PANEL_K // 2] == paired_reference(SPACES[space]) and reference.space == space
+    assert panel[0].forward_flops() < reference.forward_flops() < panel[-1].forward_flops()

@@ -14,7 +14,7 @@ from hwgpt_bench.files import file_sha256
 from hwgpt_bench.generation.jobs import merge_runs
 from hwgpt_bench.generation.runs import merge_parts, part_files, read_parts
 from hwgpt_bench.loaders.schema import PRIMARY_KEYS
-from hwgpt_bench.panel import PANEL_K, calibration_panel
+from hwgpt_bench.panel import PANEL_K, calibration_panel, paired_reference
 from hwgpt_bench.search_spaces import sample_archs
 
 pytest.importorskip("torch")
@@ -157,6 +157,7 @@ def test_eval_perplexity_run_is_resumable_and_sharded(tmp_path):
     (["--min-timed-ms", "-5"], "min_timed_ms: must be a finite number >= 0"),
     (["--min-timed-ms", "inf"], "min_timed_ms: must be a finite number >= 0"),
     (["--repeats", "201"], "n_repeats: must be at most 200"),
+    (["--paired-reference", "--device", "cuda"], "paired_reference: a paired reference is timed on CPU hosts only"),
 ])
 def test_bad_profile_arguments_are_rejected_before_anything_is_written(tmp_path, capsys, flags, message):
     """Regression: --seq-len 4096 was rejected only after parts were written; --n 0 exited 0 with a devices row."""
@@ -167,3 +168,35 @@ def test_bad_profile_arguments_are_rejected_before_anything_is_written(tmp_path,
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_paired_run_records_the_reference_and_a_device_never_mixes_protocols(tmp_path, capsys):
+    """Every row of a paired run holds one reference step per repeat, of the space's paired reference (whose
+    ``architectures`` row the session wrote); resuming the device without the reference, or a paired run into a
+    directory holding the device's unpaired rows, is refused with nothing written."""
+    from hwgpt_bench.cli import main
+
+    out = tmp_path / "run"
+    base = ["profile", "--space", "gpt-nano", "--seq-len", "16", "--warmup", "0", "--repeats", "2", "--threads", "1",
+            "--no-memory", "--out", str(out)]
+    assert main([*base, "--n", "2", "--paired-reference"]) == 0
+    rows = read_parts([out / "measurements"], "measurements").to_pylist()
+    reference = paired_reference("gpt-nano")
+    assert len(rows) == 2 and {r["reference_arch_id"] for r in rows} == {reference.arch_id}
+    assert all(len(r["reference_ms"]) == len(r["latency_ms"]) == 2 and min(r["reference_ms"]) > 0 for r in rows)
+    assert {r["reference_missing_reason"] for r in rows} == {None}
+    assert reference.arch_id in read_parts([out / "architectures"], "architectures").column("arch_id").to_pylist()
+    capsys.readouterr()
+    sessions = merge_parts([out], "sessions").num_rows
+    assert main([*base, "--n", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "paired_reference: " in err and "holds 2 measurement(s)" in err and "taken with a paired reference" in err
+    assert len(_measurement_keys(out)) == 2 and merge_parts([out], "sessions").num_rows == sessions
+    other = tmp_path / "unpaired"
+    assert main([*base[:-1], str(other), "--n", "1"]) == 0
+    capsys.readouterr()
+    assert main([*base[:-1], str(other), "--n", "2", "--paired-reference"]) == 2
+    err = capsys.readouterr().err
+    assert "paired_reference: " in err and "taken without a paired reference" in err
+    assert len(_measurement_keys(other)) == 1 and merge_parts([other], "sessions").num_rows == 1

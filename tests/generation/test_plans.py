@@ -123,5 +123,12 @@ def test_a_plan_on_two_devices_is_rejected_before_anything_is_written(tmp_path):
     plan.write_text('[[profile]]\nspace = "gpt-nano"\nn = 2\n\n[[profile]]\nspace = "gpt-s"\nn = 2\nseq_len = [4096]\n')
     with pytest.raises(ValueError, match="seq_len: 4096 does not fit"):
         run_plan(plan, tmp_path / "run")
+    plan.write_text('[[profile]]\nspace = "gpt-nano"\nn = 2\npaired_reference = true\n\n'
+                    '[[profile]]\nspace = "gpt-s"\nn = 2\n')
+    with pytest.raises(ValueError, match="^paired_reference: a plan's entries must all be paired or all not"):
+        run_plan(plan, tmp_path / "run")
+    plan.write_text('[[profile]]\nspace = "gpt-nano"\nn = 2\npaired_reference = "yes"\n')
+    with pytest.raises(ValueError, match="^paired_reference: must be true or false, got 'yes'"):
+        run_plan(plan, tmp_path / "run")
     assert run_plan(plan, tmp_path / "run", spaces=["gpt-m"]) == 0  # no entry: no session either
     assert not (tmp_path / "run").exists()

@@ -16,6 +16,7 @@ from hwgpt_bench.generation import environment, memory, profilers  # noqa: E402
 from hwgpt_bench.generation.model import build_model  # noqa: E402
 from hwgpt_bench.generation.workload import PHASES, ProfileSettings, Workload, compute_context  # noqa: E402
 from hwgpt_bench.loaders.schema import SCHEMAS, check_table, table_from_rows  # noqa: E402
+from hwgpt_bench.panel import paired_reference  # noqa: E402
 from hwgpt_bench.search_spaces import SPACES  # noqa: E402
 
 NANO = SPACES["gpt-nano"]
@@ -372,6 +373,48 @@ def test_profile_arch_on_cpu_with_memory_builds_nothing_here(arch, facts, monkey
                                                                    steps=memory.CPU_MEMORY_STEPS["decode"])
     assert (row["energy_mj"], row["energy_missing_reason"]) == (None, "no counter")
     assert (row["tensor_peak_mib"], row["tensor_peak_method"]) == (20.5, profilers.CPU_TENSOR_PEAK_METHOD)
+    assert request["reference"] is None and (row["reference_arch_id"], row["reference_ms"]) == (None, None)
+    assert row["reference_missing_reason"] == profilers.NO_REFERENCE_REASON
+
+
+@pytest.mark.skipif(not profilers.fork_supported(), reason="needs Linux /proc (else memory comes from a fresh child)")
+def test_a_paired_row_holds_the_reference_steps_and_says_how_memory_was_read(arch, facts, monkeypatch,
+                                                                             short_settings):
+    settings, reference = short_settings(), paired_reference("gpt-nano")
+    requests = []
+    monkeypatch.setattr(profilers, "forked_report", lambda call, request, a, timeout_s, child: requests.append(
+        request) or _child_report(a, settings, reference_ms=[2.0, 2.5, 3.0]))
+    row = profilers.profile_arch(arch, settings, "run-test", facts, reference=reference)
+    ((request,),) = [requests]
+    assert request["reference"] == reference.canonical and request["tensor_peak"] is True
+    assert check_table("measurements", table_from_rows("measurements", [row])) == []
+    assert (row["reference_arch_id"], row["reference_ms"]) == (reference.arch_id, [2.0, 2.5, 3.0])
+    assert row["reference_missing_reason"] is None and row["latency_method"] == profilers.CPU_PAIRED_LATENCY_METHOD
+    assert row["memory_method"] == memory.CPU_MEMORY_METHOD.format(source="VmHWM", steps=memory.CPU_MEMORY_STEPS_PAIRED)
+
+
+def test_profile_child_with_a_reference_reads_the_peak_before_building_it(arch, monkeypatch, short_settings):
+    """One step and the peak first (the reference must not count in it), then the reference's build, both warm-ups,
+    each timed step followed by a reference step, and the profiled step last."""
+    settings = short_settings(n_warmup=1, n_repeats=2)
+    events = _record_child_events(monkeypatch)
+    reference = paired_reference("gpt-nano")
+    report = profilers.profile_child({"arch": arch.canonical, "settings": asdict(settings), "tensor_peak": True,
+                                      "reference": reference.canonical})
+    assert events == ["peak", "build", "step", "peak", "build", "step", "step", "step", "step", "step", "step",
+                      "profiled step"]
+    assert len(report["reference_ms"]) == len(report["latency_ms"]) == 2 and min(report["reference_ms"]) > 0
+    assert json.loads(json.dumps(report)) == report
+
+
+def test_a_paired_row_measured_here_is_real_and_a_gpu_is_refused(arch, facts, short_settings):
+    reference = paired_reference("gpt-nano")
+    row = profilers.profile_arch(arch, short_settings(n_warmup=1, n_repeats=3), "run-test", facts,
+                                 measure_memory=False, reference=reference)
+    assert len(row["reference_ms"]) == len(row["latency_ms"]) == 3 and min(row["reference_ms"]) > 0
+    assert row["reference_arch_id"] == reference.arch_id and row["tensor_peak_mib"] > 0
+    with pytest.raises(ValueError, match="^reference: paired reference timing is for CPU hosts"):
+        profilers.profile_arch(arch, short_settings(device="cuda"), "run-test", facts, reference=reference)
 
 
 @pytest.mark.parametrize("overrides, error", [
@@ -419,20 +462,22 @@ def test_a_paired_measurement_in_a_forked_child_is_real_and_builds_nothing_here(
     assert len(latency) == len(ref) == 3 and min(latency + ref) > 0
 
 
-@pytest.mark.parametrize("report, error", [
-    ({"latency_ms": [1.0] * 3, "reference_ms": [1.0] * 2}, "sent 3 steps and 2 reference steps"),
-    ({"latency_ms": [1.0] * 2, "reference_ms": [1.0] * 2}, "sent 2 steps and 2 reference steps"),
-    ({"latency_ms": [1.0] * 3, "reference_ms": [1.0, 0.0, 1.0]}, r"expected 3\.\.3 positive ones"),
-    ({"latency_ms": [1.0] * 3}, "sent a malformed report"),
+@pytest.mark.parametrize("overrides, error", [
+    ({"reference_ms": [1.0] * 2}, "sent 2 reference steps for 3 repeats"),
+    ({"reference_ms": [1.0, 0.0, 1.0]}, "sent 3 reference steps for 3 repeats"),
+    ({"reference_ms": None}, "sent a malformed report"),
+    ({"latency_ms": [1.0] * 2, "host_load_1m": [0.25] * 2}, "sent 2 repeats and 2 host loads, expected 3 of each"),
 ])
-def test_a_malformed_paired_report_is_a_clear_error(arch, monkeypatch, report, error, short_settings):
+def test_a_malformed_paired_report_is_a_clear_error(arch, monkeypatch, overrides, error, short_settings):
+    settings = short_settings()
     calls = []
     monkeypatch.setattr(profilers, "forked_report", lambda call, request, a, timeout_s, child: calls.append(
-        (call, request, child)) or {"arch_id": a.arch_id, **report})
-    with pytest.raises(RuntimeError, match=rf"^paired profiling child for {arch.arch_id} .*{error}"):
-        profilers.measure_paired_in_child(arch, NANO.smallest(), short_settings())
+        (call, request, child)) or _child_report(a, settings, reference_ms=[2.0] * 3) | overrides)
+    with pytest.raises(RuntimeError, match=rf"^profiling child for {arch.arch_id} .*{error}"):
+        profilers.measure_paired_in_child(arch, NANO.smallest(), settings)
     ((call, request, child),) = calls
-    assert call == profilers.PAIRED_CHILD_CALL and request["reference"] == NANO.smallest().canonical
+    assert call == profilers.PROFILE_CHILD_CALL and request["reference"] == NANO.smallest().canonical
+    assert request["tensor_peak"] is False
     with pytest.raises(ValueError, match="^device: "):
         profilers.measure_paired_in_child(arch, NANO.smallest(), short_settings(device="cuda"))
     with pytest.raises(ValueError, match="^weights: "):

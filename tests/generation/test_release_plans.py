@@ -29,12 +29,14 @@ def test_the_blocks_of_0_2_0_are_the_0_1_0_plan_exactly():
 
 
 def test_the_next_block_a_changes_only_the_protocol():
-    """cpu-v0.4.0-a measures 0.2.0's block a (same spaces, counts and workloads) with one warm-up from gpt-s up and
-    gpt-nano's repeats run to at least 700 ms; every other setting is the same."""
-    protocol = {"warmup", "min_timed_ms"}
+    """cpu-v0.4.0-a measures 0.2.0's block a (same spaces, counts and workloads) with one warm-up from gpt-s up,
+    gpt-nano's repeats run to at least 350 ms, and every repeat paired with the space's reference; every other setting
+    is the same."""
+    protocol = {"warmup", "min_timed_ms", "paired_reference"}
     old, new = load_plan(PLANS / "cpu-v0.2.0-a.toml"), load_plan(PLANS / "cpu-v0.4.0-a.toml")
     assert [_key({k: v for k, v in e.items() if k not in protocol}) for e in new] == \
            [_key({k: v for k, v in e.items() if k not in protocol}) for e in old]
     assert [(e["space"], e["warmup"], e.get("min_timed_ms", 0)) for e in new] == [
-        ("gpt-nano", 2, 700), ("gpt-s", 1, 0), ("gpt-s-wide", 1, 0)]
+        ("gpt-nano", 2, 350), ("gpt-s", 1, 0), ("gpt-s-wide", 1, 0)]
+    assert all(e["paired_reference"] is True for e in new) and not any("paired_reference" in e for e in old)
     assert all(e["warmup"] == 2 and "min_timed_ms" not in e for e in old)

@@ -73,3 +73,26 @@ def test_loaders_import_neither_torch_nor_sklearn():
             "hwgpt_bench.loaders.join; print(sorted({'torch', 'sklearn'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_release_of_an_older_minor_schema_loads_with_the_added_columns(tmp_path, make_measurement):
+    """Measurements written under schema 2.1.0 (no paired reference columns) load, by polars and by pyarrow, with the
+    columns in the schema's order, null, and the legacy reason; nothing else changes."""
+    import pyarrow as pa
+
+    from hwgpt_bench.loaders.io import release_tables
+    from hwgpt_bench.loaders.schema import LEGACY_VALUES, table_from_rows
+
+    current = table_from_rows("measurements", [make_measurement("a" * 12), make_measurement("b" * 12)])
+    folder = tmp_path / "data" / "measurements"
+    folder.mkdir(parents=True)
+    pq.write_table(current.drop(["reference_arch_id", "reference_ms", "reference_missing_reason"]),
+                   folder / "train-00000-of-00001.parquet")
+    loaded = load_table("measurements", tmp_path)
+    assert loaded.columns == SCHEMAS["measurements"].names
+    reason = LEGACY_VALUES["measurements"]["reference_missing_reason"]
+    assert loaded["reference_missing_reason"].to_list() == [reason] * 2 and loaded["reference_ms"].null_count() == 2
+    assert loaded.drop("reference_missing_reason").equals(pl.from_arrow(current).drop("reference_missing_reason"))
+    arrow = release_tables(tmp_path)["measurements"]
+    assert arrow.schema.equals(SCHEMAS["measurements"]) and pa.Table.equals(
+        arrow.drop(["reference_missing_reason"]), current.drop(["reference_missing_reason"]))

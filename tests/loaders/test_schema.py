@@ -64,7 +64,8 @@ def test_parts_written_under_schema_1_are_upgraded_with_reasons_not_invented_val
     old = SCHEMAS["measurements"]
     v1 = pa.table({f.name: pa.nulls(2, f.type) for f in old if f.name not in
                    ("model_memory_mib", "tensor_peak_mib", "tensor_peak_method", "tensor_peak_missing_reason",
-                    "session_id", "session_missing_reason")})
+                    "session_id", "session_missing_reason", "reference_arch_id", "reference_ms",
+                    "reference_missing_reason")})
     v1 = v1.set_column(v1.schema.get_field_index("peak_memory_mib"), "peak_memory_mib", pa.array([300.0, None]))
     v1 = v1.set_column(v1.schema.get_field_index("memory_baseline_mib"), "memory_baseline_mib",
                        pa.array([250.0, None]))
@@ -74,6 +75,19 @@ def test_parts_written_under_schema_1_are_upgraded_with_reasons_not_invented_val
     reason = LEGACY_VALUES["measurements"]["session_missing_reason"]
     assert up.column("session_missing_reason").to_pylist() == [reason] * 2
     assert up.column("tensor_peak_mib").to_pylist() == [None, None]
+    assert up.column("reference_ms").to_pylist() == up.column("reference_arch_id").to_pylist() == [None, None]
+    assert up.column("reference_missing_reason").to_pylist() == [LEGACY_VALUES["measurements"][
+        "reference_missing_reason"]] * 2
     assert upgrade_table("measurements", up) is up  # nothing missing: unchanged
     with pytest.raises(ValueError, match=r"missing columns \['threads'\]"):
         cast_table("measurements", upgrade_table("measurements", v1.drop(["threads"])))
+
+
+def test_a_summary_of_schema_2_1_gets_the_paired_statistics_as_nulls(make_measurement):
+    from hwgpt_bench.loaders.aggregate import summarise_repeats
+    from hwgpt_bench.loaders.schema import upgrade_table
+
+    summary = summarise_repeats(table_from_rows("measurements", [make_measurement("a" * 12)]))
+    v21 = summary.drop(["reference_ms_median", "latency_ratio_median"])
+    up = cast_table("summary", upgrade_table("summary", v21))
+    assert up.column("latency_ratio_median").to_pylist() == [None] and up.equals(summary)

@@ -182,6 +182,16 @@ def _energy(value):
     return lambda root: rewrite(root, "measurements", change)
 
 
+def _paired(reference_ms, reference_arch_id=None):
+    """Row 0 measured with a paired reference: ``reference_ms``, the reference id (default: row 0's own arch_id)."""
+    def change(t):
+        t = set_cell(t, "reference_ms", 0, reference_ms)
+        t = set_cell(t, "reference_missing_reason", 0, None)
+        return set_cell(t, "reference_arch_id", 0, reference_arch_id or t["arch_id"][0].as_py())
+
+    return lambda root: rewrite(root, "measurements", change)
+
+
 def _n_head(value):
     return lambda root: rewrite(root, "architectures",
                                 lambda t: set_cell(t, "n_head", 0, value(t["n_layer"][0].as_py())))
@@ -203,6 +213,13 @@ MALFORMED = {
     "NaN repeat": (_cell("measurements", "latency_ms", [math.nan]), [M, "column latency_ms", "outside", ROW0]),
     "infinite repeat": (_cell("measurements", "latency_ms", [math.inf]), [M, "column latency_ms", "outside", ROW0]),
     "empty host load": (_cell("measurements", "host_load_1m", []), [M, "column host_load_1m", "length", ROW0]),
+    "reference steps without a reference": (_cell("measurements", "reference_ms", [1.0] * 5),
+                                            [M, "column reference_arch_id", "null while reference_ms is set", ROW0]),
+    "a reference id without steps": (_cell("measurements", "reference_arch_id", "0" * 12),
+                                     [M, "column reference_arch_id", "set while it is null", ROW0]),
+    "fewer reference steps than repeats": (_paired([1.0]), [M, "column reference_ms", "length different", ROW0]),
+    "a zero reference step": (_paired([0.0] * 50), [M, "column reference_ms", "a step outside", ROW0]),
+    "an unknown reference": (_paired([1.0] * 50, "f" * 12), [M, "column reference_arch_id", "not in architectures"]),
     "NaN host load": (_cell("measurements", "host_load_1m", [math.nan] * 5), [M, "column host_load_1m", "NaN", ROW0]),
     "negative host load": (_cell("measurements", "host_load_1m", [-1.0] * 5),
                            [M, "column host_load_1m", "negative", ROW0]),
@@ -251,9 +268,11 @@ def test_malformed_input_gives_named_problems_without_raising(defect, release_co
     assert not any("could not be checked" in p for p in problems), problems  # found by a rule, not the safety net
 
 
-@pytest.mark.parametrize(("version", "readable"), [("2.0.0", True), ("2.1.0", True), ("2.2.0", False),
-                                                   ("3.0.0", False), ("1.9.0", False), ("2.x", False), (None, False)])
+@pytest.mark.parametrize(("version", "readable"), [("2.0.0", True), ("2.1.0", True), ("2.2.0", True),
+                                                   ("2.3.0", False), ("3.0.0", False), ("1.9.0", False),
+                                                   ("2.x", False), (None, False)])
 def test_older_minor_schemas_stay_readable(version, readable):
-    """A minor schema version only adds configs: the code reads releases of its major version up to its own minor."""
-    assert validate.SCHEMA_VERSION == "2.1.0"
+    """A minor schema version only adds configs and nullable columns (filled on reading): the code reads releases of
+    its major version up to its own minor."""
+    assert validate.SCHEMA_VERSION == "2.2.0"
     assert validate.schema_readable(version) is readable

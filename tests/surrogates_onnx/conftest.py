@@ -42,7 +42,8 @@ def measurement(arch_id: str, device: str, batch: int, latency: list[float], ene
                memory_method="synthetic", energy_mj=energy, energy_method="synthetic" if energy else None,
                energy_window_ms=1000.0 if energy else None, energy_missing_reason=None if energy else NO_ENERGY,
                session_missing_reason="synthetic rows have no session",
-               tensor_peak_missing_reason="synthetic rows have no tensor peak")
+               tensor_peak_missing_reason="synthetic rows have no tensor peak",
+               reference_missing_reason="synthetic rows have no paired reference")
     return row
 
 
