@@ -201,7 +201,7 @@ def profile(request: ProfileRequest, out: str | Path, session=None) -> int:
     own = session is None
     if own:
         session = Session(out, request.device, request.n_threads, spaces=[request.space], command=repr(request),
-                          device_id=request.device_id)
+                          device_id=request.device_id, paired_reference=request.paired_reference)
     else:
         check_session(request, out, session)
     facts = environment.device_facts(request.device, request.n_threads, device_id=session.device_id)
@@ -289,6 +289,9 @@ def check_session(request: ProfileRequest, out: str | Path, session) -> None:
                         f"{request.device} with {request.n_threads}")
     if request.device_id is not None and request.device_id != session.device_id:
         problems.append(f"its device_id is {session.device_id!r}, the request's {request.device_id!r}")
+    if request.paired_reference != session.paired_reference:
+        problems.append(f"its panels are {'' if session.paired_reference else 'not '}paired with a reference, the "
+                        f"request's measurements {'are' if request.paired_reference else 'are not'}")
     if request.space not in session.spaces:
         problems.append(f"its panels cover {list(session.spaces)}, not {request.space!r}")
     if problems:

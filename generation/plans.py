@@ -103,7 +103,8 @@ def run_plan(path: str | Path, out: str | Path, spaces: Sequence[str] | None = N
         return 0
     device, threads, device_id = session_device(requests)
     session = Session(out, device, threads, spaces=[r.space for r in requests],
-                      command=plan_command(path, spaces, shard), device_id=device_id)
+                      command=plan_command(path, spaces, shard), device_id=device_id,
+                      paired_reference=requests[0].paired_reference)
     check_protocol(out, session.device_id, requests[0].paired_reference)
     for request in requests:
         write_sample_architectures(request, out)

@@ -577,9 +577,9 @@ def _model_memory_mib(memory: MemoryResult) -> float | None:
     return memory.peak_memory_mib - memory.memory_baseline_mib
 
 
-def _reference_columns(latency: LatencyResult, reference: ArchConfig | None) -> dict:
-    """``reference_arch_id``, ``reference_ms`` and ``reference_missing_reason`` of a row; ``ValueError`` when the
-    paired steps and the reference architecture do not come together."""
+def reference_columns(latency: LatencyResult, reference: ArchConfig | None) -> dict:
+    """``reference_arch_id``, ``reference_ms`` and ``reference_missing_reason`` of a ``measurements`` or ``panel`` row;
+    ``ValueError`` when the paired steps and the reference architecture do not come together."""
     if (reference is None) != (latency.reference_ms is None):
         raise ValueError(f"reference: {'no' if reference is None else reference.arch_id} reference architecture "
                          f"with {'no' if latency.reference_ms is None else 'paired'} reference steps")
@@ -603,7 +603,7 @@ def _row(arch, settings, run_id, facts, sm_clock, latency: LatencyResult, energy
         "batch_size": settings.batch_size, "seq_len": settings.seq_len, "dtype": settings.dtype,
         "weights": settings.weights, "n_warmup": settings.n_warmup, "latency_ms": latency.latency_ms,
         "latency_method": latency.method, "host_load_1m": latency.host_load_1m,
-        "other_cpu_cores": latency.other_cpu_cores, **_reference_columns(latency, reference),
+        "other_cpu_cores": latency.other_cpu_cores, **reference_columns(latency, reference),
         "energy_mj": energy.energy_mj, "energy_method": energy.method,
         "energy_window_ms": energy.window_ms, "energy_missing_reason": energy.missing_reason,
         "peak_memory_mib": memory.peak_memory_mib, "memory_baseline_mib": memory.memory_baseline_mib,

@@ -14,7 +14,9 @@ and never gets an end; sessions are never resumed: rerunning the command opens a
 measurements resume.
 
 Panel workload: forward, batch 1, ``seq_len = min(256, block_size)``, float32, the session's threads and device,
-random-init weights (seed 0), 1 untimed warm-up and 5 recorded repeats; latency only (no memory, no energy).
+random-init weights (seed 0), 1 untimed warm-up and 5 recorded repeats; latency only (no memory, no energy). A paired
+session (``paired_reference``, CPU only) follows each panel repeat by a step of the space's paired reference
+(``hwgpt_bench.panel.paired_reference``, itself a panel member), as its measurements do.
 torch is imported lazily (when the session starts), so importing this module is cheap.
 """
 
@@ -30,7 +32,7 @@ from hwgpt_bench.generation.architectures import architecture_row
 from hwgpt_bench.generation.jobs import new_run_id
 from hwgpt_bench.generation.runs import PartWriter
 from hwgpt_bench.loaders.schema import SCHEMAS
-from hwgpt_bench.panel import PANEL_K, PANEL_SEED, panel_members
+from hwgpt_bench.panel import PANEL_K, PANEL_SEED, paired_reference, panel_members
 from hwgpt_bench.search_spaces import get_space
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class Session:
         device_id: the device's id (default: ``environment.device_row``'s fingerprint-derived id).
         k: architectures per panel (``hwgpt_bench.panel``).
         panel_seq_len: tokens of the panel's forward, capped at each space's block size (default 256).
+        paired_reference: pair every panel repeat with a step of the space's paired reference (CPU only).
 
     Everything is checked, and the device row taken, on construction; nothing is written before ``__enter__``.
     ``session_id`` is set on entry. A session is entered once.
@@ -68,7 +71,7 @@ class Session:
 
     def __init__(self, out: str | Path, device: str = "cpu", threads: int = 1, spaces: Sequence[str] = (),
                  command: str = "", *, device_id: str | None = None, k: int = PANEL_K,
-                 panel_seq_len: int = PANEL_SEQ_LEN) -> None:
+                 panel_seq_len: int = PANEL_SEQ_LEN, paired_reference: bool = False) -> None:
         from hwgpt_bench.generation import environment
 
         if isinstance(spaces, str):
@@ -86,6 +89,12 @@ class Session:
         if isinstance(panel_seq_len, bool) or not isinstance(panel_seq_len, int) or panel_seq_len < 1:
             raise ValueError(f"panel_seq_len: must be an integer >= 1, got {panel_seq_len!r}")
         self.panel_seq_len = panel_seq_len
+        if not isinstance(paired_reference, bool):
+            raise ValueError(f"paired_reference: must be true or false, got {paired_reference!r}")
+        if paired_reference and device != "cpu":
+            raise ValueError(f"paired_reference: a paired reference is timed on CPU hosts only, not on device "
+                             f"{device!r}")
+        self.paired_reference = paired_reference
         self.members = {space: panel_members(space, k) for space in self.spaces}  # checks spaces and k
         self.settings = {space: self.panel_settings(space) for space in self.spaces}  # checks device and threads
         self.device_row = environment.device_row(device, threads, device_id=device_id)
@@ -188,11 +197,15 @@ class Session:
         with PartWriter(self.out, "panel", flush_every_s=float("inf")) as writer:
             for space, members in self.members.items():
                 settings = self.settings[space]
+                reference = paired_reference(space) if self.paired_reference else None
+                ref_model = None if reference is None else build_model(reference, seed=settings.seed,
+                                                                       device=settings.device)
                 for _, arch in members:
                     model = build_model(arch, seed=settings.seed, device=settings.device)
-                    latency = profilers.measure_latency(model, settings)
+                    latency = profilers.measure_latency(model, settings, reference=ref_model)
                     del model
-                    writer.add([self._panel_row(position, arch, settings, latency)])
+                    writer.add([self._panel_row(position, arch, settings, latency, reference)])
+                del ref_model
                 writer.flush()  # a kill keeps every space whose panel is complete
                 written += len(members)
         self.panel_seconds[position] = time.perf_counter() - start
@@ -200,9 +213,12 @@ class Session:
                  self.panel_seconds[position])
         return written
 
-    def _panel_row(self, position: str, arch, settings, latency) -> dict:
+    def _panel_row(self, position: str, arch, settings, latency, reference=None) -> dict:
+        from hwgpt_bench.generation.profilers import reference_columns
+
         return {"session_id": self.session_id, "panel_position": position, "arch_id": arch.arch_id,
                 "space": arch.space, "device_id": self.device_id, "phase": settings.phase,
                 "batch_size": settings.batch_size, "seq_len": settings.seq_len, "dtype": settings.dtype,
                 "n_warmup": settings.n_warmup, "latency_ms": list(latency.latency_ms),
-                "other_cpu_cores": latency.other_cpu_cores, "measured_at": datetime.now(UTC)}
+                "other_cpu_cores": latency.other_cpu_cores, **reference_columns(latency, reference),
+                "measured_at": datetime.now(UTC)}

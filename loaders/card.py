@@ -327,7 +327,8 @@ def reproducibility_table(tables: dict[str, pa.Table]) -> str:
 
 
 def process_spread_table(tables: dict[str, pa.Table]) -> str:
-    """Per device and space: how far an architecture's median moves between profiling processes (panel)."""
+    """Per device and space: how far an architecture's median moves between profiling processes (panel), and, where
+    the panel was paired with a reference, how far the median of its ratios to the reference moves."""
     from hwgpt_bench.loaders.reproducibility import process_spread
 
     if "panel" not in tables:
@@ -339,7 +340,11 @@ def process_spread_table(tables: dict[str, pa.Table]) -> str:
         pl.format("`{}`", "device_id").alias("device"), pl.format("`{}`", "space").alias("space"),
         pl.format("{} b{} x {} {}", *WORKLOAD).alias("workload"), "processes", "archs",
         pl.col("process_sd").map_elements(_pct, pl.String).alias("between processes (sd)"),
+        pl.col("paired_sd").map_elements(_pct, pl.String, skip_nulls=True).fill_null("not paired")
+        .alias("paired with the reference (sd)"),
         pl.col("repeat_sd").map_elements(_pct, pl.String).alias("from the repeats alone (sd)"))
+    if spread["paired_sd"].null_count() == spread.height:  # no paired panel yet: no column of "not paired"
+        rows = rows.drop("paired with the reference (sd)")
     return markdown_table(rows)
 
 

@@ -91,29 +91,43 @@ def _schema(ids: tuple[str, ...]) -> dict:
                                           "tau": pl.Float64})
 
 
+def _between_processes(rows: pl.DataFrame, keys: list[str], value: str) -> pl.DataFrame:
+    """Per ``keys``: the sd of ``value`` (a log) of one architecture between processes, each process's mean and each
+    architecture's mean removed, degrees of freedom restored; ``sd`` null where ``value`` is."""
+    rows = rows.filter(pl.col(value).is_not_null())
+    rows = rows.with_columns((pl.col(value) - pl.col(value).mean().over([*keys, "process"])).alias("centred"))
+    rows = rows.with_columns((pl.col("centred") - pl.col("centred").mean().over([*keys, "arch_id"])).alias("resid"))
+    out = rows.group_by(keys).agg(pl.col("process").n_unique().alias("k"), pl.col("resid").std().alias("sd"))
+    return out.with_columns(pl.when(pl.col("k") >= 2).then(pl.col("sd") * (pl.col("k") / (pl.col("k") - 1)).sqrt())
+                            .alias(value + "_sd")).drop("k", "sd")
+
+
 def process_spread(panel: pl.DataFrame) -> pl.DataFrame:
     """Per device, space and workload with at least two panel processes (session x position): ``processes``,
-    ``archs``, ``process_sd`` and ``repeat_sd`` (both in log units, ~ relative).
+    ``archs``, ``process_sd``, ``paired_sd`` and ``repeat_sd`` (all in log units, ~ relative).
 
     ``process_sd``: the standard deviation of ``log(median)`` of one architecture between processes, after removing
     each process's mean over the panel (so a host running uniformly faster or slower, i.e. drift, does not count) and
     each architecture's mean, with the lost degrees of freedom restored (``sqrt(k / (k - 1))`` for ``k`` processes).
     ``repeat_sd``: the median over panel rows of the standard error of a median of that row's repeats
     (``1.2533 sd / mean / sqrt(n)``): what ``process_sd`` would be if repeats of one process told the whole story.
+    ``paired_sd``: ``process_sd`` of the median of ``latency_ms[i] / reference_ms[i]`` where the panel was paired with
+    a reference (``reference_ms``; null where no two processes were), the host's wander within a process divided out.
     """
     keys = ["device_id", "space", *PANEL_WORKLOAD]
+    ratio = (pl.col("latency_ms") / pl.col("reference_ms") if "reference_ms" in panel.columns
+             else pl.lit(None, dtype=pl.List(pl.Float64)))
     rows = panel.with_columns(
         pl.col("latency_ms").list.median().log().alias("log_median"),
+        ratio.list.median().cast(pl.Float64).log().alias("log_ratio"),
         (1.2533 * pl.col("latency_ms").list.std() / pl.col("latency_ms").list.mean()
          / pl.col("latency_ms").list.len().sqrt()).alias("median_se"),
         pl.concat_str("session_id", "panel_position", separator="/").alias("process"))
-    rows = rows.with_columns((pl.col("log_median") - pl.col("log_median").mean().over([*keys, "process"]))
-                             .alias("centred"))
-    rows = rows.with_columns((pl.col("centred") - pl.col("centred").mean().over([*keys, "arch_id"])).alias("resid"))
     out = (rows.group_by(keys).agg(pl.col("process").n_unique().alias("processes"),
-                                   pl.col("arch_id").n_unique().alias("archs"), pl.col("resid").std().alias("sd"),
+                                   pl.col("arch_id").n_unique().alias("archs"),
                                    pl.col("median_se").median().alias("repeat_sd"))
            .filter(pl.col("processes") >= 2)
-           .with_columns((pl.col("sd") * (pl.col("processes") / (pl.col("processes") - 1)).sqrt())
-                         .alias("process_sd")))
-    return out.select(*keys, "processes", "archs", "process_sd", "repeat_sd").sort("device_id", "space")
+           .join(_between_processes(rows, keys, "log_median"), on=keys, how="left", nulls_equal=True)
+           .join(_between_processes(rows, keys, "log_ratio"), on=keys, how="left", nulls_equal=True)
+           .rename({"log_median_sd": "process_sd", "log_ratio_sd": "paired_sd"}))
+    return out.select(*keys, "processes", "archs", "process_sd", "paired_sd", "repeat_sd").sort("device_id", "space")

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 # 2.0.0: host fingerprints, sessions, calibration panels, the memory split; 2.1.0: checkpoints, training_curves;
-# 2.2.0: the paired reference (measurements.reference_*, summary.reference_ms_median / latency_ratio_median)
+# 2.2.0: the paired reference (measurements.reference_* and panel.reference_*, summary.reference_ms_median and
+# latency_ratio_median)
 SCHEMA_VERSION = "2.2.0"
 
 _STR = pa.string()
@@ -222,6 +223,11 @@ _PANEL = [
     _f("n_warmup", _I32, "untimed warm-up runs before the first recorded repeat"),
     _f("latency_ms", pa.list_(_F64), "every recorded repeat, in order (milliseconds)"),
     _f("other_cpu_cores", _F64, "mean CPU cores busy with other processes over the timed window (cores)", True),
+    _f("reference_arch_id", _STR, "paired reference (joins `architectures`), as in `measurements`; null when the "
+       "session was not paired", True),
+    _f("reference_ms", pa.list_(_F64), "the reference's step right after each recorded repeat, as long as "
+       "`latency_ms` (milliseconds); null when the session was not paired", True),
+    _f("reference_missing_reason", _STR, "why `reference_ms` is null; null when measured", True),
     _f("measured_at", _TS, "UTC time the measurement finished"),
 ]
 
@@ -279,6 +285,7 @@ LEGACY_VALUES: dict[str, dict[str, object]] = {
     "measurements": {"session_missing_reason": "measured before sessions were recorded (schema 1.0.0, release 0.1.0)",
                      "tensor_peak_missing_reason": "not measured before schema 2.0.0 (release 0.1.0)",
                      "reference_missing_reason": "measured without a paired reference (written before schema 2.2.0)"},
+    "panel": {"reference_missing_reason": "measured without a paired reference (written before schema 2.2.0)"},
     "devices": {"fingerprinted": False},
 }
 
@@ -324,6 +331,7 @@ ADDED_COLUMNS = {
                      "session_id", "session_missing_reason", "reference_arch_id", "reference_ms",
                      "reference_missing_reason"),
     "summary": ("reference_ms_median", "latency_ratio_median"),
+    "panel": ("reference_arch_id", "reference_ms", "reference_missing_reason"),
     "devices": ("fingerprinted", "fingerprint_sha256", "cpu_vendor", "cpu_family", "cpu_model", "cpu_stepping",
                 "cpu_microcode", "cpu_flags_sha256", "cpu_flags_key", "physical_cores", "sockets", "l1d_cache_kib",
                 "l2_cache_kib", "l3_cache_kib", "nominal_mhz", "gpu_memory_mib", "gpu_power_limit_w", "gpu_ecc",

@@ -74,7 +74,8 @@ _REFERENCES = (("measurements", "arch_id", "architectures"), ("perplexity", "arc
                ("panel", "device_id", "devices"), ("perplexity", "checkpoint_sha256", "checkpoints"),
                ("checkpoints", "arch_id", "architectures"), ("training_curves", "checkpoint_sha256", "checkpoints"))
 #: references whose parent column has another name: (child, column, parent, parent column)
-_RENAMED_REFERENCES = (("measurements", "reference_arch_id", "architectures", "arch_id"),)
+_RENAMED_REFERENCES = (("measurements", "reference_arch_id", "architectures", "arch_id"),
+                       ("panel", "reference_arch_id", "architectures", "arch_id"))
 
 
 def integrity_problems(tables: dict[str, pa.Table]) -> list[str]:
@@ -249,6 +250,20 @@ def _both_or_neither(value: str, reason: str) -> list[tuple[str, pl.Expr, str]]:
             (value, pl.col(value).is_not_null() & pl.col(reason).is_not_null(), f"a value while {reason} is set")]
 
 
+def _reference_rules() -> list[tuple[str, pl.Expr, str]]:
+    """The paired reference's columns of ``measurements`` and ``panel``: all set or all null (with the reason), one
+    positive step per repeat."""
+    return [
+        *_both_or_neither("reference_ms", "reference_missing_reason"),
+        ("reference_arch_id", pl.col("reference_arch_id").is_null() != pl.col("reference_ms").is_null(),
+         "null while reference_ms is set, or set while it is null"),
+        ("reference_ms", pl.col("reference_ms").list.len() != pl.col("latency_ms").list.len(),
+         "a length different from latency_ms (one reference step after each repeat)"),
+        ("reference_ms", _any("reference_ms", lambda e: _outside(e, 0, MAX_LATENCY_MS)),
+         f"a step outside (0, {MAX_LATENCY_MS:g}) ms"),
+    ]
+
+
 def value_rules() -> dict[str, list[tuple[str, pl.Expr, str]]]:
     """Per config: (column, expression true on bad rows, what is wrong); units as in the column names."""
     return {
@@ -265,13 +280,7 @@ def value_rules() -> dict[str, list[tuple[str, pl.Expr, str]]]:
             ("latency_ms", pl.col("latency_ms").list.len() < 1, "no repeats (empty list)"),
             ("latency_ms", _any("latency_ms", lambda e: _outside(e, 0, MAX_LATENCY_MS)),
              f"a repeat outside (0, {MAX_LATENCY_MS:g}) ms"),
-            *_both_or_neither("reference_ms", "reference_missing_reason"),
-            ("reference_arch_id", pl.col("reference_arch_id").is_null() != pl.col("reference_ms").is_null(),
-             "null while reference_ms is set, or set while it is null"),
-            ("reference_ms", pl.col("reference_ms").list.len() != pl.col("latency_ms").list.len(),
-             "a length different from latency_ms (one reference step after each repeat)"),
-            ("reference_ms", _any("reference_ms", lambda e: _outside(e, 0, MAX_LATENCY_MS)),
-             f"a step outside (0, {MAX_LATENCY_MS:g}) ms"),
+            *_reference_rules(),
             ("host_load_1m", pl.col("host_load_1m").list.len() != pl.col("latency_ms").list.len(),
              "a length different from latency_ms (one reading per repeat)"),
             ("host_load_1m", _any("host_load_1m", lambda e: e < 0), "a negative load"),
@@ -341,6 +350,7 @@ def value_rules() -> dict[str, list[tuple[str, pl.Expr, str]]]:
             ("latency_ms", pl.col("latency_ms").list.len() < 1, "no repeats (empty list)"),
             ("latency_ms", _any("latency_ms", lambda e: _outside(e, 0, MAX_LATENCY_MS)),
              f"a repeat outside (0, {MAX_LATENCY_MS:g}) ms"),
+            *_reference_rules(),
         ],
     }
 

@@ -58,7 +58,8 @@ def panel_row(arch_id: str, device_id: str, position: str) -> dict:
     return {"session_id": session_id(device_id), "panel_position": position, "arch_id": arch_id, "space": SPACE,
             "device_id": device_id, "phase": "forward", "batch_size": 1, "seq_len": 256, "dtype": "float32",
             "n_warmup": 1, "latency_ms": [10.0, 11.0, 10.5] if position == "start" else [10.2, 10.9, 10.4],
-            "other_cpu_cores": 0.05, "measured_at": WHEN}
+            "other_cpu_cores": 0.05, "reference_arch_id": None, "reference_ms": None,
+            "reference_missing_reason": "measured without a paired reference", "measured_at": WHEN}
 
 
 def measurement_row(arch_id: str, device_id: str = CPU, batch_size: int = 1, latency_ms=(1.0, 2.0, 4.0),

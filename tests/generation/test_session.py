@@ -90,7 +90,25 @@ def test_session_writes_one_sessions_row_and_two_panels(session_run):
     assert {(r["phase"], r["batch_size"], r["seq_len"], r["dtype"], r["n_warmup"], len(r["latency_ms"]))
             for r in panel.to_pylist()} == {("forward", 1, SEQ, "float32", 1, 5)}
     assert all(v > 0 for r in panel.column("latency_ms").to_pylist() for v in r)
+    from hwgpt_bench.generation.profilers import NO_REFERENCE_REASON
+
+    assert set(panel.column("reference_ms").to_pylist()) == {None}  # not paired: null with the reason
+    assert set(panel.column("reference_missing_reason").to_pylist()) == {NO_REFERENCE_REASON}
     assert session.state == "ended" and set(session.panel_seconds) == {"start", "end"}
+
+
+def test_a_paired_session_pairs_every_panel_repeat_with_the_reference(tmp_path):
+    pytest.importorskip("torch")
+    from hwgpt_bench.panel import paired_reference
+
+    with _session(tmp_path, k=3, paired_reference=True):
+        pass
+    panel = _tables(tmp_path)["panel"]
+    assert check_table("panel", panel) == [] and panel.num_rows == 2 * 3
+    reference = paired_reference("gpt-nano").arch_id
+    for row in panel.to_pylist():
+        assert row["reference_arch_id"] == reference and row["reference_missing_reason"] is None
+        assert len(row["reference_ms"]) == len(row["latency_ms"]) == 5 and min(row["reference_ms"]) > 0
 
 
 def test_session_records_the_panel_architectures_and_the_device(session_run):
@@ -127,6 +145,8 @@ def test_an_exception_leaves_the_start_row_and_panel_only(tmp_path):
     ({"device": "tpu"}, "device: 'tpu' is not allowed"),
     ({"command": ""}, "command: a non-empty description"),
     ({"panel_seq_len": 0}, "panel_seq_len: must be an integer >= 1"),
+    ({"paired_reference": 1}, "paired_reference: must be true or false, got 1"),
+    ({"paired_reference": True, "device": "cuda"}, "paired_reference: a paired reference is timed on CPU hosts only"),
 ])
 def test_bad_session_arguments_write_nothing(tmp_path, kw, message):
     pytest.importorskip("torch")
@@ -171,7 +191,9 @@ def test_profile_checks_the_session_before_writing(tmp_path):
         for bad, message in [(request, "it writes into"),
                              (ProfileRequest(space="gpt-s", n=2, threads=1), "its panels cover \\['gpt-nano'\\]"),
                              (ProfileRequest(space="gpt-nano", n=2, threads=2), "with 1 threads, the request on cpu "
-                                                                                 "with 2")]:
+                                                                                 "with 2"),
+                             (ProfileRequest(space="gpt-nano", n=2, threads=1, paired_reference=True),
+                              "its panels are not paired with a reference, the request's measurements are")]:
             out = tmp_path / "elsewhere" if bad is request else tmp_path / "run"
             with pytest.raises(ValueError, match=message):
                 profile(bad, out, session=session)

@@ -47,19 +47,34 @@ def test_drift_and_pairs_recover_known_ratios():
     assert not pairs[("s2", "s3")]["same_device"] and pairs[("s2", "s3")]["median_ratio"] == pytest.approx(0.5)
 
 
-def _process_panel(n_processes: int, process_sd: float, levels: list[float], seed: int = 0) -> pl.DataFrame:
+def _process_panel(n_processes: int, process_sd: float, levels: list[float], seed: int = 0,
+                   paired: bool = False) -> pl.DataFrame:
     """16 architectures measured by ``n_processes`` processes: each process runs uniformly at ``levels[k]`` and moves
-    each architecture's median by log-normal noise of ``process_sd``; 10 repeats within 0.1% of that median."""
+    each architecture's median by log-normal noise of ``process_sd``; 10 repeats within 0.1% of that median. With
+    ``paired`` that noise is the host's speed at the time, which a reference step (10 ms at speed 1) beside each
+    repeat shares."""
     rng = np.random.default_rng(seed)
     rows = []
     for k in range(n_processes):
         session, position = f"s{k // 2}", ("start", "end")[k % 2]
         for i in range(16):
-            median = 5.0 * (i + 1) * levels[k] * np.exp(rng.normal(0, process_sd))
+            speed = levels[k] * np.exp(rng.normal(0, process_sd))
+            noise = 1 + 0.001 * rng.standard_normal(10)
             rows.append({"session_id": session, "device_id": "dev", "panel_position": position, "arch_id": f"a{i}",
                          "space": "gpt-s", "phase": "forward", "batch_size": 1, "seq_len": 256, "dtype": "float32",
-                         "latency_ms": (median * (1 + 0.001 * rng.standard_normal(10))).tolist()})
+                         "latency_ms": (5.0 * (i + 1) * speed * noise).tolist()}
+                        | ({"reference_ms": (10.0 * speed * noise[::-1]).tolist()} if paired else {}))
     return pl.DataFrame(rows)
+
+
+def test_a_paired_panel_shows_the_spread_the_reference_removes():
+    """The same 10% per-measurement wander, shared by the reference steps: the bare medians move ~10%, their ratios to
+    the reference only as much as the repeats (0.1%); an unpaired panel has no paired spread."""
+    paired = process_spread(_process_panel(6, 0.10, [1.0, 1.4, 0.7, 1.1, 0.9, 1.2], seed=3, paired=True))
+    row = paired.row(0, named=True)
+    assert row["process_sd"] == pytest.approx(0.10, rel=0.2) and row["paired_sd"] < 0.003
+    unpaired = process_spread(_process_panel(6, 0.10, [1.0, 1.4, 0.7, 1.1, 0.9, 1.2], seed=3))
+    assert unpaired["paired_sd"].to_list() == [None]
 
 
 def test_process_spread_recovers_the_spread_between_processes_and_ignores_drift():
@@ -71,3 +86,14 @@ def test_process_spread_recovers_the_spread_between_processes_and_ignores_drift(
     assert spread["process_sd"] == pytest.approx(0.10, rel=0.2) and spread["archs"] == 16
     assert spread["repeat_sd"] < 0.001
     assert process_spread(_process_panel(1, 0.10, [1.0])).height == 0
+
+
+def test_the_cards_spread_table_shows_the_paired_column_only_for_paired_panels():
+    from hwgpt_bench.loaders.card import process_spread_table
+
+    levels = [1.0, 1.4, 0.7, 1.1]
+    paired = process_spread_table({"panel": _process_panel(4, 0.10, levels, paired=True).to_arrow()})
+    header, _, row = paired.splitlines()[:3]
+    assert "paired with the reference (sd)" in header and row.count("%") == 3
+    unpaired = process_spread_table({"panel": _process_panel(4, 0.10, levels).to_arrow()})
+    assert "paired" not in unpaired.splitlines()[0]
