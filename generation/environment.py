@@ -504,17 +504,24 @@ def fingerprint_columns(device: str, threads: int, cpuinfo: Path | str = PROC_CP
             **{k: gpu[k] for k in ("gpu_memory_mib", "gpu_power_limit_w", "gpu_ecc", "gpu_mig")}}
 
 
-def device_row(device: str, threads: int, device_id: str | None = None, notes: str | None = None) -> dict:
+#: what a device measured with a paired reference adds to its derived id: the same host measured both ways is two
+#: devices, as it is at two thread counts (its rows differ in protocol, and their keys would collide)
+PAIRED_SUFFIX = "-paired"
+
+
+def device_row(device: str, threads: int, device_id: str | None = None, notes: str | None = None,
+               paired_reference: bool = False) -> dict:
     """One row of the ``devices`` table (every column of schema 2.0.0) describing ``device`` with ``threads``
     torch threads.
 
     The fingerprint columns are always recorded. Without ``device_id`` the id derives from them
-    (``fingerprint_device_id``) and ``fingerprinted`` is true. An explicit ``device_id`` is kept as given: keeping it
+    (``fingerprint_device_id``, plus ``PAIRED_SUFFIX`` for a device measured with ``paired_reference``) and
+    ``fingerprinted`` is true. An explicit ``device_id`` is kept as given: keeping it
     apart from other hosts is then the caller's responsibility, and ``fingerprinted`` is true only when it equals
     the id the fingerprint gives (as when the caller passes ``default_device_id`` through).
     """
     hardware = fingerprint_columns(device, threads)
-    derived = fingerprint_device_id(hardware)
+    derived = fingerprint_device_id(hardware) + (PAIRED_SUFFIX if paired_reference else "")
     counter, reason = energy_source(device)
     accel = None
     if is_cuda(device):

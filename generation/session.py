@@ -97,7 +97,8 @@ class Session:
         self.paired_reference = paired_reference
         self.members = {space: panel_members(space, k) for space in self.spaces}  # checks spaces and k
         self.settings = {space: self.panel_settings(space) for space in self.spaces}  # checks device and threads
-        self.device_row = environment.device_row(device, threads, device_id=device_id)
+        self.device_row = environment.device_row(device, threads, device_id=device_id,
+                                                 paired_reference=paired_reference)
         self.device_id: str = self.device_row["device_id"]
         self.session_id: str | None = None
         self.started_at: datetime | None = None

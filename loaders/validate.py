@@ -96,10 +96,21 @@ def integrity_problems(tables: dict[str, pa.Table]) -> list[str]:
                 if clash.height:
                     problems.append(f"data/{child}: column space: {clash.height} arch_id(s) whose space differs from "
                                     f"architectures, e.g. {clash.row(0)}")
+    problems += [p for t in ("measurements", "panel") if t in tables for p in mixed_protocol_problems(tables[t], t)]
     if "checkpoints" in tables and tables["checkpoints"].num_rows:
         problems += default_problems(tables["checkpoints"], tables.get("perplexity"))
         problems += _standalone_problems(tables)
     return problems
+
+
+def mixed_protocol_problems(data: pa.Table, table: str) -> list[str]:
+    """Devices of ``table`` (``measurements`` or ``panel``) with rows measured both with and without a paired
+    reference: a device keeps one latency protocol (a paired one has its own id, ``environment.PAIRED_SUFFIX``)."""
+    counts = (pl.from_arrow(data.select(["device_id", "reference_arch_id"])).group_by("device_id")
+              .agg(pl.col("reference_arch_id").is_not_null().sum().alias("paired"), pl.len().alias("rows"))
+              .filter((pl.col("paired") > 0) & (pl.col("paired") < pl.col("rows"))).sort("device_id"))
+    return [f"data/{table}: device {d}: {p} row(s) measured with a paired reference and {n - p} without (a device "
+            "keeps one protocol)" for d, p, n in counts.iter_rows()]
 
 
 def _standalone_problems(tables: dict[str, pa.Table]) -> list[str]:

@@ -356,6 +356,14 @@ def test_explicit_device_id_is_kept_with_the_fingerprint_recorded():
     assert passed_through["fingerprinted"] is True and passed_through["device_id"] == derived["device_id"]
 
 
+def test_a_paired_device_is_the_host_with_a_suffix_and_still_fingerprinted():
+    plain, paired = env.device_row("cpu", 2), env.device_row("cpu", 2, paired_reference=True)
+    assert paired["device_id"] == plain["device_id"] + env.PAIRED_SUFFIX == plain["device_id"] + "-paired"
+    assert paired["fingerprinted"] is True and paired["fingerprint_sha256"] == plain["fingerprint_sha256"]
+    again = env.device_row("cpu", 2, device_id=paired["device_id"], paired_reference=True)
+    assert again["fingerprinted"] is True and again["device_id"] == paired["device_id"]
+
+
 # ---- host key, torch build and session facts ----------------------------------------------------------------------
 SESSION_START_COLUMNS = {"host_key_sha256", "kernel", "python_version", "torch_version", "torch_config_sha256",
                          "torch_blas", "observed_mhz_start", "load_1m_start", "driver_version", "cuda_version",

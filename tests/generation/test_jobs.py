@@ -173,30 +173,33 @@ def test_bad_profile_arguments_are_rejected_before_anything_is_written(tmp_path,
 @pytest.mark.slow
 def test_a_paired_run_records_the_reference_and_a_device_never_mixes_protocols(tmp_path, capsys):
     """Every row of a paired run holds one reference step per repeat, of the space's paired reference (whose
-    ``architectures`` row the session wrote); resuming the device without the reference, or a paired run into a
-    directory holding the device's unpaired rows, is refused with nothing written."""
+    ``architectures`` row the session wrote), under the host's device id with ``-paired``; one device id is never
+    measured both ways: with an explicit ``--device-id`` either order is refused with nothing written."""
     from hwgpt_bench.cli import main
+    from hwgpt_bench.generation.environment import PAIRED_SUFFIX, default_device_id
 
     out = tmp_path / "run"
     base = ["profile", "--space", "gpt-nano", "--seq-len", "16", "--warmup", "0", "--repeats", "2", "--threads", "1",
-            "--no-memory", "--out", str(out)]
-    assert main([*base, "--n", "2", "--paired-reference"]) == 0
+            "--no-memory"]
+    assert main([*base, "--out", str(out), "--n", "2", "--paired-reference"]) == 0
     rows = read_parts([out / "measurements"], "measurements").to_pylist()
     reference = paired_reference("gpt-nano")
+    assert {r["device_id"] for r in rows} == {default_device_id("cpu", 1) + PAIRED_SUFFIX}
     assert len(rows) == 2 and {r["reference_arch_id"] for r in rows} == {reference.arch_id}
     assert all(len(r["reference_ms"]) == len(r["latency_ms"]) == 2 and min(r["reference_ms"]) > 0 for r in rows)
     assert {r["reference_missing_reason"] for r in rows} == {None}
     assert reference.arch_id in read_parts([out / "architectures"], "architectures").column("arch_id").to_pylist()
-    capsys.readouterr()
-    sessions = merge_parts([out], "sessions").num_rows
-    assert main([*base, "--n", "3"]) == 2
-    err = capsys.readouterr().err
-    assert "paired_reference: " in err and "holds 2 measurement(s)" in err and "taken with a paired reference" in err
-    assert len(_measurement_keys(out)) == 2 and merge_parts([out], "sessions").num_rows == sessions
-    other = tmp_path / "unpaired"
-    assert main([*base[:-1], str(other), "--n", "1"]) == 0
-    capsys.readouterr()
-    assert main([*base[:-1], str(other), "--n", "2", "--paired-reference"]) == 2
-    err = capsys.readouterr().err
-    assert "paired_reference: " in err and "taken without a paired reference" in err
-    assert len(_measurement_keys(other)) == 1 and merge_parts([other], "sessions").num_rows == 1
+    panel = read_parts([out / "panel"], "panel").to_pylist()
+    assert panel and all(len(r["reference_ms"]) == len(r["latency_ms"]) for r in panel)
+    assert main([*base, "--out", str(out), "--n", "3"]) == 0  # unpaired: the host's own device id, beside it
+    assert len(_measurement_keys(out)) == 5
+    for first, second, taken in ((["--paired-reference"], [], "with"), ([], ["--paired-reference"], "without")):
+        other = tmp_path / f"named-{taken}"
+        named = [*base, "--device-id", "cpu-test-1t", "--out", str(other)]
+        assert main([*named, "--n", "1", *first]) == 0
+        sessions = merge_parts([other], "sessions").num_rows
+        capsys.readouterr()
+        assert main([*named, "--n", "2", *second]) == 2
+        err = capsys.readouterr().err
+        assert "paired_reference: " in err and f"holds 1 measurement(s) of cpu-test-1t taken {taken} a paired" in err
+        assert len(_measurement_keys(other)) == 1 and merge_parts([other], "sessions").num_rows == sessions

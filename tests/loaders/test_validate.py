@@ -217,6 +217,8 @@ MALFORMED = {
                                             [M, "column reference_arch_id", "null while reference_ms is set", ROW0]),
     "a reference id without steps": (_cell("measurements", "reference_arch_id", "0" * 12),
                                      [M, "column reference_arch_id", "set while it is null", ROW0]),
+    "one paired row among unpaired ones": (_paired([1.0] * 50), [M, "device cpu-test", "(a device keeps one protocol)",
+                                                                 "1 row(s) measured with a paired reference and"]),
     "fewer reference steps than repeats": (_paired([1.0]), [M, "column reference_ms", "length different", ROW0]),
     "a zero reference step": (_paired([0.0] * 50), [M, "column reference_ms", "a step outside", ROW0]),
     "an unknown reference": (_paired([1.0] * 50, "f" * 12), [M, "column reference_arch_id", "not in architectures"]),
