@@ -31,6 +31,8 @@ from hwgpt_bench.search_spaces import archs_from_dicts, encode, feature_names
 log = logging.getLogger(__name__)
 
 METRICS = METRIC_NAMES
+PAIRED_NOTE = ("paired latency: each repeat divided by the paired reference's step right after it, times the median "
+               "reference step of the device's rows of this space and workload")
 
 
 @dataclass
@@ -97,6 +99,21 @@ def _metric_values(rows: pl.DataFrame, metric: str) -> pl.DataFrame:
     return rows.drop_nulls().group_by("arch_id", maintain_order=True).agg(pl.col("values").cast(pl.Float64))
 
 
+def _paired_latency_values(rows: pl.DataFrame) -> pl.DataFrame:
+    """Per architecture, every ``latency_ms[i] / reference_ms[i]`` times the median reference step of all ``rows``
+    (one space, device and workload; milliseconds): the latency at the device's typical speed, the speed the host ran
+    at during each step divided out (``loaders.aggregate.paired_latency`` does the same with medians)."""
+    level = rows.select(pl.col("reference_ms").explode().median()).item()
+    ratios = rows.select("arch_id", (pl.col("latency_ms") / pl.col("reference_ms") * level).alias("values"))
+    return ratios.explode("values").drop_nulls().group_by("arch_id", maintain_order=True).agg(
+        pl.col("values").cast(pl.Float64))
+
+
+def _is_paired(rows: pl.DataFrame) -> bool:
+    """Whether every row was measured with a paired reference (a device is all paired or not at all)."""
+    return "reference_ms" in rows.columns and rows.height > 0 and rows["reference_ms"].null_count() == 0
+
+
 def _filter(frame: pl.DataFrame, column: str, allowed: Sequence | None) -> pl.DataFrame:
     return frame if allowed is None else frame.filter(pl.col(column).is_in(list(allowed)))
 
@@ -106,7 +123,8 @@ def measurement_targets(measurements: pl.DataFrame, encodings: dict[str, np.ndar
     """Targets of device metrics: one per (space, device, workload, metric) with any measured value.
 
     ``filters`` maps ``space``, ``device_id``, ``phase``, ``batch_size``, ``seq_len``, ``dtype`` to allowed values
-    (None: all). Rows of several ``weights`` of one architecture and workload are pooled.
+    (None: all). Rows of several ``weights`` of one architecture and workload are pooled. The latency of a device
+    measured with a paired reference is its paired latency (``_paired_latency_values``), noted in ``Target.notes``.
     """
     for column, allowed in filters.items():
         measurements = _filter(measurements, column, allowed)
@@ -115,10 +133,15 @@ def measurement_targets(measurements: pl.DataFrame, encodings: dict[str, np.ndar
     for key, rows in sorted(measurements.group_by(keys, maintain_order=True), key=lambda kv: str(kv[0])):
         space, device, *wl = key
         for metric in (m for m in DEVICE_METRICS if m in metrics):
-            per_arch = _metric_values(rows.select("arch_id", "weights", metric), metric)
+            paired = metric == "latency_ms" and _is_paired(rows)
+            per_arch = (_paired_latency_values(rows) if paired
+                        else _metric_values(rows.select("arch_id", "weights", metric), metric))
             if per_arch.height:
-                targets.append(make_target(space, device, metric, dict(zip(WORKLOAD_KEYS, wl, strict=True)),
-                                           per_arch, encodings))
+                target = make_target(space, device, metric, dict(zip(WORKLOAD_KEYS, wl, strict=True)), per_arch,
+                                     encodings)
+                if paired:
+                    target.notes.append(PAIRED_NOTE)
+                targets.append(target)
     return targets
 
 

@@ -78,6 +78,7 @@ ARGPARSE_ALLOWED = {
     "benchmarks/warmup_effect.py": "python benchmarks/warmup_effect.py",
     "benchmarks/profile_breakdown.py": "python benchmarks/profile_breakdown.py",
     "benchmarks/process_spread.py": "python benchmarks/process_spread.py",
+    "benchmarks/paired_agreement.py": "python benchmarks/paired_agreement.py",
 }
 
 

@@ -360,3 +360,28 @@ def test_a_failed_training_leaves_the_previous_models_intact(synthetic_release, 
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "models"]  # no staging folder left
     entry = runtime.read_manifest(out)["models"][0]
     assert runtime.file_sha256(out / entry["file"]) == entry["sha256"]
+
+
+def test_a_paired_device_is_trained_on_its_paired_latency():
+    """A device measured with a paired reference: its latency target is each repeat over the reference step beside
+    it, times the median reference step of its rows; memory stays raw; an unpaired device is untouched."""
+    import polars as pl
+
+    from hwgpt_bench.surrogates_onnx.data import PAIRED_NOTE, measurement_targets
+
+    arch = {"arch_id": ["a" * 12, "b" * 12], "space": ["gpt-nano"] * 2, "phase": ["forward"] * 2,
+            "batch_size": [1, 1], "seq_len": [256, 256], "dtype": ["float32"] * 2, "weights": ["random-init"] * 2,
+            "peak_memory_mib": [100.0, 120.0]}
+    paired = pl.DataFrame(arch | {"device_id": ["cpu-x-paired"] * 2, "latency_ms": [[4.0, 6.0], [9.0, 3.0]],
+                                  "reference_ms": [[2.0, 2.0], [3.0, 1.0]]})
+    plain = pl.DataFrame(arch | {"device_id": ["cpu-x"] * 2, "latency_ms": [[4.0, 6.0], [9.0, 3.0]],
+                                 "reference_ms": [None, None]}, schema_overrides={"reference_ms": pl.List(pl.Float64)})
+    encodings = {"a" * 12: np.zeros(3, np.float32), "b" * 12: np.ones(3, np.float32)}
+    targets = {(t.device, t.metric): t for t in measurement_targets(pl.concat([paired, plain]), encodings,
+                                                                    ["latency_ms", "peak_memory_mib"], {})}
+    level = 2.0  # the median of the reference steps 2, 2, 3, 1
+    got = targets[("cpu-x-paired", "latency_ms")]
+    assert [v.tolist() for v in got.values] == [[2.0 * level, 3.0 * level], [3.0 * level, 3.0 * level]]
+    assert got.notes == [PAIRED_NOTE]
+    assert [v.tolist() for v in targets[("cpu-x", "latency_ms")].values] == [[4.0, 6.0], [9.0, 3.0]]
+    assert targets[("cpu-x", "latency_ms")].notes == [] and targets[("cpu-x-paired", "peak_memory_mib")].notes == []
