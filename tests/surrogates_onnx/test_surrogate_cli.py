@@ -156,7 +156,8 @@ def test_predict_unknown_space_and_device_name_only_the_allowed_values(trained, 
     assert main(["predict", "--space", "gpt-s", "--device", "D", "--metric", "latency_ms", "--sample", "1"]) == 2
     device = _error(capsys)
     assert device.startswith("unknown device 'D' for space gpt-s metric latency_ms; allowed: cpu-amd-epyc-2t, "
-                             "cpu-amd-epyc-2t-23b5a934, cpu-intel-xeon-2t-d712558a (")
+                             "cpu-amd-epyc-2t-23b5a934, cpu-amd-epyc-2t-23b5a934-paired, "
+                             "cpu-intel-xeon-2t-d712558a (")
     assert "/" not in device
     assert main(["predict", "--space", SPACE, "--device", "gpu-x", "--metric", "latency_ms", "--models",
                  str(trained), "--sample", "1"]) == 2
