@@ -47,6 +47,10 @@ class Target:
         features: ``(n_archs, n_features)`` float32 encoding (``search_spaces.encode``) in ``arch_ids`` order.
         values: per architecture, a float64 array of every raw measurement (repeats) in the metric's unit.
         unit: the metric's unit.
+        notes: what the values are where that is not the plain metric (the manifest entry's ``notes``).
+        paired_reference_ms: for the paired latency of a device measured with a paired reference, the median
+            reference step (ms) each ratio was multiplied by (``paired_reference_level``); None otherwise.
+        session_ids: the profiling sessions whose rows the values come from (sorted; empty where none is recorded).
     """
 
     space: str
@@ -58,6 +62,8 @@ class Target:
     values: list[np.ndarray]
     unit: str = ""
     notes: list[str] = field(default_factory=list)
+    paired_reference_ms: float | None = None
+    session_ids: list[str] = field(default_factory=list)
 
     @property
     def feature_names(self) -> list[str]:
@@ -99,11 +105,16 @@ def _metric_values(rows: pl.DataFrame, metric: str) -> pl.DataFrame:
     return rows.drop_nulls().group_by("arch_id", maintain_order=True).agg(pl.col("values").cast(pl.Float64))
 
 
-def _paired_latency_values(rows: pl.DataFrame) -> pl.DataFrame:
-    """Per architecture, every ``latency_ms[i] / reference_ms[i]`` times the median reference step of all ``rows``
-    (one space, device and workload; milliseconds): the latency at the device's typical speed, the speed the host ran
-    at during each step divided out (``loaders.aggregate.paired_latency`` does the same with medians)."""
-    level = rows.select(pl.col("reference_ms").explode().median()).item()
+def paired_reference_level(rows: pl.DataFrame) -> float:
+    """The median of every reference step (ms) of ``rows`` (one space, device and workload, measured paired): the
+    level a paired model's ratios are multiplied by (the manifest entry's ``paired_reference_ms``)."""
+    return float(rows.select(pl.col("reference_ms").explode().median()).item())
+
+
+def _paired_latency_values(rows: pl.DataFrame, level: float) -> pl.DataFrame:
+    """Per architecture, every ``latency_ms[i] / reference_ms[i]`` times ``level`` (``paired_reference_level`` of all
+    ``rows``; milliseconds): the latency at the device's typical speed, the speed the host ran at during each step
+    divided out (``loaders.aggregate.paired_latency`` does the same with medians)."""
     ratios = rows.select("arch_id", (pl.col("latency_ms") / pl.col("reference_ms") * level).alias("values"))
     return ratios.explode("values").drop_nulls().group_by("arch_id", maintain_order=True).agg(
         pl.col("values").cast(pl.Float64))
@@ -112,6 +123,13 @@ def _paired_latency_values(rows: pl.DataFrame) -> pl.DataFrame:
 def _is_paired(rows: pl.DataFrame) -> bool:
     """Whether every row was measured with a paired reference (a device is all paired or not at all)."""
     return "reference_ms" in rows.columns and rows.height > 0 and rows["reference_ms"].null_count() == 0
+
+
+def _session_ids(rows: pl.DataFrame, arch_ids: pl.Series) -> list[str]:
+    """The non-null ``session_id`` values of ``rows`` of the architectures ``arch_ids`` (sorted)."""
+    if "session_id" not in rows.columns:
+        return []
+    return sorted(rows.filter(pl.col("arch_id").is_in(arch_ids.to_list()))["session_id"].drop_nulls().unique())
 
 
 def _filter(frame: pl.DataFrame, column: str, allowed: Sequence | None) -> pl.DataFrame:
@@ -124,7 +142,8 @@ def measurement_targets(measurements: pl.DataFrame, encodings: dict[str, np.ndar
 
     ``filters`` maps ``space``, ``device_id``, ``phase``, ``batch_size``, ``seq_len``, ``dtype`` to allowed values
     (None: all). Rows of several ``weights`` of one architecture and workload are pooled. The latency of a device
-    measured with a paired reference is its paired latency (``_paired_latency_values``), noted in ``Target.notes``.
+    measured with a paired reference is its paired latency (``_paired_latency_values``), noted in ``Target.notes``
+    and ``Target.paired_reference_ms``; ``Target.session_ids`` names the sessions of the rows.
     """
     for column, allowed in filters.items():
         measurements = _filter(measurements, column, allowed)
@@ -133,14 +152,16 @@ def measurement_targets(measurements: pl.DataFrame, encodings: dict[str, np.ndar
     for key, rows in sorted(measurements.group_by(keys, maintain_order=True), key=lambda kv: str(kv[0])):
         space, device, *wl = key
         for metric in (m for m in DEVICE_METRICS if m in metrics):
-            paired = metric == "latency_ms" and _is_paired(rows)
-            per_arch = (_paired_latency_values(rows) if paired
+            level = paired_reference_level(rows) if metric == "latency_ms" and _is_paired(rows) else None
+            per_arch = (_paired_latency_values(rows, level) if level is not None
                         else _metric_values(rows.select("arch_id", "weights", metric), metric))
             if per_arch.height:
                 target = make_target(space, device, metric, dict(zip(WORKLOAD_KEYS, wl, strict=True)), per_arch,
                                      encodings)
-                if paired:
+                target.session_ids = _session_ids(rows, per_arch["arch_id"])
+                if level is not None:
                     target.notes.append(PAIRED_NOTE)
+                    target.paired_reference_ms = level
                 targets.append(target)
     return targets
 

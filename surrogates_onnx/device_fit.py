@@ -39,6 +39,9 @@ import numpy as np
 from hwgpt_bench.search_spaces import feature_names
 from hwgpt_bench.surrogates_onnx.recalibration import conformal_quantile
 
+PAIRED_NOTE = ("paired latency: each repeat divided by the paired reference's step right after it, times the median "
+               "reference step of the fitted rows")
+
 log = logging.getLogger(__name__)
 
 MIN_ARCHS = 10
@@ -300,9 +303,11 @@ def _choose(values: list, name: str, given, where: str):
 def measured_repeats(runs: Sequence[str | Path], space: str, metric: str, device_id: str | None = None,
                      workload: dict | None = None) -> dict:
     """The measured architectures of ``space`` in ``runs``: ``{"device_id", "workload", "fit": {arch_id: repeats},
-    "holdout": {...}, "archs": {arch_id: ArchConfig}}``; the panel's rows count as fitting measurements, architectures
-    sampled only with ``HOLDOUT_SEED`` as held out. ``ValueError`` naming the field when something is ambiguous or
-    absent."""
+    "holdout": {...}, "archs": {arch_id: ArchConfig}, "paired_reference_ms"}``; the panel's rows count as fitting
+    measurements, architectures sampled only with ``HOLDOUT_SEED`` as held out. Latency measured with a paired
+    reference becomes paired latency (each step / its reference step x ``paired_reference_ms``, the median reference
+    step of the measurements; None for bare rows), as in the release's surrogates. ``ValueError`` naming the field
+    when something is ambiguous or absent."""
     import polars as pl
 
     from hwgpt_bench.metrics import WORKLOAD_KEYS, get_metric
@@ -333,6 +338,12 @@ def measured_repeats(runs: Sequence[str | Path], space: str, metric: str, device
     archs = {a: ArchConfig.from_canonical(c) for a, c in zip(archs_table["arch_id"], archs_table["canonical"],
                                                              strict=True)}
     groups: dict[str, dict[str, list[float]]] = {"fit": {}, "holdout": {}}
+    level = _paired_level(rows) if metric == "latency_ms" else None
+
+    def values_of(frame) -> list:
+        if level is None:
+            return frame[metric].to_list()
+        return frame.select(pl.col(metric) / pl.col("reference_ms") * level)[metric].to_list()  # paired latency
 
     def add(arch_id: str, value) -> None:
         if value is None:
@@ -340,17 +351,27 @@ def measured_repeats(runs: Sequence[str | Path], space: str, metric: str, device
         group = "holdout" if seeds.get(arch_id) == {HOLDOUT_SEED} else "fit"  # also sampled otherwise: fitted
         groups[group].setdefault(arch_id, []).extend(value if spec.repeated else [value])
 
-    for arch_id, value in zip(rows["arch_id"], rows[metric], strict=True):
+    for arch_id, value in zip(rows["arch_id"], values_of(rows), strict=True):
         add(arch_id, value)
     panel = _read_run_table(runs, "panel") if metric == "latency_ms" else None
     if panel is not None:
         panel = panel.filter(pl.col("space") == space, pl.col("device_id") == device_id,
                              *[pl.col(k) == workload[k] for k in WORKLOAD_KEYS])
-        for arch_id, value in zip(panel["arch_id"], panel[metric], strict=True):
+        if level is not None:
+            panel = panel.filter(pl.col("reference_ms").is_not_null())
+        for arch_id, value in zip(panel["arch_id"], values_of(panel), strict=True):
             groups["fit"].setdefault(arch_id, []).extend(value)  # the session records its panel's architectures
-    return {"device_id": device_id, "workload": workload, "archs": archs,
+    return {"device_id": device_id, "workload": workload, "archs": archs, "paired_reference_ms": level,
             "fit": {a: np.asarray(v, dtype=float) for a, v in groups["fit"].items()},
             "holdout": {a: np.asarray(v, dtype=float) for a, v in groups["holdout"].items()}}
+
+
+def _paired_level(rows) -> float | None:
+    """The median reference step (ms) of latency ``rows`` measured with a paired reference (every row has
+    ``reference_ms``), the level their ratios are multiplied by as in the release's surrogates; None for bare rows."""
+    if "reference_ms" not in rows.columns or not rows.height or rows["reference_ms"].null_count():
+        return None
+    return float(rows["reference_ms"].explode().median())
 
 
 def release_slopes(dataset: str | Path, space: str, metric: str, workload: dict, exclude: str,
@@ -462,7 +483,8 @@ def fit_device_model(runs: Sequence[str | Path], space: str, metric: str, out: s
              "measurement)", "fit": fit.to_dict(),
              "prior": None if prior is None else {"device": prior_device, "file": prior.entry["file"],
                                                   "sha256": prior.entry["sha256"]},
-             "slopes_prior": slopes,
+             "slopes_prior": slopes, "paired_reference_ms": data["paired_reference_ms"],
+             **({"notes": [PAIRED_NOTE]} if data["paired_reference_ms"] is not None else {}),
              "n_archs": {"fit": len(ids), "holdout": len(data["holdout"])}}
     model = Surrogate(entry, open_session(out / file))
     check = model.predict_features(x)

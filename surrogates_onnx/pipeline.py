@@ -122,6 +122,7 @@ def common_entry(target: Target, split: training.SplitData, path: Path, out: Pat
         "n_archs": {k: len(v) for k, v in split.ids.items()},
         "repeats_per_arch": {"min": int(target.n_repeats.min()), "median": float(np.median(target.n_repeats)),
                              "max": int(target.n_repeats.max())},
+        "paired_reference_ms": target.paired_reference_ms, "training_session_ids": list(target.session_ids),
         **({"notes": list(target.notes)} if target.notes else {}),
     }
 

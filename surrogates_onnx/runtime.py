@@ -268,6 +268,8 @@ class Surrogate:
         self.workload: dict = dict(entry["workload"])
         self.levels: tuple[float, ...] = tuple(float(v) for v in entry["levels"])
         self.feature_names: list[str] = list(entry["feature_names"])
+        # a paired device's latency model: the median reference step (ms) its ratios were multiplied by
+        self.paired_reference_ms: float | None = entry.get("paired_reference_ms")
         self._check_encoding()
 
     def _check_encoding(self) -> None:
@@ -327,23 +329,56 @@ class Surrogate:
 
         return self.predict_features(encode_columns(self.space, columns))
 
+    def paired_values(self, latency_ms: Iterable[float], reference_ms: Iterable[float]) -> np.ndarray:
+        """A paired model's unit from paired measurements: ``latency_ms[i] / reference_ms[i] * paired_reference_ms``.
+
+        ``latency_ms``: ``(n,)`` steps of one architecture; ``reference_ms``: ``(n,)`` the paired reference's step
+        measured right after each (``hwgpt-bench profile --paired-reference``; the ``reference_ms`` column). Returns
+        ``(n,)`` milliseconds at the device's typical speed, what this model predicts. ``ValueError`` when the model is
+        not a paired one, or the two do not pair up.
+        """
+        if self.paired_reference_ms is None:
+            raise ValueError(f"reference_ms: {self.entry['file']} was trained on bare latency (no paired reference); "
+                             "give its measurements as they are")
+        lat, ref = np.asarray(list(latency_ms), dtype=float), np.asarray(list(reference_ms), dtype=float)
+        if lat.shape != ref.shape:
+            raise ValueError(f"reference_ms: one reference step per latency step, got {ref.size} for {lat.size}")
+        if not (np.all(np.isfinite(ref)) and np.all(ref > 0)):
+            raise ValueError(f"reference_ms: every reference step must be a positive number of ms, got {ref.tolist()}")
+        return lat / ref * self.paired_reference_ms
+
     def recalibrate(self, archs: Iterable[ArchConfig | Mapping], repeats: Iterable[Iterable[float]],
-                    device: str | None = None) -> RecalibratedSurrogate:
+                    device: str | None = None, reference: Iterable[Iterable[float]] | None = None,
+                    widths: str = "conformal") -> RecalibratedSurrogate:
         """This model corrected for another session or host of its device kind from a few measured architectures.
 
         ``archs``: n >= 5 architectures measured there (the space's calibration panel, ``hwgpt_bench.panel``, is
         the intended set: it spans the FLOPs range); ``repeats``: n sequences of their single measurements, in
-        ``unit``. The point is rescaled and each level's interval widened or narrowed by split conformal on those
-        architectures (``recalibration.fit_recalibration``). ``device`` names the new host in the result (default:
-        this model's device). Returns a model with the same ``predict`` API whose ``recalibration`` says what was
-        fitted.
+        ``unit``. A paired model (``paired_reference_ms`` set) needs ``reference``: n sequences of the paired
+        reference's steps beside those repeats (measured with ``--paired-reference``), and is recalibrated on
+        ``paired_values``; an unpaired one refuses ``reference``. The point is rescaled and each level's interval
+        widened or narrowed by split conformal on those architectures (``recalibration.fit_recalibration``).
+        ``device`` names the new host in the result (default: this model's device). Returns a model with the same
+        ``predict`` API whose ``recalibration`` says what was fitted.
         """
         from hwgpt_bench.surrogates_onnx.recalibration import fit_recalibration
 
-        archs = list(archs)
+        archs, repeats = list(archs), [list(r) for r in repeats]
+        if self.paired_reference_ms is not None:
+            if reference is None:
+                raise ValueError(f"reference: {self.entry['file']} predicts paired latency; give the paired "
+                                 "reference's steps beside each architecture's repeats (the reference_ms column)")
+            reference = list(reference)
+            if len(reference) != len(repeats):
+                raise ValueError(f"reference: one sequence per architecture, got {len(reference)} for "
+                                 f"{len(repeats)}")
+            repeats = [self.paired_values(r, ref) for r, ref in zip(repeats, reference, strict=True)]
+        elif reference is not None:
+            raise ValueError(f"reference: {self.entry['file']} was trained on bare latency; recalibrate it with "
+                             "bare repeats only")
         pred = self.predict(archs)
-        fit = fit_recalibration(pred.point, pred.lower, pred.upper, [np.asarray(list(r), dtype=float)
-                                                                     for r in repeats], self.levels)
+        fit = fit_recalibration(pred.point, pred.lower, pred.upper, [np.asarray(r, dtype=float) for r in repeats],
+                                self.levels, widths)
         return RecalibratedSurrogate(self, fit, device)
 
     def __repr__(self) -> str:

@@ -9,7 +9,9 @@ For one model of (space, device, workload), the panel rows of that device and wo
 
 Per group: the share of single panel repeats inside each level's interval (what the intervals promise: a single new
 measurement), the median of measured / predicted point (how fast that session ran relative to the model) and Kendall's
-tau between the predicted points and the measured medians of the panel architectures. Devices without session ids
+tau between the predicted points and the measured medians of the panel architectures. A paired device's model is
+judged on the panel's paired values (``Surrogate.paired_values``: each step over the reference step beside it, times
+the model's ``paired_reference_ms``), what it predicts. Devices without session ids
 (release 0.1.0's unfingerprinted host) and models without panel rows get ``None`` with the reason.
 """
 
@@ -37,7 +39,7 @@ def panel_stats(rows: pl.DataFrame, model: Surrogate, archs: dict[str, ArchConfi
     repeats inside each level's interval, the median of measured median / predicted point and Kendall's tau between
     the points and the architectures' measured medians."""
     pred = model.predict([archs[a] for a in rows["arch_id"]])
-    repeats = [np.asarray(v, dtype=float) for v in rows["latency_ms"]]
+    repeats = panel_repeats(rows, model)
     coverage = {}
     for j, level in enumerate(pred.levels):
         inside = [np.mean((r >= pred.lower[i, j]) & (r <= pred.upper[i, j])) * r.size for i, r in enumerate(repeats)]
@@ -51,7 +53,19 @@ def panel_stats(rows: pl.DataFrame, model: Surrogate, archs: dict[str, ArchConfi
             "kendall_tau": kendall_tau(per_arch["point"].to_numpy(), per_arch["median"].to_numpy())}
 
 
-def _training_sessions(measurements: pl.DataFrame, entry: dict) -> set[str]:
+def panel_repeats(rows: pl.DataFrame, model: Surrogate) -> list[np.ndarray]:
+    """Per row of ``rows`` (``panel`` or ``measurements`` of the model's device), its repeats in what ``model``
+    predicts: bare ``latency_ms``, or for a paired model the paired values (rows need ``reference_ms``)."""
+    if model.paired_reference_ms is None:
+        return [np.asarray(v, dtype=float) for v in rows["latency_ms"]]
+    return [model.paired_values(v, r) for v, r in zip(rows["latency_ms"], rows["reference_ms"], strict=True)]
+
+
+def training_sessions(measurements: pl.DataFrame, entry: dict) -> set[str]:
+    """The sessions ``entry``'s model was trained on: its ``training_session_ids`` where the manifest records them
+    (models from 0.3.2 on), else every session of its space, device and workload in ``measurements``."""
+    if entry.get("training_session_ids"):
+        return set(entry["training_session_ids"])
     rows = measurements.filter(pl.col("space") == entry["space"], pl.col("device_id") == entry["device"],
                                *[pl.col(k) == entry["workload"][k] for k in WORKLOAD_KEYS])
     return set(rows["session_id"].drop_nulls().to_list())
@@ -63,7 +77,7 @@ def session_coverage(entry: dict, model: Surrogate, tables: dict) -> dict:
     ``architectures`` as polars frames (``panel`` may be missing)."""
     if entry["metric"] != METRIC or entry["device"] is None:
         return {"training_sessions": None, "other_sessions": None, "reason": "the panel measures latency only"}
-    trained_on = _training_sessions(tables["measurements"], entry)
+    trained_on = training_sessions(tables["measurements"], entry)
     if not trained_on:
         return {"training_sessions": None, "other_sessions": None,
                 "reason": "the training rows have no session_id (a host that was not fingerprinted)"}
@@ -71,6 +85,8 @@ def session_coverage(entry: dict, model: Surrogate, tables: dict) -> dict:
     rows = pl.DataFrame() if panel is None else panel.filter(
         pl.col("space") == entry["space"], pl.col("device_id") == entry["device"],
         *[pl.col(k) == entry["workload"][k] for k in WORKLOAD_KEYS])
+    if rows.height and model.paired_reference_ms is not None:
+        rows = rows.filter(pl.col("reference_ms").is_not_null())
     out = {"reason": None}
     for name, mask in (("training_sessions", True), ("other_sessions", False)):
         group = rows.filter(pl.col("session_id").is_in(sorted(trained_on)) == mask) if rows.height else rows

@@ -168,7 +168,11 @@ def test_a_prior_surrogate_is_embedded_in_the_graph(trained, tmp_path):
 
 
 # ---- from a run directory to a model folder ---------------------------------------------------------------------
-def _write_run(run, measurement, n_fit: int = 24, n_holdout: int = 8, device: str = "cpu-new-1t"):
+def _write_run(run, measurement, n_fit: int = 24, n_holdout: int = 8, device: str = "cpu-new-1t",
+               paired_speed_sd: float | None = None):
+    """A run of ``n_fit`` + ``n_holdout`` measured architectures; with ``paired_speed_sd``, each measurement's process
+    runs at a speed drawn log-normally with that spread, and carries a paired reference step of 20 ms at that speed
+    after each repeat."""
     from hwgpt_bench.generation.architectures import architecture_row
     from hwgpt_bench.generation.runs import PartWriter
 
@@ -179,8 +183,13 @@ def _write_run(run, measurement, n_fit: int = 24, n_holdout: int = 8, device: st
     measured = []
     for arch in [*fit_archs, *held_archs]:
         base = 0.8 * (encode(arch)[-1] * 1e3) ** 0.9
-        measured.append(measurement(arch.arch_id, device, 1, (base * np.exp(rng.normal(0, 0.04, 5))).tolist(), None,
-                                    40.0 + arch.num_params() / 1e6))
+        speed = 1.0 if paired_speed_sd is None else float(np.exp(rng.normal(0, paired_speed_sd)))
+        row = measurement(arch.arch_id, device, 1, (base * speed * np.exp(rng.normal(0, 0.04, 5))).tolist(), None,
+                          40.0 + arch.num_params() / 1e6)
+        if paired_speed_sd is not None:
+            row.update(reference_arch_id="r" * 12, reference_missing_reason=None,
+                       reference_ms=(20.0 * speed * np.exp(rng.normal(0, 0.01, 5))).tolist())
+        measured.append(row)
     with PartWriter(run, "architectures") as writer:
         writer.add(rows)
     with PartWriter(run, "measurements") as writer:
@@ -206,6 +215,29 @@ def test_fit_device_writes_a_model_that_surrogate_load_uses(tmp_path, capsys, me
                  str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(m["metric"] for m in manifest["models"]) == ["latency_ms", "peak_memory_mib"]  # first one kept
+
+
+def test_fit_device_on_a_paired_run_fits_its_paired_latency(tmp_path, capsys, measurement_row):
+    """Processes that ran at speeds 30% apart: the bare medians rank the architectures poorly, the paired values (each
+    step over its reference step, times the median reference step) well; the entry records the level."""
+    import polars as pl
+
+    from hwgpt_bench.cli import main
+    from hwgpt_bench.surrogates_onnx.device_fit import PAIRED_NOTE
+    from hwgpt_bench.surrogates_onnx.runtime import Surrogate
+
+    run, out = tmp_path / "run", tmp_path / "models"
+    _write_run(run, measurement_row, device="cpu-new-1t-paired", paired_speed_sd=0.3)
+    assert main(["fit-device", "--runs", str(run), "--space", SPACE, "--out", str(out)]) == 0
+    capsys.readouterr()
+    model = Surrogate.load(SPACE, "cpu-new-1t-paired", "latency_ms", root=out)
+    references = pl.read_parquet(run / "measurements")["reference_ms"].explode()
+    assert model.paired_reference_ms == pytest.approx(float(references.median()), rel=1e-12)
+    assert model.entry["notes"] == [PAIRED_NOTE] and model.entry["test"]["kendall_tau"] > 0.8
+    assert main(["fit-device", "--runs", str(run), "--space", SPACE, "--metric", "peak_memory_mib", "--out",
+                 str(out)]) == 0
+    memory = Surrogate.load(SPACE, "cpu-new-1t-paired", "peak_memory_mib", root=out)
+    assert memory.paired_reference_ms is None and "notes" not in memory.entry
 
 
 def test_fit_device_shrinks_towards_the_shipped_release_devices(tmp_path, capsys, measurement_row):

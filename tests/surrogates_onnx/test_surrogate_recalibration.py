@@ -67,6 +67,31 @@ def test_a_model_already_right_for_the_host_is_left_about_as_it_was():
     assert all(abs(w) < 0.03 for w in fit.widen)  # log-space moves of at most 3%
 
 
+def test_model_widths_rescale_only_and_keep_a_right_spread_at_its_level():
+    """Another session of the same device: 1.3x slower, the same spread. Keeping the model's widths (no conformal
+    step) covers new architectures at each level, 0.95 included, where 16 architectures leave the conformal 0.9 at
+    their largest score and 0.95 unbounded."""
+    rng = np.random.default_rng(4)
+    sd, factor = 0.05, 1.3
+    kept, conformal = {lv: [] for lv in LEVELS}, []
+    for _ in range(30):
+        panel_truth = np.exp(rng.uniform(np.log(5), np.log(500), 16))
+        panel = _new_host(panel_truth, factor, sd, 10, rng)
+        fit = fit_recalibration(*_old_model(panel_truth, sd), panel, LEVELS, widths="model")
+        assert fit.widen == (0.0,) * len(LEVELS) and abs(fit.scale / factor - 1) < 0.05
+        truth = np.exp(rng.uniform(np.log(5), np.log(500), 300))
+        new_values = _new_host(truth, factor, sd, 5, rng)
+        for j, level in enumerate(LEVELS):
+            kept[level].append(_coverage(fit.apply(*_old_model(truth, sd)), new_values, j))
+        conformal_fit = fit_recalibration(*_old_model(panel_truth, sd), panel, LEVELS)
+        conformal.append(_coverage(conformal_fit.apply(*_old_model(truth, sd)), new_values, LEVELS.index(0.9)))
+    for level in LEVELS:
+        assert abs(np.mean(kept[level]) - level) < 0.03, (level, np.mean(kept[level]))
+    assert np.mean(np.abs(np.array(kept[0.9]) - 0.9)) < np.mean(np.abs(np.array(conformal) - 0.9))
+    with pytest.raises(ValueError, match="widths: 'scale' is not one of conformal, model"):
+        fit_recalibration(*_old_model(panel_truth, sd), panel, LEVELS, widths="scale")
+
+
 def test_too_few_architectures_for_a_level_leave_it_unbounded_and_say_so():
     rng = np.random.default_rng(2)
     truth = np.exp(rng.uniform(1, 5, 9))
@@ -170,3 +195,55 @@ def test_surrogate_recalibrate_keeps_the_api_and_fixes_a_faster_host(trained, no
     assert fitted.predict_features(np.zeros((0, len(model.feature_names)), dtype=np.float32)).point.shape == (0,)
     with pytest.raises(ValueError, match="architectures: at least"):
         model.recalibrate(panel[:3], measure(panel[:3], true_old[:3], 5))
+
+
+def _paired_model(model, level: float):
+    """``model`` as if trained on a paired device whose median reference step is ``level`` ms."""
+    from hwgpt_bench.surrogates_onnx.runtime import Surrogate
+
+    return Surrogate({**model.entry, "paired_reference_ms": level}, model.session)
+
+
+def test_a_paired_model_is_recalibrated_on_the_paired_values(trained, noise_sd):
+    """A paired model's panel comes with the reference steps beside each repeat: a host that runs 0.6x as fast runs
+    its reference 0.6x as fast too, so the ratios (and the scale) stay where they were, however fast the host."""
+    from hwgpt_bench.search_spaces import sample_archs
+    from hwgpt_bench.surrogates_onnx.runtime import Surrogate
+
+    level = 20.0
+    model = _paired_model(Surrogate.load(SPACE, CPU, "latency_ms", root=trained), level)
+    rng = np.random.default_rng(5)
+    panel = sample_archs(SPACE, 16, seed=12)
+    truth = model.predict(panel).point
+    speed = 0.6 * np.exp(rng.normal(0, 0.1, (16, 20)))  # the host's speed during each step and the one after it
+    noise = [np.exp(rng.normal(0, noise_sd(a.n_layer), 20)) for a in panel]
+    bare = [t * s * e for t, s, e in zip(truth, speed, noise, strict=True)]
+    reference = [level * s for s in speed]
+    np.testing.assert_allclose(model.paired_values(bare[0], reference[0]), truth[0] * noise[0], rtol=1e-12)
+    fitted = model.recalibrate(panel, bare, reference=reference)
+    assert abs(fitted.recalibration.scale - 1.0) < 0.03, fitted.recalibration.scale
+    assert fitted.paired_reference_ms == level  # still a paired model: recalibrated again the same way
+    bare_fit = Surrogate.load(SPACE, CPU, "latency_ms", root=trained).recalibrate(panel, bare)
+    assert abs(bare_fit.recalibration.scale - 0.6) < 0.05  # the bare steps carry the host's speed
+
+
+def test_paired_and_bare_recalibration_inputs_are_not_mixed_up(trained):
+    from hwgpt_bench.search_spaces import sample_archs
+    from hwgpt_bench.surrogates_onnx.runtime import Surrogate
+
+    bare_model = Surrogate.load(SPACE, CPU, "latency_ms", root=trained)
+    paired = _paired_model(bare_model, 20.0)
+    panel = sample_archs(SPACE, 6, seed=13)
+    repeats = [[10.0, 11.0]] * 6
+    with pytest.raises(ValueError, match="reference: .* predicts paired latency"):
+        paired.recalibrate(panel, repeats)
+    with pytest.raises(ValueError, match="reference: .* bare latency"):
+        bare_model.recalibrate(panel, repeats, reference=[[20.0, 20.0]] * 6)
+    with pytest.raises(ValueError, match="reference: one sequence per architecture, got 5 for 6"):
+        paired.recalibrate(panel, repeats, reference=[[20.0, 20.0]] * 5)
+    with pytest.raises(ValueError, match="reference_ms: one reference step per latency step, got 1 for 2"):
+        paired.recalibrate(panel, repeats, reference=[[20.0]] * 6)
+    with pytest.raises(ValueError, match="reference_ms: every reference step must be a positive"):
+        paired.paired_values([10.0, 11.0], [20.0, 0.0])
+    with pytest.raises(ValueError, match="reference_ms: .* bare latency"):
+        bare_model.paired_values([10.0], [20.0])

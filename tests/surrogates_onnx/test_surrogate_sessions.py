@@ -59,3 +59,26 @@ def test_panel_coverage_inside_and_outside_the_training_session(trained):
     assert np.isclose(other["kendall_tau"], 1.0)  # the ranking holds even though the level does not
     alone = session_coverage(entry, model, {**frames, "panel": panel.filter(pl.col("session_id") == "S-train")})
     assert alone["other_sessions"] is None and "no panel rows of another session" in alone["reason"]
+
+
+def test_a_paired_model_is_judged_on_the_panels_paired_values(trained):
+    """Another session whose host ran 10x slower, its reference too: the paired values are the model's, so they
+    lie inside every interval; the sessions the entry names as its training sessions decide which group is which."""
+    entry = {**_entry(trained), "paired_reference_ms": 20.0, "training_session_ids": ["S-train"]}
+    model = Surrogate(entry, Surrogate.load(entry["space"], entry["device"], "latency_ms", workload=WORKLOAD,
+                                            root=trained).session)
+    archs = sample_archs(entry["space"], 8, seed=77)
+    point = model.predict(archs).point
+    base = {"space": entry["space"], "device_id": entry["device"], **WORKLOAD}
+    measurements = pl.DataFrame([{**base, "arch_id": archs[0].arch_id, "session_id": "S-later"}])
+    panel = pl.DataFrame(
+        [{**base, "session_id": "S-other", "panel_position": "start", "arch_id": a.arch_id,
+          "latency_ms": [10 * p, 10 * p], "reference_ms": [200.0, 200.0]} for a, p in zip(archs, point, strict=True)]
+        + [{**base, "session_id": "S-other", "panel_position": "end", "arch_id": archs[0].arch_id,
+            "latency_ms": [1.0], "reference_ms": None}])  # a row without its reference cannot be paired: left out
+    result = session_coverage(entry, model, {"measurements": measurements, "panel": panel,
+                                             "archs": {a.arch_id: a for a in archs}})
+    assert result["training_sessions"] is None  # S-train, from the entry, has no panel rows here
+    other = result["other_sessions"]
+    assert other["repeats"] == 16 and all(v == 1.0 for v in other["coverage"].values())
+    assert other["median_measured_over_predicted"] == pytest.approx(1.0)

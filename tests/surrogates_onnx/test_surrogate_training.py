@@ -373,15 +373,19 @@ def test_a_paired_device_is_trained_on_its_paired_latency():
             "batch_size": [1, 1], "seq_len": [256, 256], "dtype": ["float32"] * 2, "weights": ["random-init"] * 2,
             "peak_memory_mib": [100.0, 120.0]}
     paired = pl.DataFrame(arch | {"device_id": ["cpu-x-paired"] * 2, "latency_ms": [[4.0, 6.0], [9.0, 3.0]],
-                                  "reference_ms": [[2.0, 2.0], [3.0, 1.0]]})
+                                  "reference_ms": [[2.0, 2.0], [3.0, 1.0]], "session_id": ["s2", "s1"]})
     plain = pl.DataFrame(arch | {"device_id": ["cpu-x"] * 2, "latency_ms": [[4.0, 6.0], [9.0, 3.0]],
-                                 "reference_ms": [None, None]}, schema_overrides={"reference_ms": pl.List(pl.Float64)})
+                                 "reference_ms": [None, None], "session_id": [None, None]},
+                         schema_overrides={"reference_ms": pl.List(pl.Float64), "session_id": pl.String})
     encodings = {"a" * 12: np.zeros(3, np.float32), "b" * 12: np.ones(3, np.float32)}
     targets = {(t.device, t.metric): t for t in measurement_targets(pl.concat([paired, plain]), encodings,
                                                                     ["latency_ms", "peak_memory_mib"], {})}
     level = 2.0  # the median of the reference steps 2, 2, 3, 1
     got = targets[("cpu-x-paired", "latency_ms")]
     assert [v.tolist() for v in got.values] == [[2.0 * level, 3.0 * level], [3.0 * level, 3.0 * level]]
-    assert got.notes == [PAIRED_NOTE]
+    assert got.notes == [PAIRED_NOTE] and got.paired_reference_ms == level
+    assert got.session_ids == ["s1", "s2"] and targets[("cpu-x", "latency_ms")].session_ids == []
+    assert targets[("cpu-x", "latency_ms")].paired_reference_ms is None
+    assert targets[("cpu-x-paired", "peak_memory_mib")].paired_reference_ms is None
     assert [v.tolist() for v in targets[("cpu-x", "latency_ms")].values] == [[4.0, 6.0], [9.0, 3.0]]
     assert targets[("cpu-x", "latency_ms")].notes == [] and targets[("cpu-x-paired", "peak_memory_mib")].notes == []
