@@ -357,9 +357,10 @@ class Surrogate:
         ``unit``. A paired model (``paired_reference_ms`` set) needs ``reference``: n sequences of the paired
         reference's steps beside those repeats (measured with ``--paired-reference``), and is recalibrated on
         ``paired_values``; an unpaired one refuses ``reference``. The point is rescaled and each level's interval
-        widened or narrowed by split conformal on those architectures (``recalibration.fit_recalibration``).
-        ``device`` names the new host in the result (default: this model's device). Returns a model with the same
-        ``predict`` API whose ``recalibration`` says what was fitted.
+        widened or narrowed by split conformal on those architectures (``recalibration.fit_recalibration``), or with
+        ``widths="model"`` kept as the model's (the point rescaled only: another session of the same device, whose
+        spread the model knows). ``device`` names the new host in the result (default: this model's device).
+        Returns a model with the same ``predict`` API whose ``recalibration`` says what was fitted.
         """
         from hwgpt_bench.surrogates_onnx.recalibration import fit_recalibration
 

@@ -63,7 +63,7 @@ def panel_repeats(rows: pl.DataFrame, model: Surrogate) -> list[np.ndarray]:
 
 def training_sessions(measurements: pl.DataFrame, entry: dict) -> set[str]:
     """The sessions ``entry``'s model was trained on: its ``training_session_ids`` where the manifest records them
-    (models from 0.3.2 on), else every session of its space, device and workload in ``measurements``."""
+    (models trained since it was added), else every session of its space, device and workload in ``measurements``."""
     if entry.get("training_session_ids"):
         return set(entry["training_session_ids"])
     rows = measurements.filter(pl.col("space") == entry["space"], pl.col("device_id") == entry["device"],
