@@ -90,8 +90,11 @@ def _toml_value(value) -> str:
 
 def plan_text(space: str, k: int, holdout: int = 0, *, device: str = "cpu", threads: int | None = None,
               dtype: str = "float32", phase: str = "forward", batch_size: int = 1, seq_len: int | None = None,
-              warmup: int = 2, repeats: int = 10, pool_size: int = POOL_SIZE, command: str = "") -> str:
-    """The TOML plan (see the module docstring); every value is validated by ``ProfileRequest`` first."""
+              warmup: int = 2, repeats: int = 10, paired_reference: bool = False, pool_size: int = POOL_SIZE,
+              command: str = "") -> str:
+    """The TOML plan (see the module docstring); every value is validated by ``ProfileRequest`` first.
+    ``paired_reference``: every repeat followed by a step of the space's paired reference (CPU only; the run's
+    derived device id then ends in ``-paired``, and ``fit-device`` fits its paired latency)."""
     from hwgpt_bench.generation.jobs import ProfileRequest
 
     sp = get_space(space)
@@ -102,6 +105,8 @@ def plan_text(space: str, k: int, holdout: int = 0, *, device: str = "cpu", thre
     pool = min(pool_size, sp.size())
     defaults = {"device": device, "dtype": dtype, "warmup": warmup, "repeats": repeats, "phase": [phase],
                 "batch_size": [batch_size], "seq_len": [seq]} | ({"threads": threads} if threads is not None else {})
+    if paired_reference:
+        defaults["paired_reference"] = True
     entries = [{"space": space, "n": pool, "pick": positions}]
     if holdout:  # positions 0 and 1 of every sample are the space's extremes, already fitted
         entries.append({"space": space, "n": holdout + 2, "seed": HOLDOUT_SEED, "pick": list(range(2, holdout + 2))})

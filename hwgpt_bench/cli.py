@@ -85,9 +85,10 @@ def _cmd_plan_device(args: argparse.Namespace) -> int:
              "dtype": args.dtype, "phase": args.phase, "batch-size": args.batch_size, "seq-len": args.seq_len,
              "warmup": args.warmup, "repeats": args.repeats}
     command = "hwgpt-bench plan-device " + " ".join(f"--{k} {v}" for k, v in given.items() if v is not None)
+    command += " --paired-reference" if args.paired_reference else ""
     text = plan_text(args.space, args.k, args.holdout, device=args.device, threads=args.threads, dtype=args.dtype,
                      phase=args.phase, batch_size=args.batch_size, seq_len=args.seq_len, warmup=args.warmup,
-                     repeats=args.repeats, command=command)
+                     repeats=args.repeats, paired_reference=args.paired_reference, command=command)
     write_plan(text, args.out)
     print(f"wrote {args.out}: run it with `hwgpt-bench run-plan {args.out} --out runs/<device>`")
     return 0
@@ -473,6 +474,9 @@ def _add_plan_device(sub) -> None:
     p.add_argument("--seq-len", type=int, default=None, help="tokens (default: 256 or the space's block if smaller)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-ups (default 2)")
     p.add_argument("--repeats", type=int, default=10, help="recorded repeats (default 10)")
+    p.add_argument("--paired-reference", action="store_true",
+                   help="time a step of the space's paired reference after every repeat (CPU only; the device id "
+                   "gets -paired and fit-device fits the paired latency)")
     p.set_defaults(handler=_cmd_plan_device)
 
 

@@ -55,6 +55,20 @@ def test_the_plan_runs_as_profile_requests_of_the_chosen_and_held_out_architectu
     assert [a.arch_id for a in archs] == [pool[p].arch_id for p in fit.pick]
 
 
+def test_a_paired_plan_pairs_every_entry_and_a_gpu_one_is_refused(tmp_path, capsys):
+    out = tmp_path / "paired.toml"
+    assert main(["plan-device", "--space", "gpt-nano", "--k", "10", "--holdout", "5", "--paired-reference", "--out",
+                 str(out)]) == 0
+    assert all(r.paired_reference for r in plan_requests(out))
+    assert "--paired-reference" in out.read_text().splitlines()[0]  # the command that wrote it
+    plain = write_plan(plan_text("gpt-nano", 10, 5), tmp_path / "plain.toml")
+    assert not any(r.paired_reference for r in plan_requests(plain)) and "paired" not in plain.read_text()
+    gpu = tmp_path / "gpu.toml"
+    assert main(["plan-device", "--space", "gpt-nano", "--k", "10", "--device", "cuda", "--paired-reference",
+                 "--out", str(gpu)]) == 2
+    assert "paired_reference" in capsys.readouterr().err and not gpu.exists()
+
+
 def test_bad_plan_device_input_names_the_field_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "plan.toml"
     assert main(["plan-device", "--space", "gpt-nano", "--k", str(MIN_K - 1), "--out", str(out)]) == 2
