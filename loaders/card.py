@@ -303,6 +303,22 @@ def _fmt_drift(frame: pl.DataFrame, ratio_label: str) -> pl.DataFrame:
                               pl.col("tau").map_elements(lambda x: _num(x, ".2f"), pl.String).fill_null("n/a"))
 
 
+def _with_paired(shown: pl.DataFrame, frame: pl.DataFrame, ratio_label: str) -> pl.DataFrame:
+    """``shown`` (rows of ``frame``) with ``ratio_label`` and ``paired tau``: ``frame``'s ``paired_ratio`` and
+    ``paired_tau`` (the ratios to the paired reference), where any row has them; "not paired" where a row compares
+    architectures without them, "n/a" where it compares none."""
+    if not frame["paired_ratio"].is_not_null().any():
+        return shown
+    paired = _fmt_drift(frame.select(pl.col("paired_ratio").alias("median_ratio"), pl.col("paired_tau").alias("tau"),
+                                     "archs"), ratio_label)
+    missing = pl.when(pl.col("archs") == 0).then(pl.lit("n/a")).otherwise(pl.lit("not paired"))
+    paired = paired.select(pl.when(pl.col("median_ratio").is_null()).then(missing).otherwise(pl.col(ratio_label))
+                           .alias(ratio_label),
+                           pl.when(pl.col("median_ratio").is_null()).then(missing).otherwise(pl.col("tau"))
+                           .alias("paired tau"))
+    return pl.concat([shown, paired], how="horizontal")
+
+
 def reproducibility_table(tables: dict[str, pa.Table]) -> str:
     """Drift of the calibration panel within each session (end / start) and between sessions (later / earlier)."""
     from hwgpt_bench.loaders.reproducibility import session_drift, session_pairs
@@ -311,9 +327,11 @@ def reproducibility_table(tables: dict[str, pa.Table]) -> str:
         return ("No calibration panels in this release: sessions and panels are recorded from schema 2.0.0 on, so "
                 "its numbers come from one unrecorded host and session each and cannot be compared across them.")
     panel, sessions = _frame(tables, "panel"), _frame(tables, "sessions")
-    drift = _fmt_drift(session_drift(panel), "end / start").select(
+    drifts = session_drift(panel)
+    drift = _fmt_drift(drifts, "end / start").select(
         pl.format("`{}`", "session_id").alias("session"), pl.format("`{}`", "device_id").alias("device"),
         pl.format("`{}`", "space").alias("space"), "archs", "end / start", pl.col("tau").alias("tau (start, end)"))
+    drift = _with_paired(drift, drifts, "paired end / start")
     parts = ["Within each session (panel at its end against its start):", "", markdown_table(drift)]
     pairs = session_pairs(panel, sessions)
     if pairs.height:
@@ -322,6 +340,7 @@ def reproducibility_table(tables: dict[str, pa.Table]) -> str:
             pl.format("`{}`", "session_b").alias("later session"),
             pl.when(pl.col("same_device")).then(pl.lit("same device")).otherwise(pl.lit("other device"))
             .alias("devices"), "archs", "later / earlier", pl.col("tau").alias("tau"))
+        shown = _with_paired(shown, pairs, "paired later / earlier")
         parts += ["", "Between sessions (panels at their starts):", "", markdown_table(shown)]
     return "\n".join(parts)
 

@@ -39,9 +39,12 @@ def kendall_tau(x: np.ndarray, y: np.ndarray) -> float | None:
 
 
 def panel_medians(panel: pl.DataFrame) -> pl.DataFrame:
-    """One row per (session, position, space, workload, arch): ``median_ms`` of the panel repeats (milliseconds)."""
+    """One row per (session, position, space, workload, arch): ``median_ms`` of the panel repeats (milliseconds) and
+    ``median_ratio`` of their ratios to the paired reference's steps (unitless; null where not paired)."""
+    ratio = ((pl.col("latency_ms") / pl.col("reference_ms")).list.median() if "reference_ms" in panel.columns
+             else pl.lit(None, dtype=pl.Float64))
     return panel.select("session_id", "device_id", "panel_position", "space", *PANEL_WORKLOAD, "arch_id",
-                        pl.col("latency_ms").list.median().alias("median_ms"))
+                        pl.col("latency_ms").list.median().alias("median_ms"), ratio.alias("median_ratio"))
 
 
 def _compare(a: pl.DataFrame, b: pl.DataFrame) -> dict:
@@ -54,34 +57,43 @@ def _compare(a: pl.DataFrame, b: pl.DataFrame) -> dict:
 
 
 def session_drift(panel: pl.DataFrame) -> pl.DataFrame:
-    """Per session, space and workload: ``archs``, ``median_ratio`` (end / start, unitless) and ``tau``."""
+    """Per session, space and workload: ``archs``, ``median_ratio`` (end / start, unitless) and ``tau``; for a paired
+    session also ``paired_ratio`` and ``paired_tau``, the same of the medians of the steps' ratios to the paired
+    reference (null where not paired)."""
     medians = panel_medians(panel)
     rows = []
     for key, group in medians.group_by("session_id", "device_id", "space", *PANEL_WORKLOAD, maintain_order=True):
-        start = group.filter(pl.col("panel_position") == "start").select("arch_id", "median_ms")
-        end = group.filter(pl.col("panel_position") == "end").select("arch_id", "median_ms")
+        start, end = (group.filter(pl.col("panel_position") == p) for p in ("start", "end"))
+        paired = _compare(*(g.select("arch_id", pl.col("median_ratio").alias("median_ms")).drop_nulls()
+                            for g in (start, end)))
         rows.append(dict(zip(("session_id", "device_id", "space", *PANEL_WORKLOAD), key, strict=True))
-                    | _compare(start, end))
-    return pl.DataFrame(rows, schema=_schema(("session_id", "device_id", "space"))).sort("space", "session_id")
+                    | _compare(start.select("arch_id", "median_ms"), end.select("arch_id", "median_ms"))
+                    | {"paired_ratio": paired["median_ratio"], "paired_tau": paired["tau"]})
+    schema = _schema(("session_id", "device_id", "space")) | {"paired_ratio": pl.Float64, "paired_tau": pl.Float64}
+    return pl.DataFrame(rows, schema=schema).sort("space", "session_id")
 
 
 def session_pairs(panel: pl.DataFrame, sessions: pl.DataFrame) -> pl.DataFrame:
     """Per pair of sessions with the same space and workload (earlier first, by ``started_at``): both device ids,
-    ``same_device``, ``archs``, ``median_ratio`` (later / earlier panel medians at the start) and ``tau``."""
+    ``same_device``, ``archs``, ``median_ratio`` (later / earlier panel medians at the start) and ``tau``, and
+    ``paired_ratio`` / ``paired_tau``, the same of the ratios to the paired reference where both are paired."""
     starts = panel_medians(panel.filter(pl.col("panel_position") == "start")).join(
         sessions.select("session_id", "started_at"), on="session_id", how="left")
     rows = []
     for key, group in starts.group_by("space", *PANEL_WORKLOAD, maintain_order=True):
         order = group.select("session_id", "device_id", "started_at").unique().sort("started_at", "session_id")
         for (sa, da, _), (sb, db, _) in itertools.combinations(order.iter_rows(), 2):
-            a = group.filter(pl.col("session_id") == sa).select("arch_id", "median_ms")
-            b = group.filter(pl.col("session_id") == sb).select("arch_id", "median_ms")
+            a, b = (group.filter(pl.col("session_id") == s) for s in (sa, sb))
+            paired = _compare(*(g.select("arch_id", pl.col("median_ratio").alias("median_ms")).drop_nulls()
+                                for g in (a, b)))
             rows.append(dict(zip(("space", *PANEL_WORKLOAD), key, strict=True))
                         | {"session_a": sa, "device_a": da, "session_b": sb, "device_b": db, "same_device": da == db}
-                        | _compare(a, b))
+                        | _compare(a.select("arch_id", "median_ms"), b.select("arch_id", "median_ms"))
+                        | {"paired_ratio": paired["median_ratio"], "paired_tau": paired["tau"]})
     cols = ("space", *PANEL_WORKLOAD, "session_a", "device_a", "session_b", "device_b")
     schema = {c: pl.Int32 if c in ("batch_size", "seq_len") else pl.String for c in cols} | {
-        "same_device": pl.Boolean, "archs": pl.Int64, "median_ratio": pl.Float64, "tau": pl.Float64}
+        "same_device": pl.Boolean, "archs": pl.Int64, "median_ratio": pl.Float64, "tau": pl.Float64,
+        "paired_ratio": pl.Float64, "paired_tau": pl.Float64}
     return pl.DataFrame(rows, schema=schema)
 
 

@@ -47,6 +47,31 @@ def test_drift_and_pairs_recover_known_ratios():
     assert not pairs[("s2", "s3")]["same_device"] and pairs[("s2", "s3")]["median_ratio"] == pytest.approx(0.5)
 
 
+def _paired(rows: list[dict], speed: float) -> list[dict]:
+    """``rows`` with a paired reference of 10 ms at ``speed`` (the host's pace for that panel: 1.0 normal) beside each
+    repeat, and every step slowed by the same pace."""
+    return [r | {"latency_ms": [v * speed for v in r["latency_ms"]], "reference_ms": [10.0 * speed] * 3} for r in rows]
+
+
+def test_paired_drift_and_pairs_divide_out_the_hosts_pace():
+    """A paired device whose host ran 1.3x slower at one session's end and 0.8x in the next session: the bare medians
+    move by those factors, the ratios to the reference by none; an unpaired session has null paired columns."""
+    first = _paired([r for r in _panel("p1", "dev-p", 1.0, 1.0) if r["panel_position"] == "start"], 1.0)
+    first += _paired([r for r in _panel("p1", "dev-p", 1.0, 1.0) if r["panel_position"] == "end"], 1.3)
+    second = _paired(_panel("p2", "dev-p", 1.0, 1.0), 0.8)
+    plain = [r | {"reference_ms": None} for r in _panel("u1", "dev-u", 1.0, 1.1)]
+    panel = pl.DataFrame(first + second + plain)
+    sessions = pl.DataFrame({"session_id": ["p1", "p2", "u1"],
+                             "started_at": [START, START + timedelta(hours=1), START + timedelta(hours=2)]})
+    drift = {r["session_id"]: r for r in session_drift(panel).iter_rows(named=True)}
+    assert drift["p1"]["median_ratio"] == pytest.approx(1.3) and drift["p1"]["paired_ratio"] == pytest.approx(1.0)
+    assert drift["p1"]["paired_tau"] == pytest.approx(1.0)
+    assert drift["u1"]["paired_ratio"] is None and drift["u1"]["paired_tau"] is None
+    pairs = {(r["session_a"], r["session_b"]): r for r in session_pairs(panel, sessions).iter_rows(named=True)}
+    assert pairs[("p1", "p2")]["median_ratio"] == pytest.approx(0.8)
+    assert pairs[("p1", "p2")]["paired_ratio"] == pytest.approx(1.0) and pairs[("p1", "u1")]["paired_ratio"] is None
+
+
 def _process_panel(n_processes: int, process_sd: float, levels: list[float], seed: int = 0,
                    paired: bool = False) -> pl.DataFrame:
     """16 architectures measured by ``n_processes`` processes: each process runs uniformly at ``levels[k]`` and moves
