@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
+from hwgpt_bench.loaders.aggregate import paired_latency
 from hwgpt_bench.loaders.checkpoints import default_perplexity
 from hwgpt_bench.loaders.io import load_table, read_manifest
 from hwgpt_bench.metrics import MAIN_PHASE
@@ -104,7 +105,9 @@ def pareto_front(frame: pl.DataFrame, x: str, y: str) -> pl.DataFrame:
 def perplexity_latency(root: str | Path = "dataset", space: str = "gpt-nano") -> pl.DataFrame:
     """Architectures of ``space`` with both perplexity and a main-workload latency, one row per device.
 
-    The columns of ``per_arch_latency`` (latency in ms) plus, from the space's default checkpoint
+    The columns of ``per_arch_latency`` (latency in ms) and ``aggregate.paired_latency`` plus ``latency_ms`` (ms: a
+    paired device's ``latency_ms_paired``, the host's pace divided out, else ``latency_ms_median``) and
+    ``latency_kind`` (``"paired"`` or ``"median"``), and, from the space's default checkpoint
     (``checkpoints.default_perplexity``), ``perplexity`` (exp of the mean next-token NLL,
     unitless) and ``accuracy`` (token-weighted next-token top-1 accuracy, fraction 0..1). Empty when the release has
     no ``perplexity`` config yet.
@@ -112,5 +115,9 @@ def perplexity_latency(root: str | Path = "dataset", space: str = "gpt-nano") ->
     if "perplexity" not in read_manifest(root)["configs"]:
         return pl.DataFrame()
     ppl = default_perplexity(root).filter(pl.col("space") == space).select("arch_id", "perplexity", "accuracy")
-    lat = main_workload(per_arch_latency(root)).filter(pl.col("space") == space)
+    lat = paired_latency(main_workload(per_arch_latency(root)).filter(pl.col("space") == space))
+    paired = pl.col("latency_ms_paired").is_not_null().all().over("device_id")
+    lat = lat.with_columns(pl.when(paired).then(pl.col("latency_ms_paired")).otherwise(pl.col("latency_ms_median"))
+                           .alias("latency_ms"),
+                           pl.when(paired).then(pl.lit("paired")).otherwise(pl.lit("median")).alias("latency_kind"))
     return lat.join(ppl, on="arch_id", how="inner")

@@ -54,15 +54,17 @@ def plots_available() -> bool:
 
 
 def plot_pareto(data: pl.DataFrame, path: Path) -> Path:
-    """Scatter of perplexity vs median latency (ms, log axis) per device, with each device's Pareto front as a step
-    line; ``data`` as returned by ``perplexity_latency``."""
+    """Scatter of perplexity vs latency (ms, log axis: ``perplexity_latency``'s ``latency_ms``, paired where the
+    device was measured so) per device, with each device's Pareto front as a step line; ``data`` as returned by
+    ``perplexity_latency``."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for device, group in data.group_by("device_id", maintain_order=True):
-        ax.scatter(group["latency_ms_median"], group["perplexity"], s=6, alpha=0.4, label=f"{device[0]} archs")
-        front = pareto_front(group, "latency_ms_median", "perplexity")
-        ax.step(front["latency_ms_median"], front["perplexity"], where="post", lw=1.5, label=f"{device[0]} front")
-    ax.set(xlabel="median latency (ms)", ylabel="held-out perplexity", xscale="log",
+        kind = " (paired)" if group["latency_kind"][0] == "paired" else ""
+        ax.scatter(group["latency_ms"], group["perplexity"], s=6, alpha=0.4, label=f"{device[0]}{kind} archs")
+        front = pareto_front(group, "latency_ms", "perplexity")
+        ax.step(front["latency_ms"], front["perplexity"], where="post", lw=1.5, label=f"{device[0]}{kind} front")
+    ax.set(xlabel="latency (ms; median, or paired where measured so)", ylabel="held-out perplexity", xscale="log",
            title="gpt-nano: perplexity vs CPU latency (measured)")
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -231,9 +233,10 @@ def demo_text(root: str | Path = "dataset", out: str | Path = "figures", plots: 
             lines.append("no perplexity rows in this release yet: no perplexity-latency Pareto front")
         else:
             for device, group in ppl.group_by("device_id", maintain_order=True):
-                front = pareto_front(group, "latency_ms_median", "perplexity")
-                lines += [f"\n# gpt-nano Pareto front on {device[0]}: {front.height} of {group.height} architectures",
-                          str(front.select("arch_id", "params", "latency_ms_median", "perplexity", "accuracy"))]
+                front = pareto_front(group, "latency_ms", "perplexity")
+                kind = "paired latency" if group["latency_kind"][0] == "paired" else "median latency"
+                lines += [f"\n# gpt-nano Pareto front on {device[0]}: {front.height} of {group.height} architectures "
+                          f"({kind})", str(front.select("arch_id", "params", "latency_ms", "perplexity", "accuracy"))]
             if plots:
                 lines.append(f"wrote {plot_pareto(ppl, out / 'pareto_gpt_nano.png')}")
     if not plots:

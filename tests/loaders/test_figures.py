@@ -18,6 +18,7 @@ from hwgpt_bench.loaders.analysis import (
     main_workload,
     pareto_front,
     per_arch_latency,
+    perplexity_latency,
     space_device_summary,
     workload_scaling,
 )
@@ -75,6 +76,24 @@ def test_demo_prints_summary_and_front(release, tmp_path, capsys):
     assert "Per space and device" in out and "Pareto front" in out
     assert f"wrote {tmp_path / 'latency_distribution.png'}" in out and "skipped" not in out
     assert (tmp_path / "pareto_gpt_nano.png").stat().st_size > 1000
+
+
+def test_a_paired_devices_front_is_on_its_paired_latency():
+    """On the shipped release: the paired device's rows carry its paired latency as ``latency_ms`` (the host's pace
+    divided out), every other device its bare median."""
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[2] / "dataset"
+    frame = perplexity_latency(shipped)
+    paired = frame.filter(pl.col("latency_kind") == "paired")
+    if not paired.height:
+        pytest.skip("the shipped release has no paired device")
+    assert paired["device_id"].str.ends_with("-paired").all()
+    assert (paired["latency_ms"] == paired["latency_ms_paired"]).all()
+    assert not (paired["latency_ms"] == paired["latency_ms_median"]).all()
+    bare = frame.filter(pl.col("latency_kind") == "median")
+    assert bare.height and (bare["latency_ms"] == bare["latency_ms_median"]).all()
+    assert bare["latency_ms_paired"].is_null().all()
 
 
 def test_demo_without_perplexity_still_summarises_and_plots(release_copy, tmp_path, capsys):
