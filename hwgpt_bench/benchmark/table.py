@@ -4,7 +4,8 @@
 and workload) and ``perplexity`` (one checkpoint) configs. Per architecture it keeps every raw value a metric has: the
 latency and energy repeats of every row, the one peak-memory and tensor-peak value of each row, and perplexity and
 accuracy of the checkpoint. Architectures are sorted by ``arch_id``; a metric that an architecture lacks is an
-empty array (never a made-up value).
+empty array (never a made-up value). A device measured with a paired reference has its paired latency (each repeat
+over the reference step beside it, times the median reference step of its rows), as its surrogates predict.
 """
 
 from __future__ import annotations
@@ -121,6 +122,12 @@ class MeasuredTable:
         rows = of_space.filter(pl.col("device_id") == device)
         resolved = _measured_workload(rows, space, device, workload)
         rows = rows.filter(*[pl.col(k) == v for k, v in resolved.items()])
+        if "reference_ms" in rows.columns and rows.height and not rows["reference_ms"].null_count():
+            from hwgpt_bench.surrogates_onnx.data import paired_reference_level
+
+            level = paired_reference_level(rows)  # a paired device: its latency is paired, as its surrogates'
+            rows = rows.with_columns(pl.col("latency_ms") / pl.col("reference_ms") * level)
+            log.info("%s on %s: paired latency (each step / its reference step x %.3f ms)", space, device, level)
         for row in rows.iter_rows(named=True):
             target = per_arch.setdefault(row["arch_id"], {})
             for metric in DEVICE_METRICS:

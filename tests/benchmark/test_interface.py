@@ -209,3 +209,24 @@ def test_a_fitted_device_of_ones_own_beside_the_shipped_perplexity(tmp_path, mak
     np.testing.assert_allclose(values["latency_ms"],
                                Surrogate.load(SPACE, "cpu-mine-1t", "latency_ms", root=mine).predict(fresh).point)
     np.testing.assert_allclose(values["perplexity"], Surrogate.load(SPACE, None, "perplexity").predict(fresh).point)
+
+
+def test_table_mode_of_a_paired_device_answers_its_paired_latency(release):
+    """The release's paired device: table mode gives each repeat over the reference step beside it, times the median
+    reference step of the device's rows, as its surrogates predict; never the bare steps."""
+    from hwgpt_bench.benchmark.table import MeasuredTable
+
+    rows = load_table("measurements", release).filter(pl.col("space") == SPACE, pl.col("weights") == "random-init",
+                                                      pl.col("device_id").str.ends_with("-paired"))
+    if not rows.height:
+        pytest.skip("the shipped release has no paired device")
+    device = rows["device_id"][0]
+    table = MeasuredTable.load(release, SPACE, device)
+    rows = rows.filter(pl.col("device_id") == device, *[pl.col(k) == v for k, v in table.workload.items()])
+    level = float(rows["reference_ms"].explode().median())
+    row = rows.sort("arch_id").row(0, named=True)
+    i = int(table.index_of([hb.ArchConfig.from_canonical(
+        load_table("architectures", release).filter(pl.col("arch_id") == row["arch_id"])["canonical"][0])])[0])
+    expected = np.asarray(row["latency_ms"]) / np.asarray(row["reference_ms"]) * level
+    np.testing.assert_allclose(np.sort(table.values["latency_ms"][i]), np.sort(expected), rtol=1e-12)
+    assert not np.allclose(np.sort(table.values["latency_ms"][i]), np.sort(row["latency_ms"]))
