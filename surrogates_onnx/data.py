@@ -120,7 +120,7 @@ def _paired_latency_values(rows: pl.DataFrame, level: float) -> pl.DataFrame:
         pl.col("values").cast(pl.Float64))
 
 
-def _is_paired(rows: pl.DataFrame) -> bool:
+def is_paired(rows: pl.DataFrame) -> bool:
     """Whether every row was measured with a paired reference (a device is all paired or not at all)."""
     return "reference_ms" in rows.columns and rows.height > 0 and rows["reference_ms"].null_count() == 0
 
@@ -152,7 +152,7 @@ def measurement_targets(measurements: pl.DataFrame, encodings: dict[str, np.ndar
     for key, rows in sorted(measurements.group_by(keys, maintain_order=True), key=lambda kv: str(kv[0])):
         space, device, *wl = key
         for metric in (m for m in DEVICE_METRICS if m in metrics):
-            level = paired_reference_level(rows) if metric == "latency_ms" and _is_paired(rows) else None
+            level = paired_reference_level(rows) if metric == "latency_ms" and is_paired(rows) else None
             per_arch = (_paired_latency_values(rows, level) if level is not None
                         else _metric_values(rows.select("arch_id", "weights", metric), metric))
             if per_arch.height:

@@ -312,6 +312,7 @@ def measured_repeats(runs: Sequence[str | Path], space: str, metric: str, device
 
     from hwgpt_bench.metrics import WORKLOAD_KEYS, get_metric
     from hwgpt_bench.search_spaces import ArchConfig
+    from hwgpt_bench.surrogates_onnx.data import is_paired, paired_reference_level
 
     spec = get_metric(metric)
     if spec.device_free:
@@ -338,7 +339,8 @@ def measured_repeats(runs: Sequence[str | Path], space: str, metric: str, device
     archs = {a: ArchConfig.from_canonical(c) for a, c in zip(archs_table["arch_id"], archs_table["canonical"],
                                                              strict=True)}
     groups: dict[str, dict[str, list[float]]] = {"fit": {}, "holdout": {}}
-    level = _paired_level(rows) if metric == "latency_ms" else None
+    paired = metric == "latency_ms" and is_paired(rows)  # paired latency, as in the release's surrogates
+    level = paired_reference_level(rows) if paired else None
 
     def values_of(frame) -> list:
         if level is None:
@@ -364,14 +366,6 @@ def measured_repeats(runs: Sequence[str | Path], space: str, metric: str, device
     return {"device_id": device_id, "workload": workload, "archs": archs, "paired_reference_ms": level,
             "fit": {a: np.asarray(v, dtype=float) for a, v in groups["fit"].items()},
             "holdout": {a: np.asarray(v, dtype=float) for a, v in groups["holdout"].items()}}
-
-
-def _paired_level(rows) -> float | None:
-    """The median reference step (ms) of latency ``rows`` measured with a paired reference (every row has
-    ``reference_ms``), the level their ratios are multiplied by as in the release's surrogates; None for bare rows."""
-    if "reference_ms" not in rows.columns or not rows.height or rows["reference_ms"].null_count():
-        return None
-    return float(rows["reference_ms"].explode().median())
 
 
 def release_slopes(dataset: str | Path, space: str, metric: str, workload: dict, exclude: str,

@@ -122,9 +122,9 @@ class MeasuredTable:
         rows = of_space.filter(pl.col("device_id") == device)
         resolved = _measured_workload(rows, space, device, workload)
         rows = rows.filter(*[pl.col(k) == v for k, v in resolved.items()])
-        if "reference_ms" in rows.columns and rows.height and not rows["reference_ms"].null_count():
-            from hwgpt_bench.surrogates_onnx.data import paired_reference_level
+        from hwgpt_bench.surrogates_onnx.data import is_paired, paired_reference_level
 
+        if is_paired(rows):
             level = paired_reference_level(rows)  # a paired device: its latency is paired, as its surrogates'
             rows = rows.with_columns(pl.col("latency_ms") / pl.col("reference_ms") * level)
             log.info("%s on %s: paired latency (each step / its reference step x %.3f ms)", space, device, level)
