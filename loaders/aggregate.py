@@ -91,6 +91,19 @@ def sort_by_key(data: pa.Table, table: str) -> pa.Table:
 REFERENCE_LEVEL_KEYS = ("device_id", "space", "phase", "batch_size", "seq_len", "dtype")
 
 
+def is_paired(rows: pl.DataFrame) -> bool:
+    """Whether every one of ``rows`` (``measurements`` or ``panel``; one device) was measured with a paired reference
+    (a device is all paired or not at all)."""
+    return "reference_ms" in rows.columns and rows.height > 0 and rows["reference_ms"].null_count() == 0
+
+
+def paired_reference_level(rows: pl.DataFrame) -> float:
+    """The median of every reference step (ms) of ``rows`` (one space, device and workload, measured paired): the
+    level a paired device's step / reference ratios are multiplied by (a paired surrogate's ``paired_reference_ms``;
+    per repeat, where ``paired_latency`` works on the summary's medians)."""
+    return float(rows.select(pl.col("reference_ms").explode().median()).item())
+
+
 def paired_latency(summary: pa.Table | pl.DataFrame) -> pl.DataFrame:
     """``summary`` with ``reference_level_ms`` and ``latency_ms_paired`` added (milliseconds; null for rows measured
     without a paired reference).

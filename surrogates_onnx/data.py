@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from hwgpt_bench.loaders.aggregate import is_paired, paired_reference_level
 from hwgpt_bench.loaders.checkpoints import default_perplexity
 from hwgpt_bench.loaders.io import data_files, load_table
 from hwgpt_bench.metrics import (
@@ -105,12 +106,6 @@ def _metric_values(rows: pl.DataFrame, metric: str) -> pl.DataFrame:
     return rows.drop_nulls().group_by("arch_id", maintain_order=True).agg(pl.col("values").cast(pl.Float64))
 
 
-def paired_reference_level(rows: pl.DataFrame) -> float:
-    """The median of every reference step (ms) of ``rows`` (one space, device and workload, measured paired): the
-    level a paired model's ratios are multiplied by (the manifest entry's ``paired_reference_ms``)."""
-    return float(rows.select(pl.col("reference_ms").explode().median()).item())
-
-
 def _paired_latency_values(rows: pl.DataFrame, level: float) -> pl.DataFrame:
     """Per architecture, every ``latency_ms[i] / reference_ms[i]`` times ``level`` (``paired_reference_level`` of all
     ``rows``; milliseconds): the latency at the device's typical speed, the speed the host ran at during each step
@@ -118,11 +113,6 @@ def _paired_latency_values(rows: pl.DataFrame, level: float) -> pl.DataFrame:
     ratios = rows.select("arch_id", (pl.col("latency_ms") / pl.col("reference_ms") * level).alias("values"))
     return ratios.explode("values").drop_nulls().group_by("arch_id", maintain_order=True).agg(
         pl.col("values").cast(pl.Float64))
-
-
-def is_paired(rows: pl.DataFrame) -> bool:
-    """Whether every row was measured with a paired reference (a device is all paired or not at all)."""
-    return "reference_ms" in rows.columns and rows.height > 0 and rows["reference_ms"].null_count() == 0
 
 
 def _session_ids(rows: pl.DataFrame, arch_ids: pl.Series) -> list[str]:

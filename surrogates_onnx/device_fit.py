@@ -310,9 +310,9 @@ def measured_repeats(runs: Sequence[str | Path], space: str, metric: str, device
     when something is ambiguous or absent."""
     import polars as pl
 
+    from hwgpt_bench.loaders.aggregate import is_paired, paired_reference_level
     from hwgpt_bench.metrics import WORKLOAD_KEYS, get_metric
     from hwgpt_bench.search_spaces import ArchConfig
-    from hwgpt_bench.surrogates_onnx.data import is_paired, paired_reference_level
 
     spec = get_metric(metric)
     if spec.device_free:

@@ -122,7 +122,7 @@ class MeasuredTable:
         rows = of_space.filter(pl.col("device_id") == device)
         resolved = _measured_workload(rows, space, device, workload)
         rows = rows.filter(*[pl.col(k) == v for k, v in resolved.items()])
-        from hwgpt_bench.surrogates_onnx.data import is_paired, paired_reference_level
+        from hwgpt_bench.loaders.aggregate import is_paired, paired_reference_level
 
         if is_paired(rows):
             level = paired_reference_level(rows)  # a paired device: its latency is paired, as its surrogates'
