@@ -309,6 +309,18 @@ def cpu_fingerprint(cpuinfo: Path | str = PROC_CPUINFO, sys_cpu: Path | str = SY
             "observed_mhz": _observed_mhz(blocks)}
 
 
+#: /proc/cpuinfo flags of native bfloat16 arithmetic (AVX-512 BF16, AMX); without them torch emulates bfloat16
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: Path | str = PROC_CPUINFO) -> bool | None:
+    """Whether the CPU computes bfloat16 natively (one of ``NATIVE_BF16_FLAGS``); None when /proc/cpuinfo is
+    unreadable. Without it a bfloat16 workload is emulated: training gpt-nano standalone under bfloat16 autocast took
+    10.4 s per step on a Zen 3 host without AVX-512 against about 1.1 s on a Zen 4 host with avx512_bf16."""
+    flags = _first(_cpuinfo_processors(cpuinfo), "flags")
+    return None if flags is None else any(f in flags.split() for f in NATIVE_BF16_FLAGS)
+
+
 def observed_mhz(cpuinfo: Path | str = PROC_CPUINFO) -> float | None:
     """Mean ``cpu MHz`` of /proc/cpuinfo now (MHz), for the start and end of a session; ``None`` when not reported."""
     return _observed_mhz(_cpuinfo_processors(cpuinfo))

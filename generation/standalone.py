@@ -147,12 +147,16 @@ def standalone_config(chosen: Chosen, data_dir: str | Path, out: Path, recipe: d
 def train_all(chosen: list[Chosen], data_dir: str | Path, out: Path, budget_s: float | None = None,
               recipe: dict | None = None, clock: Callable[[], float] = time.monotonic) -> list[Chosen]:
     """Train every architecture of ``chosen`` alone, in order, resuming where earlier calls stopped; stop at the first
-    checkpoint after ``budget_s`` seconds of this call (None: no limit; ``clock`` in seconds). Returns those whose
-    training is complete."""
+    checkpoint after ``budget_s`` seconds of this call (None: no limit; ``clock`` in seconds). Architectures already
+    evaluated in ``out/run`` are never trained again (``evaluated_arch_ids``). Returns those whose training is
+    complete (or evaluated)."""
     from hwgpt_bench.generation.train import train_supernet
 
-    started, done = clock(), []
+    started, done, evaluated = clock(), [], evaluated_arch_ids(out)
     for item in chosen:
+        if item.arch.arch_id in evaluated:  # its rows are in the run; its weights may be gone (they stay local)
+            done.append(item)
+            continue
         cfg = standalone_config(item, data_dir, out, recipe)
         final = Path(cfg.out_dir) / "supernet.safetensors"
         while not final.exists():
@@ -163,6 +167,15 @@ def train_all(chosen: list[Chosen], data_dir: str | Path, out: Path, budget_s: f
             train_supernet(cfg, stop_at_step=min(cfg.max_steps, step + cfg.ckpt_interval))
         done.append(item)
     return done
+
+
+def evaluated_arch_ids(out: Path) -> set[str]:
+    """Arch ids whose standalone perplexity is already in the run directory ``out/run``: finished for good, even on a
+    fresh clone where their weights (kept local, not committed) and checkpoints are absent, so that a later call never
+    trains them again over their committed loss curves."""
+    from hwgpt_bench.generation.runs import read_parts
+
+    return set(read_parts([Path(out) / RUN_DIR / "perplexity"], "perplexity").column("arch_id").to_pylist())
 
 
 def _completed_steps(folder: Path) -> int:

@@ -534,6 +534,16 @@ def _checkpoint_if_due(model, opt, cfg: TrainConfig, info: DistInfo, run: _Run, 
                         {"elapsed_s": run.elapsed_s, "data_sha256": run.data_sha256})
 
 
+def _warn_if_emulated_bf16(cfg: TrainConfig, info: DistInfo) -> None:
+    """Log a warning when bfloat16 autocast runs on a CPU without native bfloat16 (``environment.cpu_has_native_bf16``):
+    the recipe stays the same, but each step takes about 10x as long (emulated)."""
+    from hwgpt_bench.generation.environment import cpu_has_native_bf16
+
+    if cfg.dtype == "bfloat16" and torch.device(info.device).type == "cpu" and cpu_has_native_bf16() is False:
+        log.warning("dtype bfloat16 on a CPU without avx512_bf16 / amx_bf16: bfloat16 is emulated, about 10x slower "
+                    "per step (the same recipe; use a host with native bfloat16 to train in its usual time)")
+
+
 def train_supernet(config: TrainConfig, stop_at_step: int | None = None) -> Path:
     """Train (or resume) the supernet of ``config``; returns the path of ``out_dir/supernet.safetensors``, written
     with its record ``supernet.json`` (``checkpoints.SIDECAR``) once ``max_steps`` are done.
@@ -545,6 +555,7 @@ def train_supernet(config: TrainConfig, stop_at_step: int | None = None) -> Path
     if cfg.batch_size % info.world:
         raise ValueError(f"batch_size: {cfg.batch_size} is not divisible by the {info.world} ranks")
     stop = min(cfg.max_steps, stop_at_step or cfg.max_steps)
+    _warn_if_emulated_bf16(cfg, info)
     train_tokens, heldout, sha = _load_data(cfg)
     model = build_supernet(cfg, info.device)
     opt = build_optimizer(model, cfg)

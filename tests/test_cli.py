@@ -79,6 +79,7 @@ ARGPARSE_ALLOWED = {
     "benchmarks/profile_breakdown.py": "python benchmarks/profile_breakdown.py",
     "benchmarks/process_spread.py": "python benchmarks/process_spread.py",
     "benchmarks/paired_agreement.py": "python benchmarks/paired_agreement.py",
+    "benchmarks/surrogate_size.py": "python benchmarks/surrogate_size.py",
 }
 
 

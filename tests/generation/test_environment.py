@@ -186,6 +186,19 @@ def test_unreadable_cpuinfo_gives_nothing(tmp_path):
     assert env.observed_mhz(tmp_path / "absent") is None
 
 
+def test_native_bfloat16_is_read_from_the_flags(tmp_path):
+    zen3 = tmp_path / "zen3_cpuinfo"
+    zen3.write_text(_amd_cpuinfo(flags="fpu sse4_2 avx avx2 fma"))  # a Zen 3 host: no AVX-512 at all
+    assert env.cpu_has_native_bf16(zen3) is False
+    with_bf16 = tmp_path / "bf16_cpuinfo"
+    with_bf16.write_text(_amd_cpuinfo(flags="fpu avx2 avx512f avx512_bf16"))
+    assert env.cpu_has_native_bf16(with_bf16) is True
+    amx = tmp_path / "amx_cpuinfo"
+    amx.write_text(_amd_cpuinfo(flags="fpu avx2 amx_bf16 amx_tile"))
+    assert env.cpu_has_native_bf16(amx) is True
+    assert env.cpu_has_native_bf16(tmp_path / "absent") is None  # unreadable: unknown, not "no"
+
+
 def test_arm_cpuinfo_is_read_through_its_own_keys(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(ARM_CPUINFO + "Hardware\t: some board\nSerial\t\t: 00000000deadbeef\n")

@@ -109,6 +109,27 @@ def test_a_budget_stops_at_a_checkpoint_and_the_next_call_continues(tiny, tmp_pa
     assert steps == [1, 2, 3, 4]
 
 
+def test_an_evaluated_architecture_is_never_trained_again_without_its_weights(tiny, tmp_path):
+    """A fresh clone has the run's rows and loss curves but not the weights (kept local): a later call must not retrain
+    the evaluated architectures over their committed curves."""
+    data, chosen = tiny
+    out = tmp_path / "out"
+    assert standalone.train_all(chosen[:1], data, out, recipe=TINY_RECIPE) == chosen[:1]
+    assert standalone.evaluate_all(chosen[:1], data, out, eval_tokens=64) == 1
+    first = standalone.arch_dir(out, chosen[0])
+    curve = (first / "loss_curve.csv").read_text()
+    (first / "supernet.safetensors").unlink()  # as on a fresh clone
+    for path in (first / "checkpoints").rglob("*"):
+        if path.is_file():
+            path.unlink()
+    assert standalone.evaluated_arch_ids(out) == {chosen[0].arch.arch_id}
+    assert standalone.train_all(chosen, data, out, budget_s=0, recipe=TINY_RECIPE) == chosen[:1]  # nothing started
+    assert standalone.train_all(chosen, data, out, recipe=TINY_RECIPE) == chosen  # only the second trains
+    assert (first / "loss_curve.csv").read_text() == curve
+    assert not (first / "supernet.safetensors").exists()
+    assert (standalone.arch_dir(out, chosen[1]) / "supernet.safetensors").exists()
+
+
 def test_training_order_spreads_over_the_size_range_early():
     assert standalone.training_order(5) == [0, 4, 2, 1, 3]
     assert standalone.training_order(1) == [0] and standalone.training_order(2) == [0, 1]
