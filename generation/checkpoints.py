@@ -100,14 +100,20 @@ def describe_checkpoint(weights: str | Path) -> dict:
     weights = Path(weights)
     if not weights.is_file():
         raise ValueError(f"checkpoint: {weights} not found (a .safetensors file from train-supernet)")
-    record = training_record(weights)
+    return checkpoint_row(training_record(weights), file_sha256(weights)[:SHA_CHARS])
+
+
+def checkpoint_row(record: dict, checkpoint_sha256: str) -> dict:
+    """The ``checkpoints`` row of a training ``record`` (``training_record``) whose weights hash to
+    ``checkpoint_sha256`` (its ``SHA_CHARS``-hex prefix): what ``describe_checkpoint`` writes, also when the weights
+    themselves are gone (standalone weights stay local) but their record and the hash in their rows remain."""
     cfg, step = record["config"], record["step"]
     space = get_space(cfg["space"])
     seq_len = cfg.get("seq_len") or space.block_size
     arch = cfg.get("arch")
     column = "heldout_loss_standalone" if arch else "heldout_loss_largest"
     return {
-        "checkpoint_sha256": file_sha256(weights)[:SHA_CHARS], "space": space.name,
+        "checkpoint_sha256": checkpoint_sha256, "space": space.name,
         "weights": "standalone" if arch else "supernet",
         "arch_id": ArchConfig.from_canonical(arch).arch_id if arch else None, "default": False,
         "train_steps": step, "tokens_seen": step * cfg["batch_size"] * cfg.get("grad_accum_steps", 1) * seq_len,

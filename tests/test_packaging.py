@@ -34,3 +34,29 @@ def test_fresh_venv_imports_light_path_outside_repo(fresh_venv, tmp_path):
     cli = subprocess.run([str(fresh_venv / "bin" / "hwgpt-bench"), "spaces", "--json"], check=True,
                          capture_output=True, text=True, cwd=tmp_path)
     assert '"gpt-xl-wide"' in cli.stdout
+
+
+def _ignored(paths: list[str]) -> set[str]:
+    """Which of ``paths`` (relative to the repository) git would ignore."""
+    out = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=REPO, capture_output=True, text=True)
+    if out.returncode not in (0, 1):
+        pytest.skip(f"git check-ignore failed: {out.stderr.strip()}")
+    return set(out.stdout.split())
+
+
+def test_every_run_table_is_committed_and_local_weights_are_not():
+    """The table parts of every kind of run directory are data (the release is built from them); the weights and
+    training checkpoints beside them stay local. The standalone run's `checkpoints` table was once matched by the rule
+    for per-architecture checkpoints and never committed."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    from hwgpt_bench.loaders.schema import TABLES
+
+    runs = ["runs/cpu-amd-epyc-2t-2e81329d", "runs/ppl-gpt-nano", "runs/standalone-gpt-nano/run",
+            "runs/search-gpt-nano"]
+    tables = [f"{run}/{table}/part-s0of1-1-1.parquet" for run in runs for table in TABLES]
+    assert _ignored(tables) == set()
+    local = ["runs/standalone-gpt-nano/0043bc6e7588/checkpoints/latest.json",
+             "runs/standalone-gpt-nano/0043bc6e7588/supernet.safetensors",
+             "runs/supernet-gpt-nano-v2/checkpoints/latest.json", "runs/corpus/train.bin"]
+    assert _ignored(local) == set(local)
