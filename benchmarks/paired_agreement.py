@@ -6,7 +6,8 @@ reference (``reference_ms`` set), prints per space and workload:
 - ``vs <device>``: Kendall's tau between this device's per-architecture latency and another device's medians, over
   the architectures both measured, once with this device's bare medians (``raw``) and once with its paired latency
   (``paired``: median of ``latency_ms[i] / reference_ms[i]``); a ratio that removed this host's wander agrees better
-  with any other host (the other host's own wander stays in, so neither reaches 1);
+  with any other host (the other host's own wander stays in, so neither reaches 1); where the other device is paired
+  too, ``both paired`` compares the two devices' paired latencies (each host's wander divided out on both sides);
 - ``within``: tau between the medians of even- and odd-numbered repeats of each architecture (the noise ceiling of
   issue 15's definition), raw and paired;
 - ``panel``: the session panels' start against end (16 architectures each): tau, and the sd of the log ratio of one
@@ -73,14 +74,17 @@ def agreement(measurements: pl.DataFrame) -> list[dict]:
             base = {"device": device, **where, "archs": rows.height}
             out.append(base | {"against": "within (even vs odd repeats)", "shared": rows.height,
                                "raw": _tau(rows, "raw_even", "raw_odd"),
-                               "paired": _tau(rows, "paired_even", "paired_odd")})
-            others = medians.filter((pl.col("device_id") != device) & pl.col("paired").is_null())
+                               "paired": _tau(rows, "paired_even", "paired_odd"), "both paired": None})
+            others = medians.filter(pl.col("device_id") != device)
             for (other,), theirs in others.filter(*(pl.col(k) == v for k, v in where.items())).group_by(
                     "device_id", maintain_order=True):
-                both = rows.join(theirs.select("arch_id", pl.col("raw").alias("other")), on="arch_id")
+                both = rows.join(theirs.select("arch_id", pl.col("raw").alias("other"),
+                                               pl.col("paired").alias("other_paired")), on="arch_id")
                 if both.height >= 10:
+                    paired_too = both["other_paired"].null_count() < both.height
                     out.append(base | {"against": other, "shared": both.height, "raw": _tau(both, "raw", "other"),
-                                       "paired": _tau(both, "paired", "other")})
+                                       "paired": _tau(both, "paired", "other"),
+                                       "both paired": _tau(both, "paired", "other_paired") if paired_too else None})
     return out
 
 
@@ -134,8 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "reference_ms" not in measurements.columns or measurements["reference_ms"].null_count() == measurements.height:
         print("no device measured with a paired reference (schema 2.2.0, `profile --paired-reference`)")
         return 0
-    print("# Kendall tau of per-architecture latency: the paired device's bare medians (raw) and paired ratios")
-    print_table([{k: r[k] for k in ("device", "space", "against", "shared", "raw", "paired")}
+    print("# Kendall tau of per-architecture latency: the paired device's bare medians (raw) and paired ratios against "
+          "the other device's medians, and against its paired ratios where it is paired too (both paired)")
+    print_table([{k: r[k] for k in ("device", "space", "against", "shared", "raw", "paired", "both paired")}
                  for r in agreement(measurements)])
     print("\n# Session panels, end against start (drift: median end / start; sd: one architecture's log end / start "
           "around it)")
