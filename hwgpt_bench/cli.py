@@ -561,8 +561,8 @@ def _add_train_surrogates(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="split seed and seed of the repeat draws (default 0)")
     p.add_argument("--max-repeats", type=int, default=10, help="training repeats per architecture at most, drawn at "
                    "random (default 10; 0 = all)")
-    p.add_argument("--max-iter", type=int, default=200, help="boosting iterations of each HGB model (default 200)")
-    p.add_argument("--learning-rate", type=float, default=0.1, help="HGB learning rate (default 0.1)")
+    p.add_argument("--max-iter", type=int, default=100, help="boosting iterations of each HGB model (default 100)")
+    p.add_argument("--learning-rate", type=float, default=0.2, help="HGB learning rate (default 0.2)")
     p.add_argument("--max-leaf-nodes", type=int, default=15, help="HGB leaves per tree (default 15)")
     p.add_argument("--variant", default="auto", choices=["auto", "quantile", "residual"], help="quantile models of the "
                    "target, of a point model's residuals, or per target the better of the two on an inner split of "
