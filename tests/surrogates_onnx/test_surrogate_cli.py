@@ -157,6 +157,7 @@ def test_predict_unknown_space_and_device_name_only_the_allowed_values(trained, 
     device = _error(capsys)
     assert device.startswith("unknown device 'D' for space gpt-s metric latency_ms; allowed: cpu-amd-epyc-2t, "
                              "cpu-amd-epyc-2t-23b5a934, cpu-amd-epyc-2t-23b5a934-paired, "
+                             "cpu-amd-epyc-2t-2e81329d, cpu-amd-epyc-2t-2e81329d-paired, "
                              "cpu-intel-xeon-2t-d712558a (")
     assert "/" not in device
     assert main(["predict", "--space", SPACE, "--device", "gpu-x", "--metric", "latency_ms", "--models",

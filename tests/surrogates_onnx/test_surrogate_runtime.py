@@ -236,12 +236,13 @@ def test_shipped_models_errors_are_short():
     spaces = "gpt-s, gpt-m, gpt-l, gpt-s-wide, gpt-m-wide, gpt-l-wide, gpt-xl-wide, gpt-nano"
     shipped = read_manifest()["models"]
     assert len(shipped) > 30 and {m["device"] for m in shipped} == {
-        "cpu-amd-epyc-2t", "cpu-amd-epyc-2t-23b5a934", "cpu-amd-epyc-2t-23b5a934-paired", "cpu-intel-xeon-1t-a3af7266",
-        "cpu-intel-xeon-2t-d712558a", None}
+        "cpu-amd-epyc-2t", "cpu-amd-epyc-2t-23b5a934", "cpu-amd-epyc-2t-23b5a934-paired", "cpu-amd-epyc-2t-2e81329d",
+        "cpu-amd-epyc-2t-2e81329d-paired", "cpu-intel-xeon-1t-a3af7266", "cpu-intel-xeon-2t-d712558a", None}
     assert _load_error("X", "cpu-amd-epyc-2t", "latency_ms") == f"unknown space 'X'; allowed: {spaces}"
     device = _load_error("gpt-s", "D", "latency_ms")
     assert device.startswith("unknown device 'D' for space gpt-s metric latency_ms; allowed: cpu-amd-epyc-2t, "
                              "cpu-amd-epyc-2t-23b5a934, cpu-amd-epyc-2t-23b5a934-paired, "
+                             "cpu-amd-epyc-2t-2e81329d, cpu-amd-epyc-2t-2e81329d-paired, "
                              "cpu-intel-xeon-2t-d712558a (")
     assert "/" not in device and "gpt-m" not in device
     metric = _load_error("gpt-s", "cpu-amd-epyc-2t", "energy")
