@@ -1,4 +1,4 @@
-"""Size against accuracy of the HGB CQR surrogates (process peak memory, perplexity, accuracy) at smaller ensembles.
+"""Size against accuracy of the HGB CQR surrogates (process peak memory, perplexity, accuracy) at other ensemble sizes.
 
     python benchmarks/surrogate_size.py [--dataset dataset] [--baseline surrogates_onnx]
         [--settings 200:0.1 50:0.4] [--metrics peak_memory_mib perplexity accuracy]
@@ -51,12 +51,15 @@ def summarise(entries: list[dict], min_test: int) -> dict:
     """Size (bytes) of every entry's graph and the mean / worst test figures over those with ``min_test`` archs."""
     sizes = np.array([e["bytes"] for e in entries], dtype=float)
     judged = [e["test"] for e in entries if e["test"]["n_archs"] >= min_test]
+    out = {"models": len(entries), "total_mb": sizes.sum() / 1e6, "median_kb": float(np.median(sizes)) / 1e3,
+           "judged": len(judged)}
+    if not judged:  # nothing large enough to judge: sizes only
+        return out | dict.fromkeys(("tau_mean", "tau_min", "within_10pct", "cov_mean", "cov_worst_gap"), float("nan"))
     taus = np.array([t["kendall_tau"] for t in judged])
     cover = np.array([t["coverage"][LEVEL] for t in judged])
-    return {"models": len(entries), "total_mb": sizes.sum() / 1e6, "median_kb": float(np.median(sizes)) / 1e3,
-            "judged": len(judged), "tau_mean": taus.mean(), "tau_min": taus.min(),
-            "within_10pct": float(np.mean([t["within_10pct"] for t in judged])),
-            "cov_mean": cover.mean(), "cov_worst_gap": float(np.max(np.abs(cover - float(LEVEL))))}
+    return out | {"tau_mean": taus.mean(), "tau_min": taus.min(),
+                  "within_10pct": float(np.mean([t["within_10pct"] for t in judged])),
+                  "cov_mean": cover.mean(), "cov_worst_gap": float(np.max(np.abs(cover - float(LEVEL))))}
 
 
 def shipped_entries(baseline: Path, metrics: Sequence[str]) -> tuple[list[dict], dict]:
@@ -74,8 +77,8 @@ def train_setting(dataset: str, recipe: training.Recipe, metrics: Sequence[str])
 
 def recipe_from(shipped: dict, max_iter: int, learning_rate: float) -> training.Recipe:
     """The shipped recipe (its manifest's ``recipe``) with another ensemble size and step."""
-    fields = {f for f in training.Recipe.__dataclass_fields__}
-    kept = {k: tuple(v) if isinstance(v, list) else v for k, v in shipped.items() if k in fields}
+    kept = {k: tuple(v) if isinstance(v, list) else v for k, v in shipped.items()
+            if k in training.Recipe.__dataclass_fields__}
     return training.Recipe(**(kept | {"max_iter": max_iter, "learning_rate": learning_rate}))
 
 
