@@ -8,6 +8,8 @@ reference (``reference_ms`` set), prints per space and workload:
   (``paired``: median of ``latency_ms[i] / reference_ms[i]``); a ratio that removed this host's wander agrees better
   with any other host (the other host's own wander stays in, so neither reaches 1); where the other device is paired
   too, ``both paired`` compares the two devices' paired latencies (each host's wander divided out on both sides);
+  and per architecture its value here over its value there (bare medians, and both paired): the median ratio, the sd
+  of the log ratios around it and the share within +-10% (``|ratio - 1| <= 0.1``);
 - ``within``: tau between the medians of even- and odd-numbered repeats of each architecture (the noise ceiling of
   issue 15's definition), raw and paired;
 - ``panel``: the session panels' start against end (16 architectures each): tau, and the sd of the log ratio of one
@@ -74,7 +76,8 @@ def agreement(measurements: pl.DataFrame) -> list[dict]:
             base = {"device": device, **where, "archs": rows.height}
             out.append(base | {"against": "within (even vs odd repeats)", "shared": rows.height,
                                "raw": _tau(rows, "raw_even", "raw_odd"),
-                               "paired": _tau(rows, "paired_even", "paired_odd"), "both paired": None})
+                               "paired": _tau(rows, "paired_even", "paired_odd"), "both paired": None,
+                               **dict.fromkeys(_RATIO_COLUMNS)})
             others = medians.filter(pl.col("device_id") != device)
             for (other,), theirs in others.filter(*(pl.col(k) == v for k, v in where.items())).group_by(
                     "device_id", maintain_order=True):
@@ -84,8 +87,26 @@ def agreement(measurements: pl.DataFrame) -> list[dict]:
                     paired_too = both["other_paired"].null_count() < both.height
                     out.append(base | {"against": other, "shared": both.height, "raw": _tau(both, "raw", "other"),
                                        "paired": _tau(both, "paired", "other"),
-                                       "both paired": _tau(both, "paired", "other_paired") if paired_too else None})
+                                       "both paired": _tau(both, "paired", "other_paired") if paired_too else None,
+                                       **_ratio_figures(both, "raw", "other"),
+                                       **_ratio_figures(both, "paired", "other_paired", paired_too)})
     return out
+
+
+_RATIO_COLUMNS = tuple(f"{label} {figure}" for label in ("raw", "both paired") for figure in ("ratio", "sd", "+-10%"))
+
+
+def _ratio_figures(both: pl.DataFrame, mine: str, theirs: str, present: bool = True) -> dict:
+    """One architecture's value here over its value on the other device (bare medians, or both paired ratios): the
+    median of those ratios, the sd of their logs around it, and the share with ``|ratio - 1| <= 0.1``."""
+    label = "raw" if mine == "raw" else "both paired"
+    frame = both.drop_nulls([mine, theirs]) if present else both.clear()
+    if frame.height < 2:
+        return {f"{label} ratio": None, f"{label} sd": None, f"{label} +-10%": None}
+    logs = np.log(frame[mine].to_numpy() / frame[theirs].to_numpy())
+    return {f"{label} ratio": float(np.exp(np.median(logs))), f"{label} sd": float(np.std(logs - np.median(logs),
+                                                                                                ddof=1)),
+            f"{label} +-10%": float(np.mean(np.abs(np.expm1(logs)) <= 0.1))}
 
 
 def panel_agreement(panel: pl.DataFrame) -> list[dict]:
@@ -138,10 +159,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "reference_ms" not in measurements.columns or measurements["reference_ms"].null_count() == measurements.height:
         print("no device measured with a paired reference (schema 2.2.0, `profile --paired-reference`)")
         return 0
+    rows = agreement(measurements)
     print("# Kendall tau of per-architecture latency: the paired device's bare medians (raw) and paired ratios against "
           "the other device's medians, and against its paired ratios where it is paired too (both paired)")
     print_table([{k: r[k] for k in ("device", "space", "against", "shared", "raw", "paired", "both paired")}
-                 for r in agreement(measurements)])
+                 for r in rows])
+    print("\n# One architecture's latency here over the other device's, bare medians (raw) and both paired: median "
+          "ratio, sd of the log ratios around it, share with |ratio - 1| <= 0.1")
+    print_table([{k: r[k] for k in ("device", "space", "against", "shared", *_RATIO_COLUMNS)} for r in rows
+                 if not r["against"].startswith("within")])
     print("\n# Session panels, end against start (drift: median end / start; sd: one architecture's log end / start "
           "around it)")
     print_table(panel_agreement(panel))
