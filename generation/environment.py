@@ -315,8 +315,10 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 def cpu_has_native_bf16(cpuinfo: Path | str = PROC_CPUINFO) -> bool | None:
     """Whether the CPU computes bfloat16 natively (one of ``NATIVE_BF16_FLAGS``); None when /proc/cpuinfo is
-    unreadable. Without it a bfloat16 workload is emulated: training gpt-nano standalone under bfloat16 autocast took
-    10.4 s per step on a Zen 3 host without AVX-512 against about 1.1 s on a Zen 4 host with avx512_bf16."""
+    unreadable. Without it PyTorch's CPU matmul in bfloat16 leaves the float32 BLAS for a single-threaded fallback,
+    52-123x slower than float32 on a Zen 3 host without AVX-512 (``benchmarks/bf16_matmul.py``): a standalone gpt-nano
+    step under bfloat16 autocast took 10.4 s there for the smallest architecture (e128, 4 layers; 1.3 s on a Zen 4 host
+    with avx512_bf16) and 60 s for the largest (e256, 6 layers)."""
     flags = _first(_cpuinfo_processors(cpuinfo), "flags")
     return None if flags is None else any(f in flags.split() for f in NATIVE_BF16_FLAGS)
 

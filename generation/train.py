@@ -536,12 +536,14 @@ def _checkpoint_if_due(model, opt, cfg: TrainConfig, info: DistInfo, run: _Run, 
 
 def _warn_if_emulated_bf16(cfg: TrainConfig, info: DistInfo) -> None:
     """Log a warning when bfloat16 autocast runs on a CPU without native bfloat16 (``environment.cpu_has_native_bf16``):
-    the recipe stays the same, but each step takes about 10x as long (emulated)."""
+    the recipe stays the same, but its matmuls leave the float32 BLAS for a fallback 50-120x slower
+    (``benchmarks/bf16_matmul.py``), so a step takes 8-40x as long."""
     from hwgpt_bench.generation.environment import cpu_has_native_bf16
 
     if cfg.dtype == "bfloat16" and torch.device(info.device).type == "cpu" and cpu_has_native_bf16() is False:
-        log.warning("dtype bfloat16 on a CPU without avx512_bf16 / amx_bf16: bfloat16 is emulated, about 10x slower "
-                    "per step (the same recipe; use a host with native bfloat16 to train in its usual time)")
+        log.warning("dtype bfloat16 on a CPU without avx512_bf16 / amx_bf16: its matmuls run in a fallback 50-120x "
+                    "slower than float32, each step 8-40x as long (the same recipe; use a host with native bfloat16 "
+                    "to train in its usual time)")
 
 
 def train_supernet(config: TrainConfig, stop_at_step: int | None = None) -> Path:

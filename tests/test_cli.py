@@ -80,6 +80,7 @@ ARGPARSE_ALLOWED = {
     "benchmarks/process_spread.py": "python benchmarks/process_spread.py",
     "benchmarks/paired_agreement.py": "python benchmarks/paired_agreement.py",
     "benchmarks/surrogate_size.py": "python benchmarks/surrogate_size.py",
+    "benchmarks/bf16_matmul.py": "python benchmarks/bf16_matmul.py",
 }
 
 
