@@ -534,16 +534,15 @@ def _checkpoint_if_due(model, opt, cfg: TrainConfig, info: DistInfo, run: _Run, 
                         {"elapsed_s": run.elapsed_s, "data_sha256": run.data_sha256})
 
 
-def _warn_if_emulated_bf16(cfg: TrainConfig, info: DistInfo) -> None:
-    """Log a warning when bfloat16 autocast runs on a CPU without native bfloat16 (``environment.cpu_has_native_bf16``):
-    the recipe stays the same, but its matmuls leave the float32 BLAS for a fallback 50-120x slower
-    (``benchmarks/bf16_matmul.py``), so a step takes 8-40x as long."""
+def _bf16_gemm_context(cfg: TrainConfig, info: DistInfo):
+    """Where bfloat16 autocast runs on a CPU without native bfloat16 (``environment.cpu_has_native_bf16``), its
+    matmuls as float32 GEMMs of the bfloat16 values (``generation.bf16``: the same products, PyTorch's own fallback
+    there is 50-120x slower); elsewhere a context that changes nothing."""
+    from hwgpt_bench.generation.bf16 import bf16_gemm_context
     from hwgpt_bench.generation.environment import cpu_has_native_bf16
 
-    if cfg.dtype == "bfloat16" and torch.device(info.device).type == "cpu" and cpu_has_native_bf16() is False:
-        log.warning("dtype bfloat16 on a CPU without avx512_bf16 / amx_bf16: its matmuls run in a fallback 50-120x "
-                    "slower than float32, each step 8-40x as long (the same recipe; use a host with native bfloat16 "
-                    "to train in its usual time)")
+    native = cpu_has_native_bf16() if cfg.dtype == "bfloat16" else None
+    return bf16_gemm_context(cfg.dtype, info.device, native)
 
 
 def train_supernet(config: TrainConfig, stop_at_step: int | None = None) -> Path:
@@ -557,7 +556,6 @@ def train_supernet(config: TrainConfig, stop_at_step: int | None = None) -> Path
     if cfg.batch_size % info.world:
         raise ValueError(f"batch_size: {cfg.batch_size} is not divisible by the {info.world} ranks")
     stop = min(cfg.max_steps, stop_at_step or cfg.max_steps)
-    _warn_if_emulated_bf16(cfg, info)
     train_tokens, heldout, sha = _load_data(cfg)
     model = build_supernet(cfg, info.device)
     opt = build_optimizer(model, cfg)
@@ -568,7 +566,8 @@ def train_supernet(config: TrainConfig, stop_at_step: int | None = None) -> Path
     if info.is_main:
         write_json_atomic(cfg.to_dict(), out / "config.json")
         write_json_atomic({role: arch.canonical for role, arch in eval_subnets(cfg)}, out / "eval_subnets.json")
-    _loop(model, opt, train_tokens, heldout, cfg, info, run, stop)
+    with _bf16_gemm_context(cfg, info):
+        _loop(model, opt, train_tokens, heldout, cfg, info, run, stop)
     final = out / "supernet.safetensors"
     if info.is_main and run.step == cfg.max_steps:
         save_supernet(model, final)
