@@ -8,7 +8,8 @@ step does not depend on them, so no corpus is needed). Each dtype gets one untim
 timed steps of the same step numbers, interleaved float32 / bfloat16 twice to spread any drift of a shared machine
 over both; the table prints the median per dtype and their ratio, measured in one run. With ``--standalone``, the
 largest and the smallest architecture trained alone (``train-standalone``'s steps) are timed the same way, to size
-the standalone budget. Run it on an otherwise idle machine. Nothing is written.
+the standalone budget. On a CPU without native bfloat16 the steps run as training runs them there
+(``generation.bf16``). Run it on an otherwise idle machine. Nothing is written.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 
 from hwgpt_bench.generation import train as T
+from hwgpt_bench.generation.bf16 import bf16_gemm_context
+from hwgpt_bench.generation.environment import cpu_has_native_bf16
 from hwgpt_bench.search_spaces import get_space
 
 SPACE = "gpt-nano"
@@ -34,12 +37,13 @@ def step_seconds(cfg: T.TrainConfig, tokens: np.ndarray, steps: int, first_step:
     model, info = T.build_supernet(cfg, "cpu"), T.DistInfo()
     opt = T.build_optimizer(model, cfg)
     times = []
-    for s in range(first_step - 1, first_step + steps):
-        batches, archs = T.step_batches(tokens, cfg, s), T.step_archs(cfg, s)
-        started = time.perf_counter()
-        T.train_step(model, opt, batches, archs, T.lr_at(s, cfg), cfg, info)
-        if s >= first_step:
-            times.append(time.perf_counter() - started)
+    with bf16_gemm_context(cfg.dtype, "cpu", cpu_has_native_bf16()):  # as train_supernet does
+        for s in range(first_step - 1, first_step + steps):
+            batches, archs = T.step_batches(tokens, cfg, s), T.step_archs(cfg, s)
+            started = time.perf_counter()
+            T.train_step(model, opt, batches, archs, T.lr_at(s, cfg), cfg, info)
+            if s >= first_step:
+                times.append(time.perf_counter() - started)
     return times
 
 
@@ -56,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.standalone:
         cases += [(f"alone: {role}", {"arch": arch.canonical, "n_random_subnets": 0})
                   for role, arch in (("largest", space.largest()), ("smallest", space.smallest()))]
+    native = cpu_has_native_bf16()
+    print(f"# native bfloat16: {native}" + ("" if native is not False else " (bfloat16 matmuls as float32 GEMMs of the "
+                                              "bfloat16 values, generation.bf16, as training runs them)"))
     print(f"| step | {' | '.join(f'{d} s/step' for d in DTYPES)} | float32 / bfloat16 |")
     print("|---|" + "---|" * (len(DTYPES) + 1))
     for label, extra in cases:
