@@ -578,12 +578,19 @@ def train_supernet(config: TrainConfig, stop_at_step: int | None = None) -> Path
     return final
 
 
+def _progress_label(cfg: TrainConfig) -> str:
+    """The progress bar's label: ``supernet <space>`` or ``standalone <arch_id>`` (its total is ``max_steps`` even
+    when a call stops early, so a resumed chunk shows the whole run's progress)."""
+    arch = cfg.standalone_arch
+    return f"standalone {arch.arch_id}" if arch is not None else f"supernet {cfg.space}"
+
+
 def _loop(model, opt, train_tokens, heldout, cfg: TrainConfig, info: DistInfo, run: _Run, stop: int) -> None:
     curve = LossCurve(Path(cfg.out_dir) / "loss_curve.csv", run.step, curve_columns(cfg)) if info.is_main else None
     model.train()
     try:
-        with logging_redirect_tqdm(), tqdm(total=stop, initial=run.step, desc=f"supernet {cfg.space}", unit="step",
-                                           disable=not info.is_main) as bar:
+        with logging_redirect_tqdm(), tqdm(total=cfg.max_steps, initial=run.step, desc=_progress_label(cfg),
+                                           unit="step", disable=not info.is_main) as bar:
             while run.step < stop:
                 row = _one_step(model, opt, train_tokens, heldout, cfg, info, run, stop)
                 _log_row(curve, bar, row, cfg)

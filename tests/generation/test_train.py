@@ -255,6 +255,13 @@ def test_a_standalone_arch_needs_no_random_subnets():
         TrainConfig(arch=smallest, n_random_subnets=0, n_eval_random=2)
 
 
+def test_progress_label_names_the_supernet_space_or_the_standalone_architecture():
+    smallest = SPACES["gpt-nano"].smallest()
+    assert train._progress_label(TrainConfig(space="gpt-nano")) == "supernet gpt-nano"
+    cfg = TrainConfig(arch=smallest.canonical, n_random_subnets=0)
+    assert train._progress_label(cfg) == f"standalone {smallest.arch_id}"
+
+
 def test_eval_subnets_are_fixed_distinct_and_seeded():
     cfg = TrainConfig(n_eval_random=3)
     subnets = train.eval_subnets(cfg)
