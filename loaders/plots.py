@@ -112,6 +112,10 @@ def plot_ground_truth(pairs: pl.DataFrame, path: Path) -> Path:
                   label="supernet front (standalone value)")
     right.set(xlabel="parameters (M)", ylabel="held-out perplexity", xscale="log",
               title="perplexity vs size: inherited and trained alone")
+    from matplotlib.ticker import FormatStrFormatter
+
+    right.xaxis.set_major_formatter(FormatStrFormatter("%g"))  # 2, 3, 4, 6 rather than 2 x 10^0
+    right.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
     right.legend(fontsize=8)
     return _save(fig, path)
 
