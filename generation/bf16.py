@@ -24,7 +24,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 log = logging.getLogger(__name__)
 
 _ATEN = torch.ops.aten
-#: the matrix products autocast runs in bfloat16 (``F.linear`` and ``@`` reach these on CPU)
+#: the matrix products autocast runs in bfloat16 (``F.linear`` and ``@`` reach these on CPU; their ``.default``
+#: overloads take no ``out=``, so the result is always a new tensor)
 GEMM_OPS = frozenset({_ATEN.mm.default, _ATEN.addmm.default, _ATEN.bmm.default, _ATEN.baddbmm.default})
 
 
@@ -39,8 +40,6 @@ class Float32GemmForBfloat16(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in GEMM_OPS and any(isinstance(a, torch.Tensor) and a.dtype == torch.bfloat16 for a in args):
-            if kwargs.get("out") is not None:
-                raise ValueError(f"{func}: out= is not supported by Float32GemmForBfloat16")
             widened = [_widen(a) for a in args]
             return func(*widened, **{k: _widen(v) for k, v in kwargs.items()}).to(torch.bfloat16)
         return func(*args, **kwargs)
