@@ -9,8 +9,8 @@ architectures (Kendall tau of the point against their medians, coverage of their
 
 * **flops**: log FLOPs and log parameters, slopes shrunk towards zero;
 * **plain**: log FLOPs, log parameters and layers (``fit-device`` without options);
-* **slopes**: the same, slopes shrunk towards the release's other devices' (``fit-device --slopes-from DATASET``,
-  ``release_slopes``: their mean and covariance);
+* **slopes**: the same and log embedding width (``SLOPES_FEATURES``), slopes shrunk towards the release's other
+  devices' (``fit-device --slopes-from DATASET``, ``release_slopes``: their mean and covariance);
 * **prior**: plain plus the log point of a shipped device's surrogate (``fit-device --prior DEVICE``).
 
 Prints the means over draws and, last, each model on all the pool's architectures. Nothing is measured or written.
@@ -24,7 +24,13 @@ import sys
 import numpy as np
 from scipy.stats import kendalltau
 
-from hwgpt_bench.surrogates_onnx.device_fit import design, fit_device, measured_repeats, release_slopes
+from hwgpt_bench.surrogates_onnx.device_fit import (
+    SLOPES_FEATURES,
+    design,
+    fit_device,
+    measured_repeats,
+    release_slopes,
+)
 from hwgpt_bench.surrogates_onnx.runtime import Surrogate, encode_archs
 
 
@@ -58,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     designs = {  # name -> (pool design, held-out design, fit_device options)
         "flops": (design(x_pool, args.space)[:, :2], design(x_held, args.space)[:, :2], {}),
         "plain": (design(x_pool, args.space), design(x_held, args.space), {}),
-        "slopes": (design(x_pool, args.space), design(x_held, args.space), {"coef_prior": mean, "coef_cov": cov}),
+        "slopes": (design(x_pool, args.space, columns=SLOPES_FEATURES),
+                   design(x_held, args.space, columns=SLOPES_FEATURES), {"coef_prior": mean, "coef_cov": cov}),
         "prior": (design(x_pool, args.space, prior.predict_features(x_pool).point),
                   design(x_held, args.space, prior.predict_features(x_held).point), {}),
     }

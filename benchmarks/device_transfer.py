@@ -18,9 +18,9 @@ target's training split, on the target's test split (about 2,000 architectures):
   picks among the single sources only; ``mean`` always uses the mean; ``kind-mean`` the mean over the sources of the
   target's kind only (CPUs for a CPU, GPUs for a GPU: what a user knows of a new device before measuring it);
   ``shrink`` / ``cov-shrink`` / ``kind-shrink`` / ``kind-cov-shrink``: no source model as a feature; ``device_fit`` on
-  log FLOPs, log parameters and layers with its slopes shrunk towards the mean least-squares slopes of the other
-  devices (of the target's kind for ``kind-``), penalised by their covariance for ``cov-`` (``fit-device
-  --slopes-from``);
+  log FLOPs, log parameters, log embedding width and layers (``SLOPES_FEATURES``) with its slopes shrunk towards the
+  mean least-squares slopes of the other devices (of the target's kind for ``kind-``), penalised by their covariance
+  for ``cov-`` (``fit-device --slopes-from``);
 * **ceiling**: the same point model trained on the target's whole training split (about 6,000 architectures).
 
 ``--source-model physical`` makes the source and ceiling models the physical cost model that the project ships for
@@ -47,7 +47,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 
 from hwgpt_bench.loaders.splits import grouped_split
 from hwgpt_bench.surrogates_onnx import physical
-from hwgpt_bench.surrogates_onnx.device_fit import BASE_FEATURES, design, fit_device, source_slopes
+from hwgpt_bench.surrogates_onnx.device_fit import BASE_FEATURES, SLOPES_FEATURES, design, fit_device, source_slopes
 
 SPACE = "gpt-s"
 
@@ -144,7 +144,8 @@ def evaluate_target(target: str, tables: dict, x_of: dict, splits: dict, sources
     prior_train = {d: np.exp(sources[d].predict(x_train)) for d in others}
     prior_test = {d: np.exp(sources[d].predict(x_test)) for d in others}
     z_flops_train, z_flops_test = design(x_train, SPACE)[:, :2], design(x_test, SPACE)[:, :2]
-    z_base_train, z_base_test = design(x_train, SPACE), design(x_test, SPACE)
+    z_slopes_train, z_slopes_test = (design(x_train, SPACE, columns=SLOPES_FEATURES),
+                                     design(x_test, SPACE, columns=SLOPES_FEATURES))
     kin = [d for d in others if _kind(d) == _kind(target)] if prior_choice.startswith("kind-") else others
     slopes = np.mean([slopes_of[d] for d in kin], axis=0) if slopes_of else None
     spread = np.cov(np.stack([slopes_of[d] for d in kin]), rowvar=False) if slopes_of else None
@@ -157,9 +158,9 @@ def evaluate_target(target: str, tables: dict, x_of: dict, splits: dict, sources
             y_log = np.log([np.median(r) for r in reps])
             flops = fit_device(z_flops_train[pick], reps, SPACE, BASE_FEATURES[:2])
             if prior_choice.endswith("shrink"):
-                transfer = fit_device(z_base_train[pick], reps, SPACE, BASE_FEATURES, coef_prior=slopes,
+                transfer = fit_device(z_slopes_train[pick], reps, SPACE, SLOPES_FEATURES, coef_prior=slopes,
                                       coef_cov=spread if prior_choice.endswith("cov-shrink") else None)
-                z_transfer = z_base_test
+                z_transfer = z_slopes_test
             else:
                 transfer, z_transfer = transfer_fit(x_train[pick], x_test, reps, prior_train, prior_test, pick, flops,
                                                     z_flops_test,
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             idx = sorted(i for i in splits["train"] if i in repeats)
             x_idx, y_idx = np.stack([x_of[i] for i in idx]), np.log([np.median(repeats[i]) for i in idx])
             sources[device] = source_model(args.source_model, x_idx, y_idx, batches[device])
-            slopes_of[device] = source_slopes(design(x_idx, SPACE), y_idx)
+            slopes_of[device] = source_slopes(design(x_idx, SPACE, columns=SLOPES_FEATURES), y_idx)
         rows = []
         for target in sorted(tables):
             if args.devices and target not in args.devices:

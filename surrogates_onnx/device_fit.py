@@ -13,7 +13,10 @@ each architecture's median; the ridge penalty is chosen by exact leave-one-out e
 Devices already measured say how cost grows with work: with ``coef_prior`` (and ``coef_cov``) the ridge shrinks the
 slopes towards their mean slopes over those devices (``release_slopes``: per device of a release, least squares on
 its architectures), penalised by their covariance, instead of towards zero (``fit-device --slopes-from dataset``).
-At K = 10 that keeps the slopes the K architectures cannot pin down, and lets the K set the device's speed.
+At K = 10 that keeps the slopes the K architectures cannot pin down, and lets the K set the device's speed. With
+such a prior the design also has the log embedding width (``SLOPES_FEATURES``): at equal FLOPs and parameters a wider
+model runs its matrix products more efficiently, an effect that ten architectures alone cannot estimate beside three
+other slopes (a plain fit with it ranks worse at K = 10) but that the measured devices agree on.
 
 Intervals, valid at small K: leave-one-out (jackknife) conformal. Each architecture's single repeats are scored
 against the model fitted without it, ``|log y_ij - mu_{-i}(x_i)|`` (closed form for ridge), and each level's
@@ -46,18 +49,22 @@ log = logging.getLogger(__name__)
 
 MIN_ARCHS = 10
 ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # ridge penalties on standardised features
-BASE_FEATURES = ("gflops_per_token", "params_millions", "n_layer")  # encoding columns; the first two logged
+BASE_FEATURES = ("gflops_per_token", "params_millions", "n_layer")  # encoding columns of the plain design
+SLOPES_FEATURES = ("gflops_per_token", "params_millions", "embed_dim", "n_layer")  # the design with a slopes prior
+LOGGED = frozenset({"gflops_per_token", "params_millions", "embed_dim"})  # logged in the design; the others raw
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 PRIOR_ALPHAS = (300.0, 1e3, 1e4, 1e6)  # with ``coef_prior`` also: up to the prior's slopes with a fitted intercept
 
 
-def design(features: np.ndarray, space: str, prior_point: np.ndarray | None = None) -> np.ndarray:
-    """``(N, p)`` raw design: log GFLOPs per token, log parameters (millions), layer count, and ``log prior_point``
-    when given, from the encoded ``features`` ``(N, n_features)`` of ``space``."""
+def design(features: np.ndarray, space: str, prior_point: np.ndarray | None = None,
+           columns: Sequence[str] = BASE_FEATURES) -> np.ndarray:
+    """``(N, p)`` raw design from the encoded ``features`` ``(N, n_features)`` of ``space``: the encoding's
+    ``columns`` in order, logged where in ``LOGGED`` (``BASE_FEATURES``: log GFLOPs per token, log parameters
+    (millions), layer count; ``SLOPES_FEATURES`` adds log embedding width before the layer count), then
+    ``log prior_point`` when given. The first two columns alone are the FLOPs-and-parameters fit's design."""
     names = feature_names(space)
-    cols = [names.index(n) for n in BASE_FEATURES]
     x = np.asarray(features, dtype=np.float64)
-    parts = [np.log(x[:, cols[0]]), np.log(x[:, cols[1]]), x[:, cols[2]]]
+    parts = [np.log(x[:, names.index(c)]) if c in LOGGED else x[:, names.index(c)] for c in columns]
     if prior_point is not None:
         parts.append(np.log(np.asarray(prior_point, dtype=np.float64)))
     return np.column_stack(parts)
@@ -220,13 +227,17 @@ def export_onnx(fit: DeviceFit, prior_path: str | Path | None = None):
     from onnx import TensorProto, helper, numpy_helper
 
     names = feature_names(fit.space)
-    cols = [names.index(n) for n in BASE_FEATURES]
+    columns = [n for n in fit.features if n in names]  # the design's encoding columns; a prior's name is not one
+    logged = [n for n in columns if n in LOGGED]
+    if columns != logged + [n for n in columns if n not in LOGGED]:
+        raise ValueError(f"features: the graph needs the logged columns first, got {columns}")
+    cols = [names.index(n) for n in columns]
 
     def const(name: str, value) -> onnx.TensorProto:
         return numpy_helper.from_array(np.asarray(value), name)
 
-    inits = [const("cols_log", np.array(cols[:2], dtype=np.int64)),
-             const("cols_raw", np.array(cols[2:], dtype=np.int64)),
+    inits = [const("cols_log", np.array(cols[:len(logged)], dtype=np.int64)),
+             const("cols_raw", np.array(cols[len(logged):], dtype=np.int64)),
              const("mean", np.asarray(fit.mean, dtype=np.float64)[None, :]),
              const("scale", np.asarray(fit.scale, dtype=np.float64)[None, :]),
              const("coef", np.asarray(fit.coef, dtype=np.float64)[:, None]),
@@ -369,12 +380,13 @@ def measured_repeats(runs: Sequence[str | Path], space: str, metric: str, device
 
 
 def release_slopes(dataset: str | Path, space: str, metric: str, workload: dict, exclude: str,
-                   min_archs: int = 30) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+                   min_archs: int = 30, columns: Sequence[str] = SLOPES_FEATURES
+                   ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """How cost grows with the design's features on the devices a release already measured: per device other than
     ``exclude`` with at least ``min_archs`` architectures of ``space`` at ``workload``, ``source_slopes`` of the log
-    per-architecture medians of ``metric`` on ``design``. Returns ``(mean (p,), covariance (p, p) or None below two
-    devices, device ids)`` for ``fit_device``'s ``coef_prior`` / ``coef_cov``; ``ValueError`` naming the field when no
-    device qualifies."""
+    per-architecture medians of ``metric`` on ``design(..., columns=columns)``. Returns ``(mean (p,), covariance
+    (p, p) or None below two devices, device ids)`` for ``fit_device``'s ``coef_prior`` / ``coef_cov``; ``ValueError``
+    naming the field when no device qualifies."""
     import polars as pl
 
     from hwgpt_bench.loaders.io import load_table
@@ -394,7 +406,7 @@ def release_slopes(dataset: str | Path, space: str, metric: str, workload: dict,
             continue
         ids = sorted(repeats)
         x = np.stack([encode(ArchConfig.from_canonical(canonical[a])) for a in ids])
-        slopes.append(source_slopes(design(x, space), np.log([np.median(repeats[a]) for a in ids])))
+        slopes.append(source_slopes(design(x, space, columns=columns), np.log([np.median(repeats[a]) for a in ids])))
         devices.append(device)
     if not slopes:
         raise ValueError(f"slopes_from: {dataset} has no device other than {exclude!r} with at least {min_archs} "
@@ -449,20 +461,22 @@ def fit_device_model(runs: Sequence[str | Path], space: str, metric: str, out: s
     device, wl = data["device_id"], data["workload"]
     ids = sorted(data["fit"])
     x = encode_archs([data["archs"][a] for a in ids], space)
-    prior, prior_point, features = None, None, list(BASE_FEATURES)
+    if slopes_from is not None and prior_device is not None:
+        raise ValueError("slopes_from: shrinks the plain design's slopes; give it or prior_device, not both")
+    prior, prior_point, columns, slopes = None, None, list(BASE_FEATURES), None
+    features = list(columns)
     if prior_device is not None:
         if prior_device == device:
             raise ValueError(f"prior_device: {prior_device!r} is the device being fitted; give another device")
         prior = Surrogate.load(space, prior_device, metric, wl, root=prior_root)
         prior_point = prior.predict_features(x).point
         features.append(f"log {prior_device} {metric} surrogate")
-    z = design(x, space, prior_point)
-    slopes = None
     if slopes_from is not None:
-        if prior_device is not None:
-            raise ValueError("slopes_from: shrinks the plain design's slopes; give it or prior_device, not both")
-        mean, cov, source_devices = release_slopes(slopes_from, space, metric, wl, device)
-        slopes = {"devices": source_devices, "mean": mean.tolist()}
+        columns = list(SLOPES_FEATURES)
+        features = list(columns)
+        mean, cov, source_devices = release_slopes(slopes_from, space, metric, wl, device, columns=columns)
+        slopes = {"devices": source_devices, "features": columns, "mean": mean.tolist()}
+    z = design(x, space, prior_point, columns=columns)
     fit = fit_device(z, [data["fit"][a] for a in ids], space, features, levels,
                      coef_prior=None if slopes is None else mean, coef_cov=None if slopes is None else cov)
     prior_path = None if prior is None else Path(prior_root or DEFAULT_ROOT) / prior.entry["file"]

@@ -13,6 +13,7 @@ from hwgpt_bench.search_spaces import encode, sample_archs
 from hwgpt_bench.surrogates_onnx.device_fit import (
     BASE_FEATURES,
     MIN_ARCHS,
+    SLOPES_FEATURES,
     design,
     export_onnx,
     fit_device,
@@ -57,15 +58,33 @@ def test_small_k_intervals_cover_new_architectures_at_their_level(k):
     assert np.median(taus) > 0.6
 
 
+def test_design_columns_are_the_documented_work_features():
+    """log GFLOPs per token, log parameters (millions), log embedding width, layer count, then log prior; the first
+    two alone are the FLOPs-and-parameters fit's design."""
+    from hwgpt_bench.search_spaces import feature_names
+
+    names = feature_names(SPACE)
+    col = {n: X[:, names.index(n)].astype(np.float64) for n in SLOPES_FEATURES}
+    log_prior = np.log(TRUTH.astype(np.float64))
+    plain = np.column_stack([np.log(col["gflops_per_token"]), np.log(col["params_millions"]), col["n_layer"],
+                             log_prior])
+    np.testing.assert_allclose(design(X, SPACE, prior_point=TRUTH), plain, rtol=1e-12)
+    with_width = np.column_stack([plain[:, :2], np.log(col["embed_dim"]), plain[:, 2:]])
+    np.testing.assert_allclose(design(X, SPACE, TRUTH, columns=SLOPES_FEATURES), with_width, rtol=1e-12)
+    assert len(np.unique(col["embed_dim"])) > 1  # the space varies it, so its column is informative
+
+
+Z_SLOPES = design(X, SPACE, columns=SLOPES_FEATURES)
+
+
 def _device_truth(slopes: np.ndarray, intercept: float) -> np.ndarray:
-    """A device's true latency (ms) of every POOL architecture: log-linear in the design with these slopes."""
-    return np.exp(intercept + design(X, SPACE) @ slopes)
+    """A device's true latency (ms) of every POOL architecture: log-linear in the slopes prior's design."""
+    return np.exp(intercept + Z_SLOPES @ slopes)
 
 
 def test_source_slopes_recover_a_log_linear_device():
-    slopes = np.array([0.9, 0.2, 0.03])
-    np.testing.assert_allclose(source_slopes(design(X, SPACE), np.log(_device_truth(slopes, 1.5))), slopes,
-                               atol=1e-9)
+    slopes = np.array([0.9, 0.2, -0.3, 0.03])
+    np.testing.assert_allclose(source_slopes(Z_SLOPES, np.log(_device_truth(slopes, 1.5))), slopes, atol=1e-9)
 
 
 def test_slopes_of_measured_devices_lift_small_k_ranking_and_keep_coverage():
@@ -73,10 +92,10 @@ def test_slopes_of_measured_devices_lift_small_k_ranking_and_keep_coverage():
     their covariance) ranks a new device's architectures better than shrinking towards zero, on average over 40
     draws, and its 0.9 intervals still cover about 0.9 of new single measurements."""
     rng = np.random.default_rng(11)
-    law = np.array([0.9, 0.25, 0.02])
-    spread = np.array([0.08, 0.08, 0.01])
-    z_all = design(X, SPACE)
-    sources = [source_slopes(z_all, np.log(_device_truth(law + spread * rng.normal(size=3), 0.0))
+    law = np.array([0.9, 0.25, -0.2, 0.02])
+    spread = np.array([0.08, 0.08, 0.05, 0.01])
+    z_plain, z_all = design(X, SPACE), Z_SLOPES
+    sources = [source_slopes(z_all, np.log(_device_truth(law + spread * rng.normal(size=4), 0.0))
                              + rng.normal(0, 0.05, len(X))) for _ in range(6)]
     mean, cov = np.mean(sources, axis=0), np.cov(np.stack(sources), rowvar=False)
     taus = {"zero": [], "sources": []}
@@ -84,15 +103,15 @@ def test_slopes_of_measured_devices_lift_small_k_ranking_and_keep_coverage():
     from scipy.stats import kendalltau
 
     for _ in range(40):
-        truth = _device_truth(law + spread * rng.normal(size=3), rng.normal(0, 1))
+        truth = _device_truth(law + spread * rng.normal(size=4), rng.normal(0, 1))
         idx = rng.permutation(len(POOL))
         fit_idx, new_idx = idx[:10], idx[10:410]
         reps = [truth[i] * np.exp(rng.normal(0, 0.08, 5)) for i in fit_idx]
         new_values = [truth[i] * np.exp(rng.normal(0, 0.08, 5)) for i in new_idx]
-        plain = fit_device(z_all[fit_idx], reps, SPACE, BASE_FEATURES)
-        shrunk = fit_device(z_all[fit_idx], reps, SPACE, BASE_FEATURES, coef_prior=mean, coef_cov=cov)
-        for name, fit in (("zero", plain), ("sources", shrunk)):
-            taus[name].append(kendalltau(fit.predict(z_all[new_idx])[0], truth[new_idx]).statistic)
+        plain = fit_device(z_plain[fit_idx], reps, SPACE, BASE_FEATURES)  # fit-device without a slopes prior
+        shrunk = fit_device(z_all[fit_idx], reps, SPACE, SLOPES_FEATURES, coef_prior=mean, coef_cov=cov)
+        for name, fit, z in (("zero", plain, z_plain), ("sources", shrunk, z_all)):
+            taus[name].append(kendalltau(fit.predict(z[new_idx])[0], truth[new_idx]).statistic)
         _, lower, upper = shrunk.predict(z_all[new_idx])
         j = shrunk.levels.index(0.9)
         covered.append(_coverage(lower[:, j], upper[:, j], new_values))
@@ -103,18 +122,21 @@ def test_slopes_of_measured_devices_lift_small_k_ranking_and_keep_coverage():
 def test_bad_slope_priors_are_clear_errors():
     rng = np.random.default_rng(0)
     idx = np.arange(12)
-    z, reps = design(X[idx], SPACE), _repeats(idx, rng)
-    with pytest.raises(ValueError, match="coef_prior: needs 3 finite slopes"):
-        fit_device(z, reps, SPACE, BASE_FEATURES, coef_prior=[0.9, 0.2])
-    with pytest.raises(ValueError, match="coef_prior: needs 3 finite slopes"):
-        fit_device(z, reps, SPACE, BASE_FEATURES, coef_prior=[0.9, np.nan, 0.1])
+    z, reps = Z_SLOPES[idx], _repeats(idx, rng)
+    with pytest.raises(ValueError, match="coef_prior: needs 4 finite slopes"):
+        fit_device(z, reps, SPACE, SLOPES_FEATURES, coef_prior=[0.9, 0.2, 0.0])
+    with pytest.raises(ValueError, match="coef_prior: needs 4 finite slopes"):
+        fit_device(z, reps, SPACE, SLOPES_FEATURES, coef_prior=[0.9, np.nan, 0.0, 0.1])
     with pytest.raises(ValueError, match="coef_cov: needs coef_prior"):
-        fit_device(z, reps, SPACE, BASE_FEATURES, coef_cov=np.eye(3))
-    zero = fit_device(z, reps, SPACE, BASE_FEATURES, coef_prior=[0.9, 0.2, 0.0], coef_cov=np.zeros((3, 3)))
-    assert np.allclose(zero.coef / np.asarray(zero.scale), [0.9, 0.2, 0.0], atol=1e-3)  # sources agree: slopes kept
-    for bad in (np.eye(2), -np.eye(3), np.array([[1.0, 2.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])):
-        with pytest.raises(ValueError, match="coef_cov: needs a finite symmetric positive semi-definite 3 x 3"):
-            fit_device(z, reps, SPACE, BASE_FEATURES, coef_prior=[0.9, 0.2, 0.0], coef_cov=bad)
+        fit_device(z, reps, SPACE, SLOPES_FEATURES, coef_cov=np.eye(4))
+    prior = [0.9, 0.2, -0.1, 0.0]
+    zero = fit_device(z, reps, SPACE, SLOPES_FEATURES, coef_prior=prior, coef_cov=np.zeros((4, 4)))
+    assert np.allclose(zero.coef / np.asarray(zero.scale), prior, atol=1e-3)  # sources agree: slopes kept
+    asymmetric = np.eye(4)
+    asymmetric[0, 1] = 2.0
+    for bad in (np.eye(3), -np.eye(4), asymmetric):
+        with pytest.raises(ValueError, match="coef_cov: needs a finite symmetric positive semi-definite 4 x 4"):
+            fit_device(z, reps, SPACE, SLOPES_FEATURES, coef_prior=prior, coef_cov=bad)
 
 
 def test_release_slopes_come_from_the_other_devices_only(release):
@@ -123,8 +145,8 @@ def test_release_slopes_come_from_the_other_devices_only(release):
     devices = sorted(load_table("devices", release)["device_id"])
     workload = {"phase": "forward", "batch_size": 1, "seq_len": 256, "dtype": "float32"}
     mean, cov, used = release_slopes(release, SPACE, "latency_ms", workload, exclude=devices[0], min_archs=3)
-    assert devices[0] not in used and used and mean.shape == (3,) and np.all(np.isfinite(mean))
-    assert cov is None if len(used) == 1 else cov.shape == (3, 3)
+    assert devices[0] not in used and used and mean.shape == (4,) and np.all(np.isfinite(mean))
+    assert cov is None if len(used) == 1 else cov.shape == (4, 4)
     with pytest.raises(ValueError, match="slopes_from: .* no device other than"):
         release_slopes(release, SPACE, "latency_ms", workload, exclude=devices[0], min_archs=1000)
 
@@ -136,16 +158,17 @@ def test_too_few_architectures_is_a_clear_error():
         fit_device(design(X[idx], SPACE), _repeats(idx, rng), SPACE, BASE_FEATURES)
 
 
-def test_the_onnx_graph_computes_the_fit(tmp_path):
+@pytest.mark.parametrize("columns", [BASE_FEATURES, SLOPES_FEATURES])
+def test_the_onnx_graph_computes_the_fit(tmp_path, columns):
     from hwgpt_bench.surrogates_onnx.runtime import open_session
 
     rng = np.random.default_rng(1)
     idx = np.arange(30)
-    fit = fit_device(design(X[idx], SPACE), _repeats(idx, rng), SPACE, BASE_FEATURES)
+    fit = fit_device(design(X[idx], SPACE, columns=columns), _repeats(idx, rng), SPACE, columns)
     path = tmp_path / "m.onnx"
     path.write_bytes(export_onnx(fit).SerializeToString())
     point, lower, upper = open_session(path).run(["y_pred", "y_lower", "y_upper"], {"X": X[:200]})
-    expected = fit.predict(design(X[:200], SPACE))
+    expected = fit.predict(design(X[:200], SPACE, columns=columns))
     np.testing.assert_allclose(point, expected[0], rtol=1e-10)
     np.testing.assert_allclose(lower, expected[1], rtol=1e-10)
     np.testing.assert_allclose(upper, expected[2], rtol=1e-10)
@@ -251,7 +274,9 @@ def test_fit_device_shrinks_towards_the_shipped_release_devices(tmp_path, capsys
                  str(out)]) == 0
     entry = Surrogate.load(SPACE, "cpu-new-1t", "latency_ms", root=out).entry
     used = entry["slopes_prior"]["devices"]
-    assert len(used) >= 2 and "cpu-new-1t" not in used and len(entry["slopes_prior"]["mean"]) == 3
+    assert len(used) >= 2 and "cpu-new-1t" not in used and entry["slopes_prior"]["features"] == list(SLOPES_FEATURES)
+    assert len(entry["slopes_prior"]["mean"]) == len(SLOPES_FEATURES)
+    assert entry["fit"]["features"] == list(SLOPES_FEATURES)
     assert entry["test"]["kendall_tau"] > 0.6
 
 
