@@ -152,9 +152,9 @@ def residual_cqr(x: np.ndarray, log_point: np.ndarray, values: list[np.ndarray],
                  max_bins: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split CQR on the physical model's log residuals: HGB quantile models of ``log(value) - log_point`` on the
     encoding and the log point (training architectures), corrected on every repeat of the calibration ones per
-    Mondrian bin of the log point (at most ``max_bins`` bins of at least ``min_bin_archs`` architectures).
-    Returns point ``(n_test,)`` (the physical point moved by the residuals' median model) and bounds
-    ``(n_test, n_levels)``."""
+    Mondrian bin of the returned point (at most ``max_bins`` bins of at least ``min_bin_archs`` architectures; the
+    quintiles of worst-quintile coverage are of that point too). Returns point ``(n_test,)`` (the physical point moved
+    by the residuals' median model) and bounds ``(n_test, n_levels)``."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     from hwgpt_bench.surrogates_onnx.training import repeat_rows
@@ -175,8 +175,9 @@ def residual_cqr(x: np.ndarray, log_point: np.ndarray, values: list[np.ndarray],
         ups = np.stack([m.predict(feats[idx]) for m in uppers], 1)
         return np.minimum(lows, ups), np.maximum(lows, ups)
 
-    edges = physical.bin_edges(log_point[cal], max(1, min(max_bins, len(cal) // min_bin_archs)))
-    cal_bin, test_bin = physical.bin_index(log_point[cal], edges), physical.bin_index(log_point[test], edges)
+    final = log_point + median.predict(feats)  # the returned point's log: bins on what worst-quintile coverage sorts
+    edges = physical.bin_edges(final[cal], max(1, min(max_bins, len(cal) // min_bin_archs)))
+    cal_bin, test_bin = physical.bin_index(final[cal], edges), physical.bin_index(final[test], edges)
     cal_lows, cal_ups = bounds(cal)
     lows, ups = bounds(test)
     for k in range(len(edges) + 1):

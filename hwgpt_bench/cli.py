@@ -538,8 +538,8 @@ def _add_fit_device(sub) -> None:
                    "metric and workload), e.g. cpu-intel-xeon-2t-d712558a")
     p.add_argument("--prior-models", default=None, help="folder of the prior's models (default: the shipped ones)")
     p.add_argument("--slopes-from", default=None, help="a release folder (e.g. dataset): shrink the fit's slopes "
-                   "towards those of its other devices (same space, metric, workload) instead of towards zero; "
-                   "not with --prior")
+                   "towards those of its other devices (same space, metric, workload) instead of towards zero, "
+                   "with the log embedding width as a fourth feature; not with --prior")
     p.add_argument("--out", required=True, help="model folder: <out>/models/*.onnx and <out>/manifest.json (other "
                    "entries kept)")
     p.set_defaults(handler=_cmd_fit_device)
