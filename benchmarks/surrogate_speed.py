@@ -9,7 +9,9 @@ recipe before 0.2.1). Then prints, for ``--n-predict`` architectures given as co
 
 1. point + every interval, vectorised encoding included (``Surrogate.predict_columns``): the physical graph, the
    HGB CQR graph, and the same HGB CQR predicted by its fitted MAPIE conformalizers in scikit-learn
-   (``FittedSurrogate.predict``) and by the bare HGB models called once each (best of ``--repeats``);
+   (``FittedSurrogate.predict``) and by the bare HGB models called once each (best of ``--repeats``); and, as the
+   floor of any graph built of such trees, one of them alone (the CQR's median model), point only, in onnxruntime
+   and in scikit-learn;
 2. cold start in a fresh process (interpreter + imports + load + one prediction) of the light runtime for each
    graph, against the training stack (import scikit-learn and MAPIE, ``joblib.load`` of the fitted Python
    surrogate; that pickle exists only in the temporary folder, to time the alternative);
@@ -33,7 +35,7 @@ import numpy as np
 from timing import best_of
 
 from hwgpt_bench.search_spaces import encode, sample_archs
-from hwgpt_bench.surrogates_onnx import pipeline, runtime, training
+from hwgpt_bench.surrogates_onnx import export, pipeline, runtime, training
 from hwgpt_bench.surrogates_onnx.data import Target
 
 SPACE = "gpt-s"
@@ -124,27 +126,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         with pipeline.quiet_mapie():
             t["cqr_mapie"] = best_of(lambda: fitted.predict(encode_columns(SPACE, cols)), args.repeats)
         t["cqr_sklearn_models"] = best_of(lambda: fitted.models.predict(encode_columns(SPACE, cols)), args.repeats)
+        tree = fitted.models.median
+        (Path(tmp) / "tree.onnx").write_bytes(export.convert(tree, x.shape[1]).SerializeToString())
+        session = runtime.open_session(Path(tmp) / "tree.onnx")
+        t["tree_onnx"] = best_of(lambda: session.run(None, {session.get_inputs()[0].name: encode_columns(SPACE, cols)}),
+                                 args.repeats)
+        t["tree_sklearn"] = best_of(lambda: tree.predict(encode_columns(SPACE, cols)), args.repeats)
         cold = {name: cold_start(LIGHT.format(root=str(root)), args.repeats)
                 for name, root in (("physical", phys_root), ("cqr", cqr_root))}
         cold["training_stack"] = cold_start(HEAVY.format(path=str(Path(tmp) / "fitted.joblib")), args.repeats)
         sizes = {name: (root / m.entry["file"]).stat().st_size
                  for (name, m), root in zip(models.items(), (phys_root, cqr_root), strict=True)}
         assert x.shape[0] == args.n_predict
-    print_table(args.n_predict, t, cold, sizes)
+    print_table(args.n_predict, t, cold, sizes, int(tree.n_iter_))
     print(json.dumps({"n_predict": args.n_predict, "seconds": t, "cold_start_s": cold, "onnx_bytes": sizes,
-                      "cqr_variant": fitted.models.variant}))
+                      "cqr_variant": fitted.models.variant, "trees_per_model": int(tree.n_iter_)}))
     return 0
 
 
-def print_table(n: int, t: dict, cold: dict, sizes: dict) -> None:
-    """The README's table: time per batch of ``n`` (encoding included) and against the physical graph."""
+def print_table(n: int, t: dict, cold: dict, sizes: dict, trees: int) -> None:
+    """The README's table: time per batch of ``n`` (encoding included) and against the physical graph; ``trees``:
+    the trees of one HGB model of the CQR."""
     base = t["physical_onnx"]
     rows = [("physical model, onnxruntime (shipped for latency, energy, tensor peak)", t["physical_onnx"],
              sizes["physical"]),
             ("HGB CQR, onnxruntime (shipped for process peak memory, perplexity, accuracy)", t["cqr_onnx"],
              sizes["cqr"]),
             ("HGB CQR, MAPIE + scikit-learn", t["cqr_mapie"], None),
-            ("HGB CQR, the bare scikit-learn models once each", t["cqr_sklearn_models"], None)]
+            ("HGB CQR, the bare scikit-learn models once each", t["cqr_sklearn_models"], None),
+            (f"one HGB model of the CQR ({trees} trees), point only, onnxruntime", t["tree_onnx"], None),
+            (f"one HGB model of the CQR ({trees} trees), point only, scikit-learn", t["tree_sklearn"], None)]
     print(f"{n:,} gpt-s architectures -> point + 4 intervals, columns in, vectorised encoding included, 1 thread "
           f"(encoding alone {t['encode'] * 1e3:.1f} ms):\n")
     print("| model | ms | x the physical graph | file KB |\n| --- | --- | --- | --- |")
