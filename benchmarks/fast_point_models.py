@@ -60,12 +60,17 @@ def fit_family(name: str, x: np.ndarray, y: np.ndarray, recipe: training.Recipe)
                            predict=lambda v: ridge.predict(terms(v)))
 
 
-def judge(target, recipe: training.Recipe) -> dict | None:
-    """Kendall tau and +-10% of each family on ``target``'s test architectures; None below ``--min-test``."""
-    split = training.split_target(target, recipe)
-    transform = METRICS[target.metric].transform
+def fitting_medians(target, split: training.SplitData) -> tuple[np.ndarray, np.ndarray]:
+    """The fitting (training + calibration) architectures' encodings ``(N, F)`` and medians ``(N,)`` in the metric's
+    shipped transform."""
     x, values, _, _ = split.fitting_archs("cross")
-    y = training.forward(transform, np.array([np.median(v) for v in values]))
+    return x, training.forward(METRICS[target.metric].transform, np.array([np.median(v) for v in values]))
+
+
+def judge(target, split: training.SplitData, recipe: training.Recipe) -> dict:
+    """Kendall tau and +-10% of each family on ``target``'s test architectures."""
+    transform = METRICS[target.metric].transform
+    x, y = fitting_medians(target, split)
     medians = np.array([np.median(v) for v in split.test_values])
     row = {"target": f"{target.space} / {target.device or '-'} / {target.metric}", "n_test": len(medians)}
     for name in FAMILIES:
@@ -98,12 +103,11 @@ def quadratic_graph(fitted, n_features: int):
     return model
 
 
-def graph_times(target, recipe: training.Recipe, n: int, repeats: int) -> tuple[float, float, float]:
+def graph_times(target, split: training.SplitData, recipe: training.Recipe, n: int,
+                repeats: int) -> tuple[float, float, float]:
     """(quadratic graph s, HGB point graph s, max |graph - numpy| of the quadratic point) on ``n`` encodings of
     ``target``'s space, one thread, encoding excluded."""
-    split = training.split_target(target, recipe)
-    x, values, _, _ = split.fitting_archs("cross")
-    y = training.forward(METRICS[target.metric].transform, np.array([np.median(v) for v in values]))
+    x, y = fitting_medians(target, split)
     quad, hgb = fit_family("quadratic", x, y, recipe), fit_family("hgb", x, y, recipe)
     probe = np.asarray([encode(a) for a in sample_archs(target.space, n, seed=1)], dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,9 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
     recipe = training.Recipe()
-    targets = [t for t in load_targets(args.dataset, metrics=args.metrics)
-               if len(training.split_target(t, recipe).test_values) >= args.min_test]
-    rows = [judge(t, recipe) for t in targets]
+    splits = [(t, training.split_target(t, recipe)) for t in load_targets(args.dataset, metrics=args.metrics)]
+    splits = [(t, split) for t, split in splits if len(split.test_values) >= args.min_test]
+    rows = [judge(t, split, recipe) for t, split in splits]
     print("| target | test archs | " + " | ".join(f"tau {f}" for f in FAMILIES) + " | "
           + " | ".join(f"+-10% {f}" for f in FAMILIES) + " |")
     print("|---|---|" + "---|" * (2 * len(FAMILIES)))
@@ -138,9 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n{args.n_predict:,} encodings of a space, one thread, encoding excluded (each space's first target):\n")
     print("| space | target | features | quadratic graph ms | HGB point graph ms | graph vs numpy, max abs |")
     print("|---|---|---|---|---|---|")
-    for space in dict.fromkeys(t.space for t in targets):
-        first = next(t for t in targets if t.space == space)
-        quad_s, hgb_s, gap = graph_times(first, recipe, args.n_predict, args.repeats)
+    for space in dict.fromkeys(t.space for t, _ in splits):
+        first, split = next((t, sp) for t, sp in splits if t.space == space)
+        quad_s, hgb_s, gap = graph_times(first, split, recipe, args.n_predict, args.repeats)
         print(f"| {space} | {first.device or '-'} / {first.metric} | {first.features.shape[1]} | {quad_s * 1e3:.1f} | "
               f"{hgb_s * 1e3:.1f} | {gap:.1e} |")
     return 0

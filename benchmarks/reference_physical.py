@@ -187,7 +187,7 @@ def residual_cqr(x: np.ndarray, log_point: np.ndarray, values: list[np.ndarray],
         ups[test_bin == k] += c_up
     lows, ups = np.minimum.accumulate(lows, axis=1), np.maximum.accumulate(ups, axis=1)
     base = log_point[test]
-    return np.exp(base + median.predict(feats[test])), np.exp(base[:, None] + lows), np.exp(base[:, None] + ups)
+    return np.exp(final[test]), np.exp(base[:, None] + lows), np.exp(base[:, None] + ups)
 
 
 def read_rows(path: Path, metrics: Sequence[str], devices: Sequence[str] | None) -> pl.DataFrame:
