@@ -2,16 +2,18 @@
 
     python benchmarks/surrogate_speed.py [--n-predict 10000] [--n-archs 2000]
 
-Trains, on one synthetic heteroscedastic gpt-s latency target in a temporary folder, the two recipes the project
-ships: the physical cost model (latency and energy) and the HGB CQR (memory, perplexity, accuracy; the latency
-recipe before 0.2.1). Then prints, for ``--n-predict`` architectures given as columns (``embed_dim``, ``n_layer``,
-``bias``, padded ``n_head`` / ``mlp_ratio`` arrays):
+Trains, on one synthetic heteroscedastic gpt-s latency target in a temporary folder, the recipes the project ships
+and shipped: the physical cost model (latency, energy, tensor peak), the ridge surrogate (process peak memory,
+perplexity, accuracy) and the HGB CQR (those three before the ridge; latency before 0.2.1). Then prints,
+for ``--n-predict`` architectures given as columns (``embed_dim``, ``n_layer``, ``bias``, padded ``n_head`` /
+``mlp_ratio`` arrays):
 
 1. point + every interval, vectorised encoding included (``Surrogate.predict_columns``): the physical graph, the
-   HGB CQR graph, and the same HGB CQR predicted by its fitted MAPIE conformalizers in scikit-learn
-   (``FittedSurrogate.predict``) and by the bare HGB models called once each (best of ``--repeats``); and, as the
-   floor of any graph built of such trees, one of them alone (the CQR's median model), point only, in onnxruntime
-   and in scikit-learn;
+   ridge graph (the basis its out-of-fold error chose) and its numpy twin (``RidgeModel.predict``), the graph of
+   each other ridge basis, the HGB CQR graph, and the same HGB CQR predicted by its fitted MAPIE conformalizers in
+   scikit-learn (``FittedSurrogate.predict``) and by the bare HGB models called once each (best of ``--repeats``);
+   and, as the floor of any graph built of such trees, one of them alone (the CQR's median model), point only, in
+   onnxruntime and in scikit-learn;
 2. cold start in a fresh process (interpreter + imports + load + one prediction) of the light runtime for each
    graph, against the training stack (import scikit-learn and MAPIE, ``joblib.load`` of the fitted Python
    surrogate; that pickle exists only in the temporary folder, to time the alternative);
@@ -90,6 +92,38 @@ def train_physical(root: Path, n_archs: int) -> None:
                                    "models": entries, "skipped": []})
 
 
+def train_ridge(root: Path, n_archs: int) -> None:
+    """Train and export the ridge surrogate of the same synthetic target into ``root``."""
+    target = synthetic_target(n_archs)
+    recipe = training.Recipe(physical_metrics=(), ridge_metrics=("latency_ms",))
+    info = {"version": "synthetic", "schema_version": None, "manifest_sha256": ""}
+    entry = pipeline.train_one(target, recipe, root, info)
+    pipeline.mark_defaults([entry])
+    pipeline.write_manifest(root, {"format_version": 1, "dataset": info, "recipe": recipe.to_dict(),
+                                   "models": [entry], "skipped": []})
+
+
+def ridge_bases(n_archs: int, n: int, cols: dict, repeats: int) -> tuple[dict, dict]:
+    """({basis: seconds of encoding + graph}, {basis: graph bytes}) of a ridge model of each basis, fitted on the
+    synthetic target's fitting architectures, for the ``n`` architectures of ``cols``."""
+    from hwgpt_bench.surrogates_onnx import ridge
+    from hwgpt_bench.surrogates_onnx.encoding import encode_columns
+
+    target, recipe = synthetic_target(n_archs), training.Recipe()
+    x, values, ids, _ = training.split_target(target, recipe).fitting_archs("cross")
+    seconds, sizes = {}, {}
+    for basis in ridge.allowed_bases(x.shape[1]):
+        model = ridge.fit_model(SPACE, x, values, ids, "log", bases=[basis])
+        graph = ridge.export_onnx(model).SerializeToString()
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "m.onnx").write_bytes(graph)
+            session = runtime.open_session(Path(tmp) / "m.onnx")
+            seconds[basis] = best_of(lambda s=session: s.run(None, {"X": encode_columns(SPACE, cols)}), repeats)
+        sizes[basis] = len(graph)
+        assert session.run(None, {"X": encode_columns(SPACE, cols)})[0].shape == (n,)
+    return seconds, sizes
+
+
 def columns(n: int) -> dict[str, np.ndarray]:
     """``n`` seeded gpt-s architectures as the columns ``predict_columns`` takes (per-layer arrays zero-padded)."""
     archs = sample_archs(SPACE, n, seed=1)
@@ -114,15 +148,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cols = columns(args.n_predict)
     with tempfile.TemporaryDirectory() as tmp:
-        cqr_root, phys_root = Path(tmp) / "cqr", Path(tmp) / "physical"
-        fitted = train(cqr_root, args.n_archs)
-        train_physical(phys_root, args.n_archs)
+        roots = {name: Path(tmp) / name for name in ("physical", "ridge", "cqr")}
+        fitted = train(roots["cqr"], args.n_archs)
+        train_physical(roots["physical"], args.n_archs)
+        train_ridge(roots["ridge"], args.n_archs)
         joblib.dump(fitted, Path(tmp) / "fitted.joblib")
         models = {name: runtime.Surrogate.load(SPACE, "cpu-synthetic", "latency_ms", root=root)
-                  for name, root in (("physical", phys_root), ("cqr", cqr_root))}
+                  for name, root in roots.items()}
         x = encode_columns(SPACE, cols)
         t = {f"{name}_onnx": best_of(lambda m=m: m.predict_columns(cols), args.repeats) for name, m in models.items()}
         t["encode"] = best_of(lambda: encode_columns(SPACE, cols), args.repeats)
+        ridge_model = ridge_twin(models["ridge"].entry, roots["ridge"], args.n_archs)
+        t["ridge_numpy"] = best_of(lambda: ridge_model.predict(encode_columns(SPACE, cols)), args.repeats)
+        basis_s, basis_bytes = ridge_bases(args.n_archs, args.n_predict, cols, args.repeats)
         with pipeline.quiet_mapie():
             t["cqr_mapie"] = best_of(lambda: fitted.predict(encode_columns(SPACE, cols)), args.repeats)
         t["cqr_sklearn_models"] = best_of(lambda: fitted.models.predict(encode_columns(SPACE, cols)), args.repeats)
@@ -132,26 +170,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         t["tree_onnx"] = best_of(lambda: session.run(None, {session.get_inputs()[0].name: encode_columns(SPACE, cols)}),
                                  args.repeats)
         t["tree_sklearn"] = best_of(lambda: tree.predict(encode_columns(SPACE, cols)), args.repeats)
-        cold = {name: cold_start(LIGHT.format(root=str(root)), args.repeats)
-                for name, root in (("physical", phys_root), ("cqr", cqr_root))}
+        cold = {name: cold_start(LIGHT.format(root=str(root)), args.repeats) for name, root in roots.items()}
         cold["training_stack"] = cold_start(HEAVY.format(path=str(Path(tmp) / "fitted.joblib")), args.repeats)
-        sizes = {name: (root / m.entry["file"]).stat().st_size
-                 for (name, m), root in zip(models.items(), (phys_root, cqr_root), strict=True)}
+        sizes = {name: (roots[name] / m.entry["file"]).stat().st_size for name, m in models.items()}
         assert x.shape[0] == args.n_predict
-    print_table(args.n_predict, t, cold, sizes, int(tree.n_iter_))
+    basis = models["ridge"].entry["ridge"]["basis"]
+    print_table(args.n_predict, t, cold, sizes, int(tree.n_iter_), basis)
+    print_bases(args.n_predict, basis_s, basis_bytes, t["cqr_mapie"])
     print(json.dumps({"n_predict": args.n_predict, "seconds": t, "cold_start_s": cold, "onnx_bytes": sizes,
-                      "cqr_variant": fitted.models.variant, "trees_per_model": int(tree.n_iter_)}))
+                      "cqr_variant": fitted.models.variant, "trees_per_model": int(tree.n_iter_),
+                      "ridge_basis": basis, "ridge_basis_seconds": basis_s, "ridge_basis_bytes": basis_bytes}))
     return 0
 
 
-def print_table(n: int, t: dict, cold: dict, sizes: dict, trees: int) -> None:
+def ridge_twin(entry: dict, root: Path, n_archs: int):
+    """The numpy ``RidgeModel`` behind the trained ridge graph: refitted on the same architectures with the basis
+    the manifest names (the fit is deterministic; the graph's parity with it was checked when it was exported)."""
+    from hwgpt_bench.surrogates_onnx import ridge
+
+    target, recipe = synthetic_target(n_archs), training.Recipe()
+    x, values, ids, _ = training.split_target(target, recipe).fitting_archs("cross")
+    model = ridge.fit_model(SPACE, x, values, ids, "log", bases=[entry["ridge"]["basis"]])
+    session = runtime.open_session(root / entry["file"])
+    np.testing.assert_allclose(session.run(None, {"X": x[:50].astype(np.float32)})[0],
+                               model.predict(x[:50].astype(np.float32))[0], rtol=1e-9)
+    return model
+
+
+def print_bases(n: int, seconds: dict, sizes: dict, mapie: float) -> None:
+    """Each ridge basis's graph: time with the encoding and against the HGB CQR in MAPIE + scikit-learn."""
+    print(f"\nridge graph of each basis, {n:,} gpt-s architectures, encoding included:\n")
+    print("| basis | ms | HGB CQR in MAPIE / this | file KB |\n| --- | --- | --- | --- |")
+    for basis, sec in seconds.items():
+        print(f"| {basis} | {sec * 1e3:.1f} | {mapie / sec:.0f}x | {sizes[basis] / 1024:.1f} |")
+
+
+def print_table(n: int, t: dict, cold: dict, sizes: dict, trees: int, basis: str) -> None:
     """The README's table: time per batch of ``n`` (encoding included) and against the physical graph; ``trees``:
-    the trees of one HGB model of the CQR."""
+    the trees of one HGB model of the CQR; ``basis``: the ridge model's."""
     base = t["physical_onnx"]
     rows = [("physical model, onnxruntime (shipped for latency, energy, tensor peak)", t["physical_onnx"],
              sizes["physical"]),
-            ("HGB CQR, onnxruntime (shipped for process peak memory, perplexity, accuracy)", t["cqr_onnx"],
-             sizes["cqr"]),
+            (f"ridge surrogate ({basis}), onnxruntime (shipped for process peak memory, perplexity, accuracy)",
+             t["ridge_onnx"], sizes["ridge"]),
+            (f"ridge surrogate ({basis}), its numpy twin", t["ridge_numpy"], None),
+            ("HGB CQR, onnxruntime (shipped for process peak memory, perplexity, accuracy before the ridge)",
+             t["cqr_onnx"], sizes["cqr"]),
             ("HGB CQR, MAPIE + scikit-learn", t["cqr_mapie"], None),
             ("HGB CQR, the bare scikit-learn models once each", t["cqr_sklearn_models"], None),
             (f"one HGB model of the CQR ({trees} trees), point only, onnxruntime", t["tree_onnx"], None),
@@ -161,8 +225,8 @@ def print_table(n: int, t: dict, cold: dict, sizes: dict, trees: int) -> None:
     print("| model | ms | x the physical graph | file KB |\n| --- | --- | --- | --- |")
     for label, sec, size in rows:
         print(f"| {label} | {sec * 1e3:.1f} | {sec / base:.1f} | {'' if size is None else f'{size / 1024:.1f}'} |")
-    print(f"\ncold start (fresh process, import + load + 1 prediction): physical {cold['physical']:.2f} s, HGB CQR "
-          f"{cold['cqr']:.2f} s, training stack {cold['training_stack']:.2f} s")
+    print(f"\ncold start (fresh process, import + load + 1 prediction): physical {cold['physical']:.2f} s, ridge "
+          f"{cold['ridge']:.2f} s, HGB CQR {cold['cqr']:.2f} s, training stack {cold['training_stack']:.2f} s")
 
 
 if __name__ == "__main__":

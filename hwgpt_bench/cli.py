@@ -213,6 +213,13 @@ def _cmd_fit_device(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ridge_metrics(args: argparse.Namespace) -> list[str]:
+    """``--ridge-metrics`` as given, or by default those of ``_DEFAULT_RIDGE`` that ``--physical-metrics`` leaves."""
+    if args.ridge_metrics is not None:
+        return args.ridge_metrics
+    return [m for m in _DEFAULT_RIDGE if m not in args.physical_metrics]
+
+
 def _cmd_train_surrogates(args: argparse.Namespace) -> int:
     from hwgpt_bench.surrogates_onnx.pipeline import train_surrogates
     from hwgpt_bench.surrogates_onnx.runtime import MANIFEST
@@ -221,7 +228,8 @@ def _cmd_train_surrogates(args: argparse.Namespace) -> int:
     recipe = Recipe(seed=args.seed, max_repeats_per_arch=args.max_repeats, max_iter=args.max_iter,
                     learning_rate=args.learning_rate, max_leaf_nodes=args.max_leaf_nodes, variant=args.variant,
                     calibration=args.calibration, folds=args.folds, mondrian_bins=args.mondrian_bins,
-                    threads=args.threads, physical_metrics=tuple(args.physical_metrics))
+                    threads=args.threads, physical_metrics=tuple(args.physical_metrics),
+                    ridge_metrics=tuple(_ridge_metrics(args)))
     manifest = train_surrogates(args.dataset, args.out, recipe, metrics=args.metric, spaces=args.space,
                                 devices=args.device, phases=args.phase, batch_sizes=args.batch_size,
                                 seq_lens=args.seq_len, dtypes=args.dtype)
@@ -495,6 +503,7 @@ _METRICS = list(METRIC_NAMES)
 #: ``surrogates_onnx.training.PHYSICAL_METRICS`` (not imported here: training needs scikit-learn; a test checks)
 _PHYSICAL = ("latency_ms", "energy_mj", "peak_memory_mib", "tensor_peak_mib")
 _DEFAULT_PHYSICAL = ("latency_ms", "energy_mj", "tensor_peak_mib")  # ``training.DEFAULT_PHYSICAL``
+_DEFAULT_RIDGE = ("peak_memory_mib", "perplexity", "accuracy")  # ``training.DEFAULT_RIDGE``
 
 
 def _add_predict(sub) -> None:
@@ -579,6 +588,11 @@ def _add_train_surrogates(sub) -> None:
                    help="metrics fitted by the physical model (a non-negative cost per unit of work, or of what is "
                    "alive at the peak, pooled over the spaces of a device and workload) instead of the HGB CQR; "
                    "give the flag alone for none (default: latency_ms energy_mj tensor_peak_mib)")
+    p.add_argument("--ridge-metrics", nargs="*", default=None, choices=_METRICS,
+                   help="metrics fitted by the ridge surrogate (ridge regression on work quantities and the "
+                   "encoding, cross-conformal offsets per Mondrian bin; a few KB, milliseconds per 10,000 "
+                   "architectures) instead of the HGB CQR; not those of --physical-metrics; give the flag alone for "
+                   "none (default: those of peak_memory_mib perplexity accuracy not in --physical-metrics)")
     p.set_defaults(handler=_cmd_train_surrogates)
 
 

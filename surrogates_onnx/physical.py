@@ -396,16 +396,25 @@ def fit_cells(cells: Sequence[tuple[SpaceData, Mapping]], levels: Sequence[float
     return fit
 
 
-def _offsets(fit: CellFit, space: str, levels: Sequence[float], min_bin_archs: int,
-             max_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(edges, lower, upper) of one space from its cells' out-of-fold residuals, per Mondrian bin."""
-    residuals, log_oof = fit.residuals[space], np.asarray(fit.log_oof[space])
+def mondrian_offsets(residuals: Sequence[np.ndarray], points: np.ndarray, levels: Sequence[float],
+                     min_bin_archs: int, max_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(edges ``(n_bins - 1,)``, lower and upper ``(n_bins, n_levels)``) per Mondrian bin of the out-of-fold
+    ``points`` ``(n,)``: each architecture's residuals (single measurements against its point) go to its point's
+    bin; at most ``max_bins`` bins of at least ``min_bin_archs`` architectures each (at least one bin);
+    ``conformal_offsets`` per bin."""
+    points = np.asarray(points, dtype=np.float64)
     n_bins = max(1, min(max_bins, len(residuals) // min_bin_archs))
-    edges = bin_edges(log_oof, n_bins)
-    which = bin_index(log_oof, edges)
+    edges = bin_edges(points, n_bins)
+    which = bin_index(points, edges)
     offsets = [conformal_offsets([r for r, b in zip(residuals, which, strict=True) if b == k], levels)
                for k in range(n_bins)]
     return edges, np.stack([o[0] for o in offsets]), np.stack([o[1] for o in offsets])
+
+
+def _offsets(fit: CellFit, space: str, levels: Sequence[float], min_bin_archs: int,
+             max_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(edges, lower, upper) of one space from its cells' out-of-fold residuals, per Mondrian bin."""
+    return mondrian_offsets(fit.residuals[space], np.asarray(fit.log_oof[space]), levels, min_bin_archs, max_bins)
 
 
 def fit_pooled(spaces: Sequence[SpaceData], workload: Mapping, levels: Sequence[float] = LEVELS, folds: int = 5,

@@ -1,10 +1,13 @@
 """Train every surrogate of a release into ``<out>/models/*.onnx`` + ``<out>/manifest.json``.
 
 ``hwgpt-bench train-surrogates --dataset dataset --out surrogates_onnx`` runs ``train_surrogates``: per target
-(``data.load_targets``) it splits by architecture, fits the CQR surrogate (``training``), exports one ONNX graph
-(``export``), checks parity of the graph with the MAPIE model on the test architectures (relative difference < 1e-4,
-no coverage flips; else ``RuntimeError``), measures test coverage and widths (``intervals``) and writes a manifest
-entry. Evaluating the trained models against baselines (``hwgpt-bench evaluate-surrogates``) is ``evaluation``'s.
+(``data.load_targets``) it splits by architecture, fits its model (the physical cost model of ``physical`` for
+latency, energy and tensor peak, pooled over the spaces of a device and workload; the ridge surrogate of ``ridge`` for
+process peak memory, perplexity and accuracy; the HGB CQR of ``training`` for metrics in neither of the recipe's
+lists), exports one ONNX graph (``export``), checks parity of the graph with the Python model on the test
+architectures (relative difference < 1e-4, no coverage flips; else ``RuntimeError``), measures test coverage and
+widths (``intervals``) and writes a manifest entry. Evaluating the trained models against baselines
+(``hwgpt-bench evaluate-surrogates``) is ``evaluation``'s.
 Needs the ``surrogates`` extra.
 """
 
@@ -27,7 +30,7 @@ import numpy as np
 from hwgpt_bench.loaders.io import MANIFEST as DATASET_MANIFEST
 from hwgpt_bench.loaders.io import read_manifest as read_dataset_manifest
 from hwgpt_bench.metrics import TRANSFORMS, workload_text
-from hwgpt_bench.surrogates_onnx import data, export, physical, runtime, training
+from hwgpt_bench.surrogates_onnx import data, export, physical, ridge, runtime, training
 from hwgpt_bench.surrogates_onnx.data import Target
 from hwgpt_bench.surrogates_onnx.intervals import Intervals, interval_metrics
 from hwgpt_bench.surrogates_onnx.sessions import add_session_coverage
@@ -39,6 +42,7 @@ FORMAT_VERSION = 1
 PARITY_RTOL = 1e-4
 POINT = "median of a single measurement (the 0.5 quantile model)"
 PHYSICAL_POINT = "median of the measurements (the non-negative cost model fitted on medians)"
+RIDGE_POINT = "median of the measurements (the ridge model fitted on medians in the metric's transform)"
 
 
 class _DropMapieSortNotes(logging.Filter):
@@ -177,8 +181,11 @@ def fit_and_export(target: Target, split: training.SplitData, recipe: Recipe, ou
 
 
 def train_one(target: Target, recipe: Recipe, out: Path, dataset: dict) -> dict | str:
-    """Train, export and check one target; its manifest entry, or the reason it was skipped."""
+    """Train, export and check one target (the ridge surrogate for ``recipe.ridge_metrics``, else the HGB CQR); its
+    manifest entry, or the reason it was skipped."""
     split = training.split_target(target, recipe)
+    if target.metric in recipe.ridge_metrics:
+        return train_ridge(target, split, recipe, out, dataset)
     reason = training.skip_reason(split, recipe, TRANSFORMS[target.metric])
     if reason:
         return reason
@@ -231,7 +238,8 @@ def write_manifest(out: Path, manifest: dict) -> Path:
 def train_targets(targets: list[Target], recipe: Recipe, stage: Path, info: dict) -> tuple[list[dict], list[dict]]:
     """Train every target into ``stage/models``; (manifest entries, skipped targets with their reason), in the order
     of ``targets``. Metrics of ``recipe.physical_metrics`` get the physical model, fitted per (device, metric,
-    workload) over every space at once (``train_physical``); the others the HGB CQR, one target at a time."""
+    workload) over every space at once (``train_physical``); the others, one target at a time, the ridge surrogate
+    (``recipe.ridge_metrics``) or the HGB CQR (``train_one``)."""
     results: dict[str, dict | str] = {}
     for group in physical_groups(targets, recipe).values():
         results.update(train_physical(group, recipe, stage, info))
@@ -311,6 +319,43 @@ def export_physical(target: Target, split: training.SplitData, model: physical.P
     test = interval_metrics(pred, split.test_values) if split.test_values else {}
     return {**common_entry(target, split, path, out, dataset, recipe.levels), "point": PHYSICAL_POINT,
             "transform": "log", "variant": "physical", "physical": model.to_dict(), "n_train_rows": model.n_archs,
+            "test": test, "crossing_share_before_rearrangement": 0.0, "parity": par}
+
+
+# ---- the ridge model ---------------------------------------------------------------------------------------------
+def _ridge_reason(split: training.SplitData, recipe: Recipe, transform: str) -> str | None:
+    values = [*split.train_values, *split.cal_values, *split.test_values]
+    if transform == "log" and any(len(v) and np.min(v) <= 0 for v in values):
+        return "values <= 0 cannot be fitted in log space"
+    n, needed = len(split.fitting_archs("cross")[2]), physical.smallest_space(recipe.levels, symmetric=True)
+    return f"{n} fitting architectures (< {needed})" if n < needed else None
+
+
+def train_ridge(target: Target, split: training.SplitData, recipe: Recipe, out: Path, dataset: dict) -> dict | str:
+    """Fit the ridge surrogate of ``target`` on its fitting architectures (training + calibration), export it, check
+    parity with ``RidgeModel.predict`` on the test architectures (``RuntimeError`` on a failure); its manifest entry,
+    or the reason it was skipped."""
+    started = time.perf_counter()
+    transform = TRANSFORMS[target.metric]
+    reason = _ridge_reason(split, recipe, transform)
+    if reason:
+        return reason
+    x, values, ids, _ = split.fitting_archs("cross")
+    model = ridge.fit_model(target.space, x, values, ids, transform, recipe.levels, recipe.folds,
+                            recipe.min_bin_archs, recipe.mondrian_bins, recipe.seed)
+    path = out / "models" / f"{model_stem(target)}.onnx"
+    meta = {**onnx_metadata(target, recipe, dataset), "point": RIDGE_POINT}
+    export.save_onnx(ridge.export_onnx(model, meta), path)
+    reference = model.predict(split.x_test)
+    onnx_out = tuple(runtime.open_session(path).run(list(runtime.OUTPUTS), {"X": split.x_test}))
+    par = parity(reference, onnx_out, split.test_values)
+    check_parity(par, path.name)
+    pred = Intervals(*(np.asarray(o, np.float64) for o in onnx_out), tuple(recipe.levels))
+    test = interval_metrics(pred, split.test_values) if split.test_values else {}
+    log.info("%s: ridge %s, %d archs, %.1f s, test coverage %s", path.name, model.basis, len(target.arch_ids),
+             time.perf_counter() - started, {k: round(v, 3) for k, v in test.get("coverage", {}).items()})
+    return {**common_entry(target, split, path, out, dataset, recipe.levels), "point": RIDGE_POINT,
+            "transform": transform, "variant": "ridge", "ridge": model.to_dict(), "n_train_rows": model.n_archs,
             "test": test, "crossing_share_before_rearrangement": 0.0, "parity": par}
 
 

@@ -47,6 +47,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from threadpoolctl import threadpool_limits
 
 from hwgpt_bench.loaders.splits import grouped_split, unit_hash
+from hwgpt_bench.metrics import METRIC_NAMES
 from hwgpt_bench.surrogates_onnx.data import Target
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,14 @@ PHYSICAL_METRICS = ("latency_ms", "energy_mj", "peak_memory_mib", "tensor_peak_m
 #: on small models (gpt-nano test tau on release 0.2.1: 0.92 / 0.95 / 0.88 against 0.85 / 0.92 / 0.86 for the physical
 #: model on three of its four devices)
 DEFAULT_PHYSICAL = ("latency_ms", "energy_mj", "tensor_peak_mib")
+#: metrics the ridge surrogate (``ridge``) can fit: any
+RIDGE_METRICS = METRIC_NAMES
+#: the default (the surrogates of release 0.3.5 retrained with it): the metrics the HGB CQR had (process peak memory,
+#: perplexity, accuracy); on release 0.3.5's 32 such targets the ridge's test tau is 0.021 higher on average (0.007 on
+#: the 14 with >= 50 test architectures), its mean relative interval score 0.42x the CQR's (median), and its graph 4-14
+#: KB instead of 100-450 KB, answering 10,000 architectures in about 12-15 ms with the encoding instead of about 200 ms
+#: (benchmarks/surrogate_speed.py)
+DEFAULT_RIDGE = ("peak_memory_mib", "perplexity", "accuracy")
 FOLD_SEED_OFFSET = 7919  # folds hash arch ids with seed + this, independently of the outer split
 INTERVAL_COVERS = ("a single new measurement of an unseen architecture (one repeat drawn at random), with probability "
                    "`level` over architectures of the space and repeats; marginal, not per architecture; within the "
@@ -121,6 +130,9 @@ class Recipe:
             unit of work, or per unit of what is alive at the peak for memory, fitted on every space of a device
             and workload at once, cross-conformal log offsets per space and Mondrian bin) instead of the HGB CQR;
             any of ``PHYSICAL_METRICS``. ``()``: none.
+        ridge_metrics: metrics whose targets get the ridge surrogate (``ridge``: ridge regression on work quantities
+            and the encoding, the basis chosen per target by out-of-fold error, cross-conformal offsets per Mondrian
+            bin) instead of the HGB CQR; any of ``RIDGE_METRICS`` not in ``physical_metrics``. ``()``: none.
     """
 
     levels: tuple[float, ...] = LEVELS
@@ -149,6 +161,7 @@ class Recipe:
     min_train_archs: int = 20
     threads: int = 1
     physical_metrics: tuple[str, ...] = DEFAULT_PHYSICAL
+    ridge_metrics: tuple[str, ...] = DEFAULT_RIDGE
 
     def __post_init__(self) -> None:
         for name, allowed in (("variant", (*VARIANTS, "auto")), ("train_on", ("repeats", "medians")),
@@ -158,6 +171,11 @@ class Recipe:
         bad = [m for m in self.physical_metrics if m not in PHYSICAL_METRICS]
         if bad:
             raise ValueError(f"physical_metrics: {bad} not allowed; allowed values: {list(PHYSICAL_METRICS)}")
+        allowed_ridge = [m for m in RIDGE_METRICS if m not in self.physical_metrics]
+        bad = [m for m in self.ridge_metrics if m not in allowed_ridge]
+        if bad:
+            raise ValueError(f"ridge_metrics: {bad} not allowed (a metric gets one model: those of physical_metrics "
+                             f"are the physical model's); allowed values: {allowed_ridge}")
         if any(not 0 < lv < 1 for lv in self.levels) or list(self.levels) != sorted(self.levels):
             raise ValueError(f"levels: need ascending values in (0, 1), got {self.levels}")
         for name, low in (("folds", 2), ("mondrian_bins", 1)):
@@ -207,6 +225,10 @@ class Recipe:
                                   "on the work it does (latency, energy) or on what is alive at the step's peak "
                                   "(memory), pooled over the spaces of a (device, metric, workload); "
                                   "cross-conformal log offsets per space and Mondrian bin",
+                   ridge_model="surrogates_onnx.ridge: ridge regression (penalty by generalised cross-validation) "
+                               "of each architecture's median, in the metric's transform, on work quantities, their "
+                               "logs and pairwise products and the encoding (the basis with the lowest out-of-fold "
+                               "error per target); cross-conformal offsets per Mondrian bin",
                    model="sklearn HistGradientBoostingRegressor(loss='quantile') (+ loss='squared_error' point model "
                          "in the residual variant)",
                    conformal="mapie ConformalizedQuantileRegressor(prefit=True) on the calibration architectures' "

@@ -108,11 +108,12 @@ def write_synthetic_release(base: Path, n_archs: int = N_ARCHS, seed: int = 0) -
 
 
 def small_recipe():
-    """A fast recipe for tests (few boosting iterations)."""
+    """A fast recipe for tests (few boosting iterations) in which every family has targets: the physical model
+    (latency, energy), the ridge surrogate (perplexity, accuracy) and the HGB CQR (process peak memory)."""
     from hwgpt_bench.surrogates_onnx.training import Recipe
 
     return Recipe(max_iter=40, learning_rate=0.15, max_leaf_nodes=8, min_samples_leaf=10, max_repeats_per_arch=5,
-                  folds=3)
+                  folds=3, ridge_metrics=("perplexity", "accuracy"))
 
 
 @pytest.fixture(scope="session")

@@ -58,9 +58,12 @@ def test_methods_are_compared_on_the_same_split(make_target, cqr_intervals):
     split = training.split_target(target, recipe)
     cqr = cqr_intervals(split, recipe)
     with pipeline.quiet_mapie():
-        methods = evaluation.compare_methods(split, "log", recipe, cqr, target)
+        methods = evaluation.compare_methods(split, "log", recipe, cqr, target, variant="ridge")
+        assert evaluation.compare_methods(split, "log", recipe, cqr, target, "physical")["hgb_cqr"] is None
     assert set(methods) == set(evaluation.METHODS)
     assert methods["cqr_split"] != methods["cqr"] and methods["cqr_pooled"] != methods["cqr"]
+    # as if the shipped model were the ridge surrogate: hgb_cqr is the recipe's HGB CQR, here the very same model
+    assert methods["hgb_cqr"]["coverage"] == pytest.approx(methods["cqr"]["coverage"])
     split_recipe = training.Recipe(**{**recipe.__dict__, "calibration": "split"})
     assert evaluation.alternative_cqr(split, "log", split_recipe, target, {"calibration": "split"}) is None  # same
     # 240 calibration architectures make one bin of at least 150: pooling changes nothing, so it is not refitted
@@ -102,6 +105,8 @@ def test_evaluate_models_on_the_trained_release(trained, synthetic_release):
         assert r["methods"]["cqr"]["coverage"] == pytest.approx(manifest[r["label"]]["test"]["coverage"])
     ppl = next(r for r in results if r["metric"] == "perplexity")
     assert ppl["methods"]["gaussian"] is None and ppl["methods"]["noise"] is None  # one value per architecture
+    # the ridge-backed targets are compared with the HGB CQR they had before; the others have no such row
+    assert {r["metric"] for r in results if r["methods"]["hgb_cqr"] is not None} == {"perplexity", "accuracy"}
 
 
 def test_report_evaluates_each_device_model_on_the_other_device(trained, synthetic_release):

@@ -10,7 +10,7 @@ pytest.importorskip("mapie")
 pytest.importorskip("skl2onnx")
 
 from hwgpt_bench.metrics import TRANSFORMS  # noqa: E402
-from hwgpt_bench.surrogates_onnx import export, pipeline, runtime, training  # noqa: E402
+from hwgpt_bench.surrogates_onnx import export, pipeline, ridge, runtime, training  # noqa: E402
 
 FAST = training.Recipe(max_iter=30, learning_rate=0.2, max_leaf_nodes=8, min_samples_leaf=10, variant="quantile",
                        folds=3)
@@ -300,11 +300,21 @@ def test_manifest_lists_every_measured_target_with_its_facts(trained, synthetic_
             assert np.shape(fit["lower_log"]) == (len(fit["bin_edges_log"]) + 1, 4)
             assert fit["n_archs"] == m["n_archs"]["train"] + m["n_archs"]["calibration"] >= 40
             continue
+        if m["metric"] in manifest["recipe"]["ridge_metrics"]:  # the ridge surrogate
+            fit = m["ridge"]
+            assert m["variant"] == "ridge" and fit["basis"] in ridge.BASES and fit["alpha"] > 0
+            assert fit["basis"] == min(fit["out_of_fold_mae"], key=fit["out_of_fold_mae"].get)
+            assert np.shape(fit["lower"]) == (len(fit["bin_edges"]) + 1, 4) and fit["transform"] == m["transform"]
+            assert fit["n_archs"] == m["n_archs"]["train"] + m["n_archs"]["calibration"] >= 40
+            continue
         corrections = m["conformal_corrections"]
         assert corrections["calibration"] == "cross" and corrections["n_calibration_archs"] >= 40
         assert np.shape(corrections["lower"]) == (len(corrections["bin_edges"]) + 1, 4)
         assert m["variant"] in training.VARIANTS
-    assert {m["variant"] for m in manifest["models"] if m["metric"] in ("latency_ms", "energy_mj")} == {"physical"}
+    variants = {m["metric"]: m["variant"] for m in manifest["models"]}
+    assert {variants[k] for k in ("latency_ms", "energy_mj")} == {"physical"}
+    assert variants["perplexity"] == variants["accuracy"] == "ridge"
+    assert variants["peak_memory_mib"] in training.VARIANTS
 
 
 def test_one_default_workload_per_space_device_metric(trained):
