@@ -342,7 +342,7 @@ def train_ridge(target: Target, split: training.SplitData, recipe: Recipe, out: 
         return reason
     x, values, ids, _ = split.fitting_archs("cross")
     model = ridge.fit_model(target.space, x, values, ids, transform, recipe.levels, recipe.folds,
-                            recipe.min_bin_archs, recipe.mondrian_bins, recipe.seed)
+                            recipe.ridge_min_bin_archs, recipe.mondrian_bins, recipe.seed)
     path = out / "models" / f"{model_stem(target)}.onnx"
     meta = {**onnx_metadata(target, recipe, dataset), "point": RIDGE_POINT}
     export.save_onnx(ridge.export_onnx(model, meta), path)

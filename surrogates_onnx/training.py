@@ -133,6 +133,11 @@ class Recipe:
         ridge_metrics: metrics whose targets get the ridge surrogate (``ridge``: ridge regression on work quantities
             and the encoding, the basis chosen per target by out-of-fold error, cross-conformal offsets per Mondrian
             bin) instead of the HGB CQR; any of ``RIDGE_METRICS`` not in ``physical_metrics``. ``()``: none.
+        ridge_min_bin_archs: architectures per Mondrian bin of the ridge surrogate at least (at most
+            ``mondrian_bins`` bins); at least ``physical.smallest_space(levels)`` (40 at 0.95: one offset per bound).
+            60 gives a space of 300 fitting architectures the five bins by point that the worst-quintile check
+            sorts by; the HGB CQR's 150 gave gpt-s (382) two, and its process peak memory covered 0.86-0.87 at 0.9
+            on three of its four 118-139-architecture test sets (0.88-0.94 with 60; release 0.3.5).
     """
 
     levels: tuple[float, ...] = LEVELS
@@ -162,6 +167,7 @@ class Recipe:
     threads: int = 1
     physical_metrics: tuple[str, ...] = DEFAULT_PHYSICAL
     ridge_metrics: tuple[str, ...] = DEFAULT_RIDGE
+    ridge_min_bin_archs: int = 60
 
     def __post_init__(self) -> None:
         for name, allowed in (("variant", (*VARIANTS, "auto")), ("train_on", ("repeats", "medians")),
@@ -186,6 +192,10 @@ class Recipe:
             raise ValueError(f"min_calibration_archs: {self.min_calibration_archs} is too few for level "
                              f"{max(self.levels)}; allowed values: >= {needed}")
         per_bin = smallest_calibration_set(max(self.levels), self.symmetric_correction)
+        asymmetric = smallest_calibration_set(max(self.levels), False)
+        if self.ridge_min_bin_archs < asymmetric:
+            raise ValueError(f"ridge_min_bin_archs: {self.ridge_min_bin_archs} is too few for level "
+                             f"{max(self.levels)}; allowed values: >= {asymmetric}")
         if self.min_bin_archs < per_bin:
             raise ValueError(f"min_bin_archs: {self.min_bin_archs} is too few for level {max(self.levels)}; "
                              f"allowed values: >= {per_bin}")

@@ -177,6 +177,8 @@ def test_recipe_gives_each_metric_one_model_family():
     with pytest.raises(ValueError, match=r"ridge_metrics: \['flops'\] not allowed"):
         Recipe(ridge_metrics=("flops",))
     assert Recipe(physical_metrics=(), ridge_metrics=("latency_ms",)).ridge_metrics == ("latency_ms",)
+    with pytest.raises(ValueError, match="ridge_min_bin_archs: 30 is too few for level 0.95; allowed values: >= 40"):
+        Recipe(ridge_min_bin_archs=30)
 
 
 def test_cli_default_ridge_metrics_leave_the_physical_ones_to_the_physical_model():

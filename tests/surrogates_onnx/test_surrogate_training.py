@@ -306,6 +306,9 @@ def test_manifest_lists_every_measured_target_with_its_facts(trained, synthetic_
             assert fit["basis"] == min(fit["out_of_fold_mae"], key=fit["out_of_fold_mae"].get)
             assert np.shape(fit["lower"]) == (len(fit["bin_edges"]) + 1, 4) and fit["transform"] == m["transform"]
             assert fit["n_archs"] == m["n_archs"]["train"] + m["n_archs"]["calibration"] >= 40
+            recipe = manifest["recipe"]  # bins of at least ridge_min_bin_archs, not the CQR's min_bin_archs
+            bins = max(1, min(recipe["mondrian_bins"], fit["n_archs"] // recipe["ridge_min_bin_archs"]))
+            assert len(fit["bin_edges"]) + 1 == bins > fit["n_archs"] // recipe["min_bin_archs"]
             continue
         corrections = m["conformal_corrections"]
         assert corrections["calibration"] == "cross" and corrections["n_calibration_archs"] >= 40
