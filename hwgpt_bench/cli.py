@@ -556,9 +556,11 @@ def _add_fit_device(sub) -> None:
 
 def _add_train_surrogates(sub) -> None:
     p = sub.add_parser("train-surrogates", help="train the ONNX surrogates of a release (needs the surrogates extra)",
-                       description="Train one conformalized quantile regression surrogate per (space, device, metric, "
-                       "workload) of a release, export each to ONNX (interval and exp inside the graph), check ONNX/"
-                       "MAPIE parity and write <out>/models/*.onnx and <out>/manifest.json.")
+                       description="Train one conformal surrogate per (space, device, metric, workload) of a release "
+                       "(the physical cost model for --physical-metrics, the ridge surrogate for --ridge-metrics, "
+                       "conformalized quantile regression on HGB models for the rest), export each to ONNX (intervals "
+                       "and the inverse transform inside the graph), check the graph's parity with the Python model "
+                       "and write <out>/models/*.onnx and <out>/manifest.json.")
     p.add_argument("--dataset", default="dataset", help="release folder read through the loaders (default: dataset)")
     p.add_argument("--out", default="surrogates_onnx", help="output folder (default: surrogates_onnx, the shipped "
                    "models)")
@@ -600,8 +602,9 @@ def _add_evaluate_surrogates(sub) -> None:
     p = sub.add_parser("evaluate-surrogates", help="evaluate trained surrogates on held-out architectures",
                        description="Coverage, width, interval score, worst-quintile coverage, Kendall tau, R^2 and "
                        "+-10%% share of every model on its test architectures, the noise ceiling, two baselines "
-                       "(the paper's Gaussian, split conformal) and two alternatives of the CQR (split calibration, "
-                       "one pooled correction instead of Mondrian bins) on the same splits; writes a markdown report.")
+                       "(the paper's Gaussian, split conformal) and the HGB CQR (as shipped before the ridge, with "
+                       "split calibration, with one pooled correction instead of Mondrian bins) on the same splits; "
+                       "writes a markdown report.")
     p.add_argument("--dataset", default="dataset", help="release folder (default: dataset)")
     p.add_argument("--models", default="surrogates_onnx", help="folder with manifest.json and models/ (default: "
                    "surrogates_onnx)")
