@@ -50,7 +50,7 @@ from hwgpt_bench.surrogates_onnx.training import (
 log = logging.getLogger(__name__)
 
 GOAL_COVERAGE_GAP = 0.03  # |coverage - level| at every level
-GOAL_WORST_QUINTILE = 0.85  # worst-quintile coverage at 0.9
+GOAL_WORST_QUINTILE = 0.87  # worst-quintile coverage at 0.9 (issue 15; 0.85 before)
 #: z of the sampling-error allowance: family-wise 90% over the 4 levels (two-sided) and over the 5 quintiles (one-sided)
 Z_LEVELS = NormalDist().inv_cdf(1 - 0.1 / (2 * 4))
 Z_QUINTILES = NormalDist().inv_cdf(1 - 0.1 / 5)

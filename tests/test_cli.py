@@ -64,6 +64,7 @@ ARGPARSE_ALLOWED = {
     "benchmarks/reference_surrogates.py": "python benchmarks/reference_surrogates.py",
     "benchmarks/surrogate_speed.py": "python benchmarks/surrogate_speed.py",
     "benchmarks/fast_point_models.py": "python benchmarks/fast_point_models.py",
+    "benchmarks/calibration_odds.py": "python benchmarks/calibration_odds.py",
     "benchmarks/reproducibility.py": "python benchmarks/reproducibility.py",
     "benchmarks/cross_host_coverage.py": "python benchmarks/cross_host_coverage.py",
     "benchmarks/search_agreement.py": "python benchmarks/search_agreement.py",
