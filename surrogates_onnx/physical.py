@@ -501,6 +501,42 @@ def _quantity_nodes(kind: str, node) -> list:
                             "nl_d", "bias_nl_d", "g_params_millions"], "q", axis=1)]
 
 
+def offset_nodes(point: str, node, prefix: str = "z") -> list:
+    """Nodes adding each Mondrian bin's offsets to the transformed point ``point`` ``(N, 1)``: ``<prefix>_lower`` and
+    ``<prefix>_upper`` ``(N, n_levels)`` from the initialisers ``edges`` ``(1, n_bins)`` (the bin edges and +inf),
+    ``lower_table`` / ``upper_table`` ``(n_bins, n_levels)`` and ``axis1`` (``[1]``); the bin is the number of edges
+    strictly below the point, as ``bin_index`` counts."""
+    from onnx import TensorProto
+
+    return [node("Greater", [point, "edges"], "above"),
+            node("Cast", ["above"], "above_i", to=TensorProto.INT64),
+            node("ReduceSum", ["above_i", "axis1"], "bin", keepdims=0),
+            node("Gather", ["lower_table", "bin"], "lower_off", axis=0),
+            node("Gather", ["upper_table", "bin"], "upper_off", axis=0),
+            node("Add", [point, "lower_off"], f"{prefix}_lower"),
+            node("Add", [point, "upper_off"], f"{prefix}_upper")]
+
+
+def finish_graph(nodes: list, inits: list, inputs: list, name: str, n_levels: int, producer: str,
+                 metadata: Mapping[str, object] | None):
+    """The checked ONNX model (opset 17, IR 8) of ``nodes`` with outputs ``y_pred`` ``(N,)``, ``y_lower`` and
+    ``y_upper`` ``(N, n_levels)`` in float64 and ``metadata`` (values JSON-encoded unless str) in its properties."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, name, inputs,
+        [helper.make_tensor_value_info("y_pred", TensorProto.DOUBLE, ["N"]),
+         helper.make_tensor_value_info("y_lower", TensorProto.DOUBLE, ["N", n_levels]),
+         helper.make_tensor_value_info("y_upper", TensorProto.DOUBLE, ["N", n_levels])], inits)
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name=producer)
+    onnx_model.ir_version = 8
+    for key, value in (metadata or {}).items():
+        onnx_model.metadata_props.add(key=key, value=value if isinstance(value, str) else json.dumps(value))
+    onnx.checker.check_model(onnx_model)
+    return onnx_model
+
+
 def export_onnx(model: PhysicalModel, metadata: Mapping[str, str] | None = None):
     """One ONNX graph computing ``model.predict`` from ``X`` (float32 ``(N, n_features)``; a free model also reads
     ``W``, float64 ``(1, 2)``: batch size and sequence length): outputs ``y_pred`` ``(N,)``, ``y_lower`` and
@@ -537,25 +573,8 @@ def export_onnx(model: PhysicalModel, metadata: Mapping[str, str] | None = None)
               node("Max", ["raw_point", "tiny"], "point"),
               node("Squeeze", ["point", "axis1"], "y_pred"),
               node("Log", ["point"], "log_point"),
-              node("Greater", ["log_point", "edges"], "above"),
-              node("Cast", ["above"], "above_i", to=TensorProto.INT64),
-              node("ReduceSum", ["above_i", "axis1"], "bin", keepdims=0),
-              node("Gather", ["lower_table", "bin"], "lower_off", axis=0),
-              node("Gather", ["upper_table", "bin"], "upper_off", axis=0),
-              node("Add", ["log_point", "lower_off"], "log_lower"),
-              node("Add", ["log_point", "upper_off"], "log_upper"),
+              *offset_nodes("log_point", node, "log"),
               node("Exp", ["log_lower"], "y_lower"),
               node("Exp", ["log_upper"], "y_upper")]
-    n_levels = len(model.levels)
-    graph = helper.make_graph(
-        nodes, f"physical_{model.space}", inputs,
-        [helper.make_tensor_value_info("y_pred", TensorProto.DOUBLE, ["N"]),
-         helper.make_tensor_value_info("y_lower", TensorProto.DOUBLE, ["N", n_levels]),
-         helper.make_tensor_value_info("y_upper", TensorProto.DOUBLE, ["N", n_levels])], inits)
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                                   producer_name="hwgpt-bench physical surrogate")
-    onnx_model.ir_version = 8
-    for key, value in (metadata or {}).items():
-        onnx_model.metadata_props.add(key=key, value=value if isinstance(value, str) else json.dumps(value))
-    onnx.checker.check_model(onnx_model)
-    return onnx_model
+    return finish_graph(nodes, inits, inputs, f"physical_{model.space}", len(model.levels),
+                        "hwgpt-bench physical surrogate", metadata)

@@ -267,9 +267,11 @@ def physical_groups(targets: list[Target], recipe: Recipe) -> dict[tuple, list[T
     return groups
 
 
-def _physical_reason(split: training.SplitData, recipe: Recipe) -> str | None:
+def _physical_reason(split: training.SplitData, recipe: Recipe, transform: str = "log") -> str | None:
+    """Why a cross-conformal model (physical or ridge) cannot be fitted on ``split``, or None: values <= 0 under the
+    log transform, or fewer fitting architectures than ``physical.smallest_space(levels, symmetric=True)``."""
     values = [*split.train_values, *split.cal_values, *split.test_values]
-    if any(len(v) and np.min(v) <= 0 for v in values):
+    if transform == "log" and any(len(v) and np.min(v) <= 0 for v in values):
         return "values <= 0 cannot be fitted in log space"
     n, needed = len(split.fitting_archs("cross")[2]), physical.smallest_space(recipe.levels, symmetric=True)
     return f"{n} fitting architectures (< {needed})" if n < needed else None
@@ -310,34 +312,33 @@ def export_physical(target: Target, split: training.SplitData, model: physical.P
     failure) and return its manifest entry."""
     path = out / "models" / f"{model_stem(target)}.onnx"
     meta = {**onnx_metadata(target, recipe, dataset), "point": PHYSICAL_POINT}
-    export.save_onnx(physical.export_onnx(model, meta), path)
-    reference = model.predict(split.x_test)
-    onnx_out = tuple(runtime.open_session(path).run(list(runtime.OUTPUTS), {"X": split.x_test}))
-    par = parity(reference, onnx_out, split.test_values)
-    check_parity(par, path.name)
-    pred = Intervals(*(np.asarray(o, np.float64) for o in onnx_out), tuple(recipe.levels))
-    test = interval_metrics(pred, split.test_values) if split.test_values else {}
+    par, test = save_and_check(physical.export_onnx(model, meta), path, model.predict(split.x_test), split,
+                               recipe.levels)
     return {**common_entry(target, split, path, out, dataset, recipe.levels), "point": PHYSICAL_POINT,
             "transform": "log", "variant": "physical", "physical": model.to_dict(), "n_train_rows": model.n_archs,
             "test": test, "crossing_share_before_rearrangement": 0.0, "parity": par}
 
 
+def save_and_check(graph, path: Path, reference: tuple[np.ndarray, ...], split: training.SplitData,
+                   levels) -> tuple[dict, dict]:
+    """Write ``graph`` to ``path``, run it on the test architectures and check its parity with ``reference`` (the
+    Python model's point and bounds there; ``RuntimeError`` on a failure): (parity result, test interval metrics)."""
+    export.save_onnx(graph, path)
+    onnx_out = tuple(runtime.open_session(path).run(list(runtime.OUTPUTS), {"X": split.x_test}))
+    par = parity(reference, onnx_out, split.test_values)
+    check_parity(par, path.name)
+    pred = Intervals(*(np.asarray(o, np.float64) for o in onnx_out), tuple(levels))
+    return par, interval_metrics(pred, split.test_values) if split.test_values else {}
+
+
 # ---- the ridge model ---------------------------------------------------------------------------------------------
-def _ridge_reason(split: training.SplitData, recipe: Recipe, transform: str) -> str | None:
-    values = [*split.train_values, *split.cal_values, *split.test_values]
-    if transform == "log" and any(len(v) and np.min(v) <= 0 for v in values):
-        return "values <= 0 cannot be fitted in log space"
-    n, needed = len(split.fitting_archs("cross")[2]), physical.smallest_space(recipe.levels, symmetric=True)
-    return f"{n} fitting architectures (< {needed})" if n < needed else None
-
-
 def train_ridge(target: Target, split: training.SplitData, recipe: Recipe, out: Path, dataset: dict) -> dict | str:
     """Fit the ridge surrogate of ``target`` on its fitting architectures (training + calibration), export it, check
     parity with ``RidgeModel.predict`` on the test architectures (``RuntimeError`` on a failure); its manifest entry,
     or the reason it was skipped."""
     started = time.perf_counter()
     transform = TRANSFORMS[target.metric]
-    reason = _ridge_reason(split, recipe, transform)
+    reason = _physical_reason(split, recipe, transform)
     if reason:
         return reason
     x, values, ids, _ = split.fitting_archs("cross")
@@ -345,13 +346,7 @@ def train_ridge(target: Target, split: training.SplitData, recipe: Recipe, out: 
                             recipe.ridge_min_bin_archs, recipe.mondrian_bins, recipe.seed)
     path = out / "models" / f"{model_stem(target)}.onnx"
     meta = {**onnx_metadata(target, recipe, dataset), "point": RIDGE_POINT}
-    export.save_onnx(ridge.export_onnx(model, meta), path)
-    reference = model.predict(split.x_test)
-    onnx_out = tuple(runtime.open_session(path).run(list(runtime.OUTPUTS), {"X": split.x_test}))
-    par = parity(reference, onnx_out, split.test_values)
-    check_parity(par, path.name)
-    pred = Intervals(*(np.asarray(o, np.float64) for o in onnx_out), tuple(recipe.levels))
-    test = interval_metrics(pred, split.test_values) if split.test_values else {}
+    par, test = save_and_check(ridge.export_onnx(model, meta), path, model.predict(split.x_test), split, recipe.levels)
     log.info("%s: ridge %s, %d archs, %.1f s, test coverage %s", path.name, model.basis, len(target.arch_ids),
              time.perf_counter() - started, {k: round(v, 3) for k, v in test.get("coverage", {}).items()})
     return {**common_entry(target, split, path, out, dataset, recipe.levels), "point": RIDGE_POINT,

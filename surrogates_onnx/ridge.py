@@ -34,7 +34,6 @@ few milliseconds. ``RidgeModel.predict`` is its numpy twin.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -351,25 +350,9 @@ def export_onnx(model: RidgeModel, metadata: Mapping[str, object] | None = None)
         parts.append(out)
     nodes += [node("Sum", ["intercept", *parts], "z_point"),
               node("Squeeze", ["z_point", "axis1"], "z_pred"),
-              node("Greater", ["z_point", "edges"], "above"),
-              node("Cast", ["above"], "above_i", to=TensorProto.INT64),
-              node("ReduceSum", ["above_i", "axis1"], "bin", keepdims=0),
-              node("Gather", ["lower_table", "bin"], "lower_off", axis=0),
-              node("Gather", ["upper_table", "bin"], "upper_off", axis=0),
-              node("Add", ["z_point", "lower_off"], "z_lower"),
-              node("Add", ["z_point", "upper_off"], "z_upper")]
+              *physical.offset_nodes("z_point", node)]
     final = "Exp" if model.transform == "log" else "Identity"
     nodes += [node(final, [f"z_{k}"], f"y_{k}") for k in ("pred", "lower", "upper")]
-    n_levels = len(model.levels)
-    graph = helper.make_graph(
-        nodes, f"ridge_{model.space}", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", n_features])],
-        [helper.make_tensor_value_info("y_pred", TensorProto.DOUBLE, ["N"]),
-         helper.make_tensor_value_info("y_lower", TensorProto.DOUBLE, ["N", n_levels]),
-         helper.make_tensor_value_info("y_upper", TensorProto.DOUBLE, ["N", n_levels])], inits)
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                                   producer_name="hwgpt-bench ridge surrogate")
-    onnx_model.ir_version = 8
-    for key, value in (metadata or {}).items():
-        onnx_model.metadata_props.add(key=key, value=value if isinstance(value, str) else json.dumps(value))
-    onnx.checker.check_model(onnx_model)
-    return onnx_model
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", n_features])]
+    return physical.finish_graph(nodes, inits, inputs, f"ridge_{model.space}", len(model.levels),
+                                 "hwgpt-bench ridge surrogate", metadata)
