@@ -419,9 +419,11 @@ def halves_tau(values: list[np.ndarray]) -> float | None:
 
 
 def recipe_of(manifest: dict) -> Recipe:
-    """The ``Recipe`` recorded in a surrogate manifest."""
+    """The ``Recipe`` recorded in a surrogate manifest; one written before the ridge surrogate existed (no
+    ``ridge_metrics``) used it for no metric."""
     fields = set(Recipe.__dataclass_fields__)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["recipe"].items() if k in fields}
+    kwargs.setdefault("ridge_metrics", ())
     return Recipe(**kwargs)
 
 

@@ -137,8 +137,9 @@ class Recipe:
         ridge_min_bin_archs: architectures per Mondrian bin of the ridge surrogate at least (at most
             ``mondrian_bins`` bins); at least ``physical.smallest_space(levels)`` (40 at 0.95: one offset per bound).
             60 gives a space of 300 fitting architectures the five bins by point that the worst-quintile check
-            sorts by; the HGB CQR's 150 gave gpt-s (382) two, and its process peak memory covered 0.86-0.87 at 0.9
-            on three of its four 118-139-architecture test sets (0.88-0.94 with 60; release 0.3.5).
+            sorts by; with the HGB CQR's 150 the ridge had two bins on gpt-s (382 fitting architectures) and
+            covered 0.86-0.87 at 0.9 on three of its four process-peak test sets of 118-139 architectures (0.88-0.94
+            with 60; release 0.3.5).
     """
 
     levels: tuple[float, ...] = LEVELS

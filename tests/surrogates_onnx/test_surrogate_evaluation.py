@@ -157,3 +157,14 @@ def test_the_even_odd_ceiling_pairs_the_halves_of_each_architecture():
     assert evaluation.halves_tau(crossed) == pytest.approx(-1.0)
     assert evaluation.halves_tau([np.array([1.0])] * 5) is None
     assert evaluation._ceiling_ratio(0.5, 0.8) == "0.62 (of 0.800)" and evaluation._ceiling_ratio(0.5, None) == "n/a"
+
+
+def test_a_manifest_from_before_the_ridge_surrogate_is_read_with_no_ridge_metrics():
+    """Such a manifest may have given the process peak to the physical model, which the default ridge metrics would
+    now clash with; it used the ridge for no metric."""
+    old = {"recipe": {**training.Recipe(ridge_metrics=()).to_dict(),
+                      "physical_metrics": ["latency_ms", "energy_mj", "peak_memory_mib", "tensor_peak_mib"]}}
+    del old["recipe"]["ridge_metrics"]
+    recipe = evaluation.recipe_of(old)
+    assert recipe.ridge_metrics == () and "peak_memory_mib" in recipe.physical_metrics
+    assert evaluation.recipe_of({"recipe": training.Recipe().to_dict()}).ridge_metrics == training.DEFAULT_RIDGE
