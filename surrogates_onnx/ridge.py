@@ -154,11 +154,7 @@ class RidgeModel:
 
     def transformed_point(self, x: np.ndarray) -> np.ndarray:
         """``(N,)`` the point in the transformed space for encoded rows ``x`` ``(N, n_features)``."""
-        raw = raw_blocks(self.space, x)
-        point = np.full(len(x), self.intercept)
-        for block in self.blocks:
-            point += block.part(block.standardised(raw[_source(block.name)]))
-        return point
+        return _point(self.space, self.blocks, self.intercept, x)
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Point ``(N,)`` and bounds ``(N, n_levels)`` in the metric's unit."""
@@ -227,8 +223,12 @@ def fit_ridge(space: str, x: np.ndarray, y: np.ndarray, basis: str) -> tuple[tup
 
 
 def _point(space: str, blocks: Sequence[Block], intercept: float, x: np.ndarray) -> np.ndarray:
+    """``(N,)`` the transformed point of ``blocks`` and ``intercept`` for encoded rows ``x``."""
     raw = raw_blocks(space, x)
-    return intercept + sum(b.part(b.standardised(raw[_source(b.name)])) for b in blocks)
+    point = np.full(len(x), float(intercept))
+    for block in blocks:
+        point += block.part(block.standardised(raw[_source(block.name)]))
+    return point
 
 
 def out_of_fold(space: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray, basis: str) -> np.ndarray:
