@@ -50,8 +50,18 @@ def _int_vector(values, name: str, allowed: Sequence[int]) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def _allowed(arr: np.ndarray, allowed: Sequence[int]) -> np.ndarray:
+    """Boolean array of ``arr``'s shape: whether each integer value is one of ``allowed`` (a lookup table over the
+    allowed range: the choices are a few small integers, and ``np.isin`` sorts)."""
+    choices = np.asarray(allowed, dtype=np.int64)
+    low, high = int(choices.min()), int(choices.max())
+    table = np.zeros(high - low + 1, dtype=bool)
+    table[choices - low] = True
+    return table[np.clip(arr, low, high) - low] & (arr >= low) & (arr <= high)
+
+
 def _check_choices(arr: np.ndarray, name: str, allowed: Sequence[int], where: np.ndarray | None = None) -> None:
-    bad = ~np.isin(arr, np.asarray(allowed))
+    bad = ~_allowed(arr, allowed)
     if where is not None:
         bad &= where
     if bad.any():
@@ -94,11 +104,12 @@ def _padded(values, name: str, n_layer: np.ndarray, max_layers: int) -> np.ndarr
         raise ValueError(f"{name}: expected an integer array of shape ({len(n_layer)}, {max_layers}) (zero beyond "
                          f"each row's n_layer) or one sequence per row, got dtype {arr.dtype} and shape {arr.shape}")
     beyond = np.arange(max_layers)[None, :] >= n_layer[:, None]
-    if np.any(arr[beyond] != 0):
-        row = int(np.argwhere(beyond & (arr != 0))[0][0])
+    padding_used = beyond & (arr != 0)
+    if padding_used.any():
+        row = int(np.argwhere(padding_used)[0][0])
         raise ValueError(f"{name}[{row}]: values beyond n_layer = {n_layer[row]} must be 0 (padding), got "
                          f"{arr[row].tolist()}")
-    return arr.astype(np.int64)
+    return arr.astype(np.int64, copy=False)
 
 
 def _check_lengths(lengths: np.ndarray, n_layer: np.ndarray, name: str) -> None:
@@ -112,17 +123,22 @@ def _check_lengths(lengths: np.ndarray, n_layer: np.ndarray, name: str) -> None:
 
 def exact_counts(sp: SearchSpace, embed_dim: np.ndarray, n_layer: np.ndarray, n_head: np.ndarray,
                  mlp_ratio: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(num_params, forward_flops at the block size, batch 1)`` as int64 ``(N,)``, the formulas of ``ArchConfig``."""
-    d, b = embed_dim[:, None], bias.astype(np.int64)[:, None]
-    live = (np.arange(n_head.shape[1])[None, :] < n_layer[:, None]).astype(np.int64)
-    a, h = n_head * sp.head_size, mlp_ratio * d  # zero beyond n_layer
+    """``(num_params, forward_flops at the block size, batch 1)`` as int64 ``(N,)``, the formulas of ``ArchConfig``.
+
+    Every per-layer term is linear in that layer's attention width ``a_i = n_head_i head_size`` or MLP width
+    ``h_i = mlp_ratio_i d``, so the sums over layers need only ``A = sum a_i`` and ``H = sum h_i`` (padding layers
+    are 0): per layer ``2 norm + 3 (d a_i + b a_i) + (a_i d + b d) + (d h_i + b h_i) + (h_i d + b d)`` sums to
+    ``2 norm L + 4 d A + 3 b A + 2 d H + b H + 2 b d L`` (``norm = d (1 + b)``, ``L`` layers). Exact int64, as the
+    per-layer sum; two reductions of ``(N, max_layers)`` instead of a dozen products."""
+    d, b, layers = embed_dim, bias.astype(np.int64), n_layer
+    a_total = n_head.sum(axis=1) * sp.head_size
+    h_total = mlp_ratio.sum(axis=1) * d
     norm = d * (1 + b)
-    per_layer = (2 * norm * live + 3 * (d * a + b * a) + (a * d + b * d * live) + (d * h + b * h)
-                 + (h * d + b * d * live))
-    params = norm[:, 0] + per_layer.sum(axis=1) + sp.vocab_size * embed_dim
+    params = (norm * (1 + 2 * layers) + 4 * d * a_total + 3 * b * a_total + 2 * d * h_total + b * h_total
+              + 2 * b * d * layers + sp.vocab_size * embed_dim)
     t = sp.block_size
-    macs_per_token = sp.vocab_size * embed_dim + (4 * d * a + 2 * d * h).sum(axis=1)
-    flops = 2 * (t * macs_per_token + (2 * t * t * a).sum(axis=1))
+    macs_per_token = sp.vocab_size * embed_dim + 4 * d * a_total + 2 * d * h_total
+    flops = 2 * (t * macs_per_token + 2 * t * t * a_total)
     return params, flops
 
 

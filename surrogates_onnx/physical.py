@@ -501,6 +501,21 @@ def _quantity_nodes(kind: str, node) -> list:
                             "nl_d", "bias_nl_d", "g_params_millions"], "q", axis=1)]
 
 
+def column_nodes(cols: Mapping[str, list[int]], source: str, prefix: str, node, const) -> tuple[list, list]:
+    """(inits, nodes) taking each column group of ``cols`` out of ``source`` ``(N, F)`` as ``<prefix>_<name>``
+    ``(N, k)``: a Slice where the columns are contiguous (the per-layer heads and ratios: a Gather of 48 columns
+    costs about 4 ms per 10,000 rows in onnxruntime, a Slice a fraction of it), else a Gather."""
+    inits, nodes = [], []
+    for name, idx in cols.items():
+        if len(idx) > 1 and list(idx) == list(range(idx[0], idx[0] + len(idx))):
+            inits += [const(f"col_{name}_start", [idx[0]], np.int64), const(f"col_{name}_end", [idx[-1] + 1], np.int64)]
+            nodes.append(node("Slice", [source, f"col_{name}_start", f"col_{name}_end", "axis1"], f"{prefix}_{name}"))
+        else:
+            inits.append(const(f"col_{name}", idx, np.int64))
+            nodes.append(node("Gather", [source, f"col_{name}"], f"{prefix}_{name}", axis=1))
+    return inits, nodes
+
+
 def offset_nodes(point: str, node, prefix: str = "z") -> list:
     """Nodes adding each Mondrian bin's offsets to the transformed point ``point`` ``(N, 1)``: ``<prefix>_lower`` and
     ``<prefix>_upper`` ``(N, n_levels)`` from the initialisers ``edges`` ``(1, n_bins)`` (the bin edges and +inf),
@@ -552,7 +567,7 @@ def export_onnx(model: PhysicalModel, metadata: Mapping[str, str] | None = None)
     def node(op: str, inputs: list[str], output: str, **attrs) -> onnx.NodeProto:
         return helper.make_node(op, inputs, [output], **attrs)
 
-    inits = [const(f"col_{k}", cols[k], np.int64) for k in cols]
+    inits, gathers = column_nodes(cols, "x64", "g", node, const)
     inits += [const("axis1", [1], np.int64), const("one", [[1.0]]), const("tiny", [[TINY]]),
               const("edges", np.concatenate([model.edges, [np.inf]])[None, :]),
               const("lower_table", model.lower), const("upper_table", model.upper)]
@@ -565,7 +580,7 @@ def export_onnx(model: PhysicalModel, metadata: Mapping[str, str] | None = None)
         inits.append(const("effective", model.effective()[:, None]))
         nodes = []
     nodes += [node("Cast", ["X"], "x64", to=TensorProto.DOUBLE)]
-    nodes += [node("Gather", ["x64", f"col_{k}"], f"g_{k}", axis=1) for k in cols]
+    nodes += gathers
     nodes += [node("Sub", ["g_n_layer", "g_n_layer"], "zero"),  # (N, 1) zeros: the "one" column is zero + 1
               node("Add", ["zero", "one"], "ones")]
     nodes += _quantity_nodes(model.kind, node)

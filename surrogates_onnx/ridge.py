@@ -283,16 +283,23 @@ def fit_model(space: str, x: np.ndarray, values: Sequence[np.ndarray], arch_ids:
 
 # ---- ONNX ----------------------------------------------------------------------------------------------------------
 def _summary_nodes(space: str, node, const) -> tuple[list, list]:
-    """Nodes computing ``summary`` (``s``, float64 ``(N, len(SUMMARY))``) from ``x64``."""
+    """Nodes computing ``summary`` (float64 ``(N, len(SUMMARY))``) from ``X`` (float32): the per-layer columns are
+    summed and maxed in float32 (exact: they are small integers) and only the ``(N, 1)`` results cast to float64."""
+    from onnx import TensorProto
+
     names, cols = feature_names(space), physical._columns(space)
     cols["gflops_per_token"] = [names.index("gflops_per_token")]
-    inits = [const(f"col_{k}", v, np.int64) for k, v in cols.items()] + [const("axis1", [1], np.int64)]
-    nodes = [node("Gather", ["x64", f"col_{k}"], f"g_{k}", axis=1) for k in cols]
-    nodes += [node("ReduceSum", ["g_n_head", "axis1"], "heads", keepdims=1),
-              node("ReduceSum", ["g_mlp_ratio", "axis1"], "ratios", keepdims=1),
-              node("ReduceMax", ["g_n_head"], "max_heads", axes=[1], keepdims=1),
-              node("ReduceMax", ["g_mlp_ratio"], "max_ratios", axes=[1], keepdims=1),
-              node("Mul", ["g_embed_dim", "heads"], "d_heads"),
+    inits, nodes = physical.column_nodes(cols, "X", "f", node, const)
+    inits.append(const("axis1", [1], np.int64))
+    nodes += [node("ReduceSum", ["f_n_head", "axis1"], "f_heads", keepdims=1),
+              node("ReduceSum", ["f_mlp_ratio", "axis1"], "f_ratios", keepdims=1),
+              node("ReduceMax", ["f_n_head"], "f_max_heads", axes=[1], keepdims=1),
+              node("ReduceMax", ["f_mlp_ratio"], "f_max_ratios", axes=[1], keepdims=1)]
+    scalars = {"g_embed_dim": "f_embed_dim", "g_n_layer": "f_n_layer", "g_bias": "f_bias",
+               "g_params_millions": "f_params_millions", "g_gflops_per_token": "f_gflops_per_token",
+               "heads": "f_heads", "ratios": "f_ratios", "max_heads": "f_max_heads", "max_ratios": "f_max_ratios"}
+    nodes += [node("Cast", [source], name, to=TensorProto.DOUBLE) for name, source in scalars.items()]
+    nodes += [node("Mul", ["g_embed_dim", "heads"], "d_heads"),
               node("Mul", ["g_embed_dim", "ratios"], "d_ratios"),
               node("Mul", ["g_embed_dim", "d_ratios"], "d2_ratios"),
               node("Mul", ["g_n_layer", "g_embed_dim"], "nl_d"),
@@ -335,7 +342,8 @@ def export_onnx(model: RidgeModel, metadata: Mapping[str, object] | None = None)
 
     n_features = len(feature_names(model.space))
     inits, nodes = _summary_nodes(model.space, node, const)
-    nodes = [node("Cast", ["X"], "x64", to=TensorProto.DOUBLE), *nodes, node("Identity", ["x64"], "encoding")]
+    if any(_source(b.name) == "encoding" for b in model.blocks):
+        nodes.append(node("Cast", ["X"], "encoding", to=TensorProto.DOUBLE))
     inits += [const("logged", list(LOGGED), np.int64), const("tiny", [[TINY]]),
               const("intercept", [[model.intercept]]),
               const("edges", np.concatenate([model.edges, [np.inf]])[None, :]),
