@@ -17,7 +17,10 @@ for ``--n-predict`` architectures given as columns (``embed_dim``, ``n_layer``, 
 2. cold start in a fresh process (interpreter + imports + load + one prediction) of the light runtime for each
    graph, against the training stack (import scikit-learn and MAPIE, ``joblib.load`` of the fitted Python
    surrogate; that pickle exists only in the temporary folder, to time the alternative);
-3. the size of each graph.
+3. the size of each graph;
+4. every shipped model (``surrogates_onnx/manifest.json``, ``--shipped``; skipped with ``--no-shipped``): per space and
+   model family, the fastest and slowest model on ``--n-predict`` seeded architectures of its space as columns,
+   encoding included (best of ``--repeats`` each).
 
 Nothing is written into the repository.
 """
@@ -36,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from timing import best_of
 
-from hwgpt_bench.search_spaces import encode, sample_archs
+from hwgpt_bench.search_spaces import encode, get_space, sample_archs
 from hwgpt_bench.surrogates_onnx import export, pipeline, runtime, training
 from hwgpt_bench.surrogates_onnx.data import Target
 
@@ -124,10 +127,36 @@ def ridge_bases(n_archs: int, n: int, cols: dict, repeats: int) -> tuple[dict, d
     return seconds, sizes
 
 
-def columns(n: int) -> dict[str, np.ndarray]:
-    """``n`` seeded gpt-s architectures as the columns ``predict_columns`` takes (per-layer arrays zero-padded)."""
-    archs = sample_archs(SPACE, n, seed=1)
-    width = max(a.n_layer for a in archs)
+def shipped_times(n: int, repeats: int) -> dict[tuple[str, str], list[float]]:
+    """{(space, family): seconds of each shipped model} for ``n`` architectures of its space as columns, encoding
+    included; family = the manifest's ``variant`` (HGB CQR variants as ``hgb``), the ridge with its basis."""
+    out: dict[tuple[str, str], list[float]] = {}
+    cols: dict[str, dict] = {}
+    for entry in runtime.read_manifest()["models"]:
+        space = entry["space"]
+        cols.setdefault(space, columns(n, space))
+        model = runtime.Surrogate.load(space, entry["device"], entry["metric"], entry["workload"])
+        variant = entry["variant"]
+        family = {"physical": "physical", "ridge": f"ridge ({entry.get('ridge', {}).get('basis')})"}.get(variant,
+                                                                                                         "hgb")
+        out.setdefault((space, family), []).append(best_of(lambda m=model, c=cols[space]: m.predict_columns(c),
+                                                           repeats))
+    return out
+
+
+def print_shipped(n: int, times: dict[tuple[str, str], list[float]]) -> None:
+    """Markdown rows: per space and family, how many shipped models and their fastest / slowest time."""
+    print(f"\nevery shipped model, {n:,} architectures of its space as columns, encoding included:\n")
+    print("| space | model | models | ms (fastest - slowest) |\n| --- | --- | --- | --- |")
+    for (space, family), seconds in sorted(times.items()):
+        print(f"| {space} | {family} | {len(seconds)} | {min(seconds) * 1e3:.1f} - {max(seconds) * 1e3:.1f} |")
+
+
+def columns(n: int, space: str = SPACE) -> dict[str, np.ndarray]:
+    """``n`` seeded architectures of ``space`` as the columns ``predict_columns`` takes (per-layer arrays
+    zero-padded)."""
+    archs = sample_archs(space, n, seed=1)
+    width = get_space(space).max_layers
     heads, ratios = np.zeros((n, width), np.int64), np.zeros((n, width), np.int64)
     for i, a in enumerate(archs):
         heads[i, :a.n_layer], ratios[i, :a.n_layer] = a.n_head, a.mlp_ratio
@@ -140,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n-predict", type=int, default=10_000, help="architectures predicted in one batch")
     p.add_argument("--n-archs", type=int, default=2000, help="architectures of the synthetic training target")
     p.add_argument("--repeats", type=int, default=5, help="timing repeats (best is kept)")
+    p.add_argument("--shipped", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time every shipped model (default: yes)")
     args = p.parse_args(argv)
     os.environ.update({k: ENV[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
     import joblib
@@ -177,9 +208,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     basis = models["ridge"].entry["ridge"]["basis"]
     print_table(args.n_predict, t, cold, sizes, int(tree.n_iter_), basis)
     print_bases(args.n_predict, basis_s, basis_bytes, t["cqr_mapie"])
+    shipped = shipped_times(args.n_predict, args.repeats) if args.shipped else {}
+    if shipped:
+        print_shipped(args.n_predict, shipped)
     print(json.dumps({"n_predict": args.n_predict, "seconds": t, "cold_start_s": cold, "onnx_bytes": sizes,
                       "cqr_variant": fitted.models.variant, "trees_per_model": int(tree.n_iter_),
-                      "ridge_basis": basis, "ridge_basis_seconds": basis_s, "ridge_basis_bytes": basis_bytes}))
+                      "ridge_basis": basis, "ridge_basis_seconds": basis_s, "ridge_basis_bytes": basis_bytes,
+                      "shipped_seconds": {f"{space} / {family}": v for (space, family), v in shipped.items()}}))
     return 0
 
 

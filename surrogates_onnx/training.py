@@ -67,8 +67,8 @@ RIDGE_METRICS = METRIC_NAMES
 #: perplexity, accuracy); on release 0.3.5's 31 such targets the ridge's test tau is 0.021 higher on average (0.007 on
 #: the 14 with >= 50 test architectures), its mean relative interval score 0.43x the CQR's (median; 0.77x on the 14),
 #: at the same calibration there (mean |coverage - level| 0.031 against 0.030, worst quintile at 0.9 0.846 against
-#: 0.847), and its graph 4-11 KB instead of 100-450 KB, answering 10,000 architectures in about 12-15 ms with the
-#: encoding instead of about 200 ms (benchmarks/surrogate_speed.py)
+#: 0.847), and its graph 5-11 KB instead of 100-450 KB, answering 10,000 architectures in 6-11 ms with the encoding
+#: instead of about 200 ms (benchmarks/surrogate_speed.py)
 DEFAULT_RIDGE = ("peak_memory_mib", "perplexity", "accuracy")
 FOLD_SEED_OFFSET = 7919  # folds hash arch ids with seed + this, independently of the outer split
 INTERVAL_COVERS = ("a single new measurement of an unseen architecture (one repeat drawn at random), with probability "
