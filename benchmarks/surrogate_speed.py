@@ -106,17 +106,18 @@ def train_ridge(root: Path, n_archs: int) -> None:
                                    "models": [entry], "skipped": []})
 
 
-def ridge_bases(n_archs: int, n: int, cols: dict, repeats: int) -> tuple[dict, dict]:
-    """({basis: seconds of encoding + graph}, {basis: graph bytes}) of a ridge model of each basis, fitted on the
-    synthetic target's fitting architectures, for the ``n`` architectures of ``cols``."""
+def ridge_bases(n_archs: int, n: int, cols: dict, repeats: int) -> tuple[dict, dict, dict]:
+    """({basis: seconds of encoding + graph}, {basis: graph bytes}, {basis: the numpy ``RidgeModel``}) of a ridge
+    model of each basis, fitted on the synthetic target's fitting architectures, for the ``n`` architectures of
+    ``cols``."""
     from hwgpt_bench.surrogates_onnx import ridge
     from hwgpt_bench.surrogates_onnx.encoding import encode_columns
 
     target, recipe = synthetic_target(n_archs), training.Recipe()
     x, values, ids, _ = training.split_target(target, recipe).fitting_archs("cross")
-    seconds, sizes = {}, {}
+    seconds, sizes, models = {}, {}, {}
     for basis in ridge.allowed_bases(x.shape[1]):
-        model = ridge.fit_model(SPACE, x, values, ids, "log", bases=[basis])
+        model = models[basis] = ridge.fit_model(SPACE, x, values, ids, "log", bases=[basis])
         graph = ridge.export_onnx(model).SerializeToString()
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "m.onnx").write_bytes(graph)
@@ -124,7 +125,7 @@ def ridge_bases(n_archs: int, n: int, cols: dict, repeats: int) -> tuple[dict, d
             seconds[basis] = best_of(lambda s=session: s.run(None, {"X": encode_columns(SPACE, cols)}), repeats)
         sizes[basis] = len(graph)
         assert session.run(None, {"X": encode_columns(SPACE, cols)})[0].shape == (n,)
-    return seconds, sizes
+    return seconds, sizes, models
 
 
 def shipped_times(n: int, repeats: int) -> dict[tuple[str, str], list[float]]:
@@ -189,9 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         x = encode_columns(SPACE, cols)
         t = {f"{name}_onnx": best_of(lambda m=m: m.predict_columns(cols), args.repeats) for name, m in models.items()}
         t["encode"] = best_of(lambda: encode_columns(SPACE, cols), args.repeats)
-        ridge_model = ridge_twin(models["ridge"].entry, roots["ridge"], args.n_archs)
-        t["ridge_numpy"] = best_of(lambda: ridge_model.predict(encode_columns(SPACE, cols)), args.repeats)
-        basis_s, basis_bytes = ridge_bases(args.n_archs, args.n_predict, cols, args.repeats)
+        basis_s, basis_bytes, basis_models = ridge_bases(args.n_archs, args.n_predict, cols, args.repeats)
+        twin = basis_models[models["ridge"].entry["ridge"]["basis"]]  # same basis and coefficients as that graph
+        t["ridge_numpy"] = best_of(lambda: twin.predict(encode_columns(SPACE, cols)), args.repeats)
         with pipeline.quiet_mapie():
             t["cqr_mapie"] = best_of(lambda: fitted.predict(encode_columns(SPACE, cols)), args.repeats)
         t["cqr_sklearn_models"] = best_of(lambda: fitted.models.predict(encode_columns(SPACE, cols)), args.repeats)
@@ -216,20 +217,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "ridge_basis": basis, "ridge_basis_seconds": basis_s, "ridge_basis_bytes": basis_bytes,
                       "shipped_seconds": {f"{space} / {family}": v for (space, family), v in shipped.items()}}))
     return 0
-
-
-def ridge_twin(entry: dict, root: Path, n_archs: int):
-    """The numpy ``RidgeModel`` behind the trained ridge graph: refitted on the same architectures with the basis
-    the manifest names (the fit is deterministic; the graph's parity with it was checked when it was exported)."""
-    from hwgpt_bench.surrogates_onnx import ridge
-
-    target, recipe = synthetic_target(n_archs), training.Recipe()
-    x, values, ids, _ = training.split_target(target, recipe).fitting_archs("cross")
-    model = ridge.fit_model(SPACE, x, values, ids, "log", bases=[entry["ridge"]["basis"]])
-    session = runtime.open_session(root / entry["file"])
-    np.testing.assert_allclose(session.run(None, {"X": x[:50].astype(np.float32)})[0],
-                               model.predict(x[:50].astype(np.float32))[0], rtol=1e-9)
-    return model
 
 
 def print_bases(n: int, seconds: dict, sizes: dict, mapie: float) -> None:

@@ -159,7 +159,7 @@ def feature_map(space: str, workload: Mapping, kind: str = "time") -> np.ndarray
     return quantity_matrix(kind) * factors[:, None]
 
 
-def _columns(space: str) -> dict[str, list[int]]:
+def column_groups(space: str) -> dict[str, list[int]]:
     names, sp = feature_names(space), get_space(space)
     return {"embed_dim": [names.index("embed_dim")], "n_layer": [names.index("n_layer")],
             "bias": [names.index("bias")], "params_millions": [names.index("params_millions")],
@@ -169,7 +169,7 @@ def _columns(space: str) -> dict[str, list[int]]:
 
 def quantities(space: str, x: np.ndarray, kind: str = "time") -> np.ndarray:
     """``(N, n_quantities)`` float64 from the encoded rows ``x`` ``(N, n_features)`` (padding layers are 0)."""
-    cols = _columns(space)
+    cols = column_groups(space)
     design(kind)
     x = np.asarray(x, dtype=np.float64)
     d, n_layer, bias = (x[:, cols[k][0]] for k in ("embed_dim", "n_layer", "bias"))
@@ -559,7 +559,7 @@ def export_onnx(model: PhysicalModel, metadata: Mapping[str, str] | None = None)
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    cols, names = _columns(model.space), feature_names(model.space)
+    cols, names = column_groups(model.space), feature_names(model.space)
 
     def const(name: str, value, dtype=np.float64) -> onnx.TensorProto:
         return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)

@@ -267,7 +267,7 @@ def physical_groups(targets: list[Target], recipe: Recipe) -> dict[tuple, list[T
     return groups
 
 
-def _physical_reason(split: training.SplitData, recipe: Recipe, transform: str = "log") -> str | None:
+def _conformal_reason(split: training.SplitData, recipe: Recipe, transform: str = "log") -> str | None:
     """Why a cross-conformal model (physical or ridge) cannot be fitted on ``split``, or None: values <= 0 under the
     log transform, or fewer fitting architectures than ``physical.smallest_space(levels, symmetric=True)``."""
     values = [*split.train_values, *split.cal_values, *split.test_values]
@@ -286,7 +286,7 @@ def train_physical(targets: list[Target], recipe: Recipe, out: Path, dataset: di
     results: dict[str, dict | str] = {}
     usable = []
     for t in targets:
-        reason = _physical_reason(splits[model_stem(t)], recipe)
+        reason = _conformal_reason(splits[model_stem(t)], recipe)
         if reason:
             results[model_stem(t)] = reason
         else:
@@ -338,7 +338,7 @@ def train_ridge(target: Target, split: training.SplitData, recipe: Recipe, out: 
     or the reason it was skipped."""
     started = time.perf_counter()
     transform = TRANSFORMS[target.metric]
-    reason = _physical_reason(split, recipe, transform)
+    reason = _conformal_reason(split, recipe, transform)
     if reason:
         return reason
     x, values, ids, _ = split.fitting_archs("cross")
@@ -434,7 +434,7 @@ def train_free(targets: list[Target], recipe: Recipe, out: Path, dataset: dict) 
     architectures, exported (graph inputs ``X`` and ``W``), checked against ``predict`` at every measured workload
     and judged on held-out workloads. Returns their ``workload_models`` entries."""
     splits = {model_stem(t): training.split_target(t, recipe) for t in targets}
-    usable = [t for t in targets if _physical_reason(splits[model_stem(t)], recipe) is None]
+    usable = [t for t in targets if _conformal_reason(splits[model_stem(t)], recipe) is None]
     if max((sum(t.space == u.space for u in usable) for t in usable), default=0) < 2:
         return []
     models = physical.fit_free(_cells(usable, splits), recipe.levels, recipe.folds, recipe.min_bin_archs,

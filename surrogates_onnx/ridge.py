@@ -287,7 +287,7 @@ def _summary_nodes(space: str, node, const) -> tuple[list, list]:
     summed and maxed in float32 (exact: they are small integers) and only the ``(N, 1)`` results cast to float64."""
     from onnx import TensorProto
 
-    names, cols = feature_names(space), physical._columns(space)
+    names, cols = feature_names(space), physical.column_groups(space)
     cols["gflops_per_token"] = [names.index("gflops_per_token")]
     inits, nodes = physical.column_nodes(cols, "X", "f", node, const)
     inits.append(const("axis1", [1], np.int64))
