@@ -13,7 +13,7 @@ import itertools
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -181,7 +181,8 @@ def measurement_key(arch: ArchConfig, settings, device_id: str) -> tuple:
     return tuple(values[k] for k in PRIMARY_KEYS["measurements"])
 
 
-def profile(request: ProfileRequest, out: str | Path, session=None) -> int:
+def profile(request: ProfileRequest, out: str | Path, session=None,
+            stop: Callable[[ArchConfig, object], bool] | None = None) -> int:
     """Measure ``request`` into the run directory ``out``, resuming from the parts already there.
 
     Every measurement belongs to a profiling session (``session.Session``) and its row carries the ``session_id``.
@@ -190,8 +191,9 @@ def profile(request: ProfileRequest, out: str | Path, session=None) -> int:
     with its threads (and ``device_id``, if the request names one) and have ``request.space`` among its spaces.
 
     Every argument is checked (the request, the workload grid, the device, the session) before anything is written.
-    The sample's ``architectures`` rows are written before a session of its own starts. Returns the number of
-    measurements written by this call.
+    The sample's ``architectures`` rows are written before a session of its own starts. ``stop(arch, settings)``,
+    if given, is asked before each measurement: when it answers true, nothing more is measured (what was measured
+    is flushed as usual; a time budget uses it). Returns the number of measurements written by this call.
     """
     from hwgpt_bench.generation import environment, profilers
     from hwgpt_bench.generation.session import Session
@@ -217,13 +219,17 @@ def profile(request: ProfileRequest, out: str | Path, session=None) -> int:
         log.info("%s: %d measurements to do on %s (shard %s, session %s), %d already on disk", request.space,
                  len(todo), facts["device_id"], shard, session.session_id, len(writer.done_keys))
         todo = _limited(todo, request.limit)
-        built = _LastBuiltModel()
+        built, done = _LastBuiltModel(), 0
         for arch, settings in tqdm(todo, desc=f"profile {request.space}", unit="meas"):
+            if stop is not None and stop(arch, settings):
+                log.info("%s: stopped after %d of %d measurements", request.space, done, len(todo))
+                break
             measure_memory = not request.no_memory
             model = None if profilers.measured_in_child(settings, measure_memory) else built.model_for(arch, settings)
             writer.add([profilers.profile_arch(arch, settings, run_id, facts, measure_memory=measure_memory,
                                                model=model, session_id=session.session_id, reference=reference)])
-    return len(todo)
+            done += 1
+    return done
 
 
 class _LastBuiltModel:

@@ -119,7 +119,7 @@ class LatencyResult:
 
 @dataclass(frozen=True)
 class EnergyResult:
-    """Energy per forward of each sample (millijoules), or ``None`` with ``missing_reason``."""
+    """Energy per step of each sample (millijoules), or ``None`` with ``missing_reason``."""
 
     energy_mj: list[float] | None
     method: str | None
@@ -316,26 +316,116 @@ def measure_paired_latency(model: GPT, reference: GPT, settings: ProfileSettings
 
 
 # ---- energy ------------------------------------------------------------------------------------------------------
-def _energy_sample(counter, work: Workload, cache: KVCache | None) -> tuple[float, float]:
-    """One sample: repeat the step until ``energy_window_ms`` has passed; (mJ per forward, window in ms)."""
-    _sync(work.settings)
-    n, start_reading, start = 0, counter.read(), time.perf_counter()
+#: how long a sample waits for the counter to move before the energy is given up as unmeasurable: this many windows,
+#: plus ``_EDGE_WAIT_EXTRA_S`` (a counter that updates every 100 ms moves many times within it)
+_EDGE_WAIT_WINDOWS = 10
+_EDGE_WAIT_EXTRA_S = 1.0
+ENERGY_SAMPLING = ("each sample runs the step back to back from one counter update to the first update after at least "
+                   "{window:g} ms (both updates seen between two steps), and divides the counter's delta by the "
+                   "steps in between")
+
+
+@dataclass(frozen=True)
+class EnergySample:
+    """One energy sample: the counter's delta per step (millijoules), the window from update to update (ms) and the
+    steps run in it."""
+
+    mj_per_step: float
+    window_ms: float
+    steps: int
+
+
+class CounterStalled(RuntimeError):
+    """The energy counter did not move within the wait allowed (``_EDGE_WAIT_WINDOWS`` windows + 1 s)."""
+
+
+def _next_update(counter, work: Workload, cache: KVCache | None, clock: Callable[[], float], allowed_s: float):
+    """Run steps until ``counter`` reads a new value after one of them; ``(reading, time)`` of that read."""
+    last, start = counter.read(), clock()
     while True:
         work.run(cache)
         _sync(work.settings)
-        n += 1
-        elapsed_ms = (time.perf_counter() - start) * 1e3
-        if elapsed_ms >= work.settings.energy_window_ms:
+        reading, now = counter.read(), clock()
+        if reading != last:
+            return reading, now
+        if now - start > allowed_s:
+            raise CounterStalled(f"{counter.name} did not change in {now - start:.1f} s of back-to-back steps")
+
+
+def energy_samples(counter, work: Workload, cache: KVCache | None, n: int,
+                   clock: Callable[[], float] = time.perf_counter) -> list[EnergySample]:
+    """``n`` energy samples of ``work``'s step, aligned on the counter's own updates.
+
+    A counter such as NVML's total energy is updated every few tens of milliseconds: a delta between two arbitrary
+    reads is off by up to one update period at each end. Here every window starts and ends at an update, seen between
+    two steps (the reading changed after the step before): the delta then covers the interval between the two updates,
+    which matches the steps counted up to the time of one step at each end instead of one update period. Consecutive
+    samples share their boundary update, so ``n`` samples cost ``n`` windows plus the wait for the first update.
+    ``CounterStalled`` when the counter does not move within ``_EDGE_WAIT_WINDOWS`` windows plus 1 s.
+    """
+    window_s = work.settings.energy_window_ms / 1e3
+    allowed_s = _EDGE_WAIT_WINDOWS * window_s + _EDGE_WAIT_EXTRA_S
+    _sync(work.settings)
+    start_reading, start = _next_update(counter, work, cache, clock, allowed_s)
+    samples = []
+    for _ in range(n):
+        steps, previous = 0, start_reading
+        while True:
+            work.run(cache)
+            _sync(work.settings)
+            steps += 1
+            reading, now = counter.read(), clock()
+            if reading != previous and now - start >= window_s:
+                break
+            if now - start > allowed_s:
+                raise CounterStalled(f"{counter.name} did not change in {now - start:.1f} s of back-to-back steps")
+            previous = reading
+        samples.append(EnergySample(counter.delta_mj(start_reading, reading) / steps, (now - start) * 1e3, steps))
+        start_reading, start = reading, now
+    return samples
+
+
+def counter_update_period(counter, step: Callable[[], object], seconds: float,
+                          clock: Callable[[], float] = time.perf_counter) -> dict:
+    """How often ``counter`` changes while ``step()`` keeps the device busy, read in a loop for ``seconds``.
+
+    ``step`` should queue work without waiting for it (on a GPU, a kernel launch), so the loop reads the counter as
+    often as the device's queue lets it. Returns ``updates`` (changes seen), ``period_ms_p10`` / ``p50`` / ``p90``
+    (the times between consecutive changes; ``None`` with fewer than two changes), ``read_interval_ms`` (the mean
+    time between two reads: the resolution of those times), ``mean_power_w`` (the counter's delta over the time from
+    its first to its last change, watts; ``None`` likewise) and ``seconds`` (the time the loop ran).
+    """
+    reads, changes = 0, []
+    last, start = counter.read(), clock()
+    while True:
+        step()
+        reading, now = counter.read(), clock()
+        reads += 1
+        if reading != last:
+            changes.append((now, reading))
+            last = reading
+        if now - start >= seconds:
             break
-    return counter.delta_mj(start_reading, counter.read()) / n, elapsed_ms
+    gaps = sorted((b[0] - a[0]) * 1e3 for a, b in zip(changes, changes[1:], strict=False))
+
+    def quantile(q: float) -> float | None:
+        return gaps[min(len(gaps) - 1, int(q * len(gaps)))] if gaps else None
+
+    span = changes[-1][0] - changes[0][0] if len(changes) > 1 else 0.0
+    power = counter.delta_mj(changes[0][1], changes[-1][1]) / span / 1e3 if span > 0 else None
+    return {"updates": len(changes), "period_ms_p10": quantile(0.1), "period_ms_p50": quantile(0.5),
+            "period_ms_p90": quantile(0.9), "read_interval_ms": (now - start) * 1e3 / reads, "mean_power_w": power,
+            "seconds": now - start}
 
 
 def measure_energy(model: GPT, settings: ProfileSettings, powercap_root: Path | str = POWERCAP_ROOT) -> EnergyResult:
-    """``n_energy_samples`` counter deltas per forward (millijoules), or ``None`` and the reason without a counter.
+    """``n_energy_samples`` counter deltas per step (millijoules), or ``None`` and the reason without a counter.
 
-    Each sample reruns the step on one prepared state (the KV cache positions are overwritten with the same work).
-    ``window_ms`` is the mean actual duration of the samples' windows (each at least ``energy_window_ms``).
-    The counters cover the whole GPU or CPU package: idle power and other processes on it are included.
+    Each sample reruns the step on one prepared state (the KV cache positions are overwritten with the same work),
+    from one counter update to the first update at least ``energy_window_ms`` later (``energy_samples``).
+    ``window_ms`` is the mean actual duration of the samples' windows. The counters cover the whole GPU or CPU
+    package: idle power and other processes on it are included. A counter that does not move is a missing energy
+    with the reason, never a zero.
     """
     counter, reason = energy_source(settings.device, powercap_root)
     if counter is None:
@@ -344,9 +434,13 @@ def measure_energy(model: GPT, settings: ProfileSettings, powercap_root: Path | 
         work = Workload(model, settings)
         _warm_up(work)
         cache = work.prepare()
-        samples = [_energy_sample(counter, work, cache) for _ in range(settings.n_energy_samples)]
-    method = f"{counter.name}; delta over >= {settings.energy_window_ms:g} ms of repeated forwards / forwards"
-    return EnergyResult([mj for mj, _ in samples], method, statistics.fmean(ms for _, ms in samples), None)
+        try:
+            samples = energy_samples(counter, work, cache, settings.n_energy_samples)
+        except CounterStalled as err:
+            return EnergyResult(None, None, None, f"{err}; energy not measured")
+    method = f"{counter.name}; {ENERGY_SAMPLING.format(window=settings.energy_window_ms)}"
+    return EnergyResult([s.mj_per_step for s in samples], method, statistics.fmean(s.window_ms for s in samples),
+                        None)
 
 
 # ---- memory ------------------------------------------------------------------------------------------------------

@@ -59,8 +59,9 @@ class ProfileSettings:
             a process's fixed cost (fork, build, warm-ups) is then spread over at least this much recorded work, and a
             short step gets more repeats.
         n_energy_samples: recorded energy samples (where a counter exists).
-        energy_window_ms: each energy sample repeats the forward until at least this long has passed (milliseconds);
-            the energy per forward is the counter's delta divided by the forwards run.
+        energy_window_ms: each energy sample repeats the step from one update of the energy counter to the first
+            update at least this long after it (milliseconds); the energy per step is the counter's delta divided by
+            the steps run (``profilers.energy_samples``).
         threads: torch intra-op threads during the measurement.
         weights: ``"random-init"`` (seeded, as the paper) or ``"supernet:<sha12>"`` (pass the model yourself).
         seed: seed of the random weights and of the random input tokens.

@@ -78,6 +78,25 @@ def _cmd_run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gpu_block(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from hwgpt_bench.generation.gpu_block import BlockConfig, run_block
+
+    config = BlockConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BlockConfig)})
+    entry = run_block(config, args.run)
+    counts = {s["stage"]: s["measured"] for s in entry["stages"]}
+    print(f"gpu-block into {args.run} in {entry['seconds']:.0f} s: {counts}")
+    return 0
+
+
+def _cmd_gpu_block_export(args: argparse.Namespace) -> int:
+    from hwgpt_bench.generation.gpu_block import export_block
+
+    print(f"exported {args.run} into {export_block(args.run, args.out)}")
+    return 0
+
+
 def _cmd_plan_device(args: argparse.Namespace) -> int:
     from hwgpt_bench.generation.device_plan import plan_text, write_plan
 
@@ -465,6 +484,50 @@ def _add_run_plan(sub) -> None:
     p.set_defaults(handler=_cmd_run_plan)
 
 
+def _add_gpu_block(sub) -> None:
+    p = sub.add_parser("gpu-block", help="the prepared GPU block: gpt-s at the paper's settings within a time budget",
+                       description="Measure the GPU block into a run directory (resumable) within --budget-s seconds: "
+                       "GPU facts, the energy counter's update period, a gpt-s session (panel first and last; forward "
+                       "at batch 8, 1024 tokens, bf16; then prefill/decode of the first --decode-archs) and, if time "
+                       "remains, a gpt-m session. plans/gpu-block.sh runs it on a lent machine.")
+    p.add_argument("--run", required=True, help="run directory (a rerun resumes from its parts)")
+    p.add_argument("--device", default="cuda", help="'cuda', 'cuda:N', or 'cpu' for the dry run (default cuda)")
+    p.add_argument("--device-id", default=None, help="device identifier (default: derived from the fingerprint)")
+    p.add_argument("--budget-s", type=float, default=330.0, help="hard stop, seconds from the start (default 330)")
+    number = (("--archs", int, 500, "gpt-s forward architectures at most: seed-0 positions 0..N-1"),
+              ("--min-archs", int, 150, "forward architectures that may use the extras' reserve"),
+              ("--extras-reserve-s", float, 60.0, "seconds kept for prefill/decode and gpt-m after --min-archs"),
+              ("--decode-archs", int, 20, "the first positions also measured in prefill and decode (0: none)"),
+              ("--gpt-m-archs", int, 150, "gpt-m forward architectures at most (0: no gpt-m session)"),
+              ("--batch-size", int, 8, "gpt-s forward batch"),
+              ("--gpt-m-batch-size", int, 4, "gpt-m forward batch"),
+              ("--decode-batch-size", int, 8, "prefill and decode batch"),
+              ("--seq-len", int, 1024, "forward tokens per sequence (prefill and decode use the full block)"),
+              ("--warmup", int, 3, "untimed steps before the timed ones"),
+              ("--repeats", int, 10, "timed repeats (CUDA events)"),
+              ("--energy-samples", int, 5, "energy samples per measurement"),
+              ("--min-energy-window-ms", float, 100.0, "shortest energy sample, ms"),
+              ("--energy-window-factor", float, 2.0, "energy sample at least this many counter update periods"),
+              ("--period-seconds", float, 3.0, "seconds spent measuring the energy counter's update period"),
+              ("--panel-k", int, 16, "calibration panel architectures"),
+              ("--panel-seq-len", int, 256, "calibration panel tokens"))
+    for flag, kind, default, text in number:
+        p.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
+    p.add_argument("--decode-seq-len", type=int, default=None,
+                   help="prefill tokens and decode cache (default: the full block, 1024 / 1023)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all logical cores)")
+    p.set_defaults(handler=_cmd_gpu_block)
+
+
+def _add_gpu_block_export(sub) -> None:
+    p = sub.add_parser("gpu-block-export", help="merge a GPU block's run into at most 8 files for the way back",
+                       description="Merge the run directory into OUT/<device_id>/<table>/part-merged.parquet, one part "
+                       "per table, with the block's report beside them (a run directory for build-release).")
+    p.add_argument("--run", required=True, help="the block's run directory")
+    p.add_argument("--out", required=True, help="folder the export goes to (the device tool's $OUT)")
+    p.set_defaults(handler=_cmd_gpu_block_export)
+
+
 def _add_plan_device(sub) -> None:
     p = sub.add_parser("plan-device", help="choose the few architectures to measure on a new device (a run-plan plan)",
                        description="Write a run-plan plan for a new device: the session's calibration panel, K "
@@ -644,7 +707,8 @@ def _add_search(sub) -> None:
 
 
 _BUILDERS = [_add_demo, _add_figures, _add_spaces, _add_sample, _add_profile, _add_eval_perplexity, _add_train,
-             _add_train_standalone, _add_run_plan, _add_plan_device, _add_prepare_corpus, _add_merge,
+             _add_train_standalone, _add_run_plan, _add_gpu_block, _add_gpu_block_export, _add_plan_device,
+             _add_prepare_corpus, _add_merge,
              _add_build_release, _add_validate, _add_publish,
              _add_predict, _add_train_surrogates, _add_evaluate_surrogates, _add_fit_device, _add_search]
 

@@ -213,14 +213,17 @@ def test_energy_samples_fill_the_window(model, monkeypatch, phase, short_setting
     assert result.window_ms >= 20.0 and result.method.startswith("fake counter")
 
 
-def test_energy_from_a_fake_rapl_tree(model, tmp_path, short_settings):
+def test_energy_from_a_fake_rapl_tree_that_never_moves_is_missing_not_zero(model, tmp_path, short_settings,
+                                                                            monkeypatch):
     zone = tmp_path / "intel-rapl:0"
     zone.mkdir()
     (zone / "name").write_text("package-0\n")
     (zone / "energy_uj").write_text("123\n")
     (zone / "max_energy_range_uj").write_text("1000000\n")
+    monkeypatch.setattr(profilers, "_EDGE_WAIT_EXTRA_S", 0.05)
     result = profilers.measure_energy(model, short_settings(), powercap_root=tmp_path)
-    assert result.energy_mj == [0.0, 0.0] and "RAPL" in result.method  # the fake counter does not move
+    assert result.energy_mj is None and result.method is None  # the counter was read, and it did not move
+    assert result.missing_reason.startswith("linux powercap RAPL package energy_uj (whole CPU package) did not change")
 
 
 # ---- one row -----------------------------------------------------------------------------------------------------

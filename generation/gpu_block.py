@@ -1,0 +1,399 @@
+"""The prepared GPU block: one short, time-boxed, resumable profiling run for a lent NVIDIA machine.
+
+A GPU machine is lent to this project by chance, for about 15 minutes of device time (starts and idle waits
+included), to a host that has the image's PyTorch, numpy, pyarrow, psutil, tqdm and nvidia-ml-py but no network.
+``plans/gpu-block.sh`` installs the package from the working tree without dependencies and runs ``run_block``
+(``hwgpt-bench gpu-block``) and then ``export_block`` (``hwgpt-bench gpu-block-export``). In order:
+
+1. **GPU facts** (``gpu_facts``): the fingerprint (name, memory, power limit, ECC and MIG modes, maximum clocks,
+   driver) and what this session found (current and application clocks, performance state, temperature, persistence
+   and compute modes, CUDA driver and runtime, compute capability, multiprocessors, PCI device id). Nothing that
+   names one physical card (no UUID, serial or bus id).
+2. **The energy counter's update period** (``profilers.counter_update_period``): NVML's total-energy counter read in a
+   loop for ``period_seconds`` while bf16 matrix products keep the GPU busy. Each energy sample then spans at least
+   ``energy_window_factor`` update periods and ``min_energy_window_ms`` (``energy_window_ms``), from one counter
+   update to another (``profilers.energy_samples``).
+3. **Session 1, gpt-s** (``session.Session``: its calibration panel first and last): the release's seed-0 gpt-s
+   architectures at the paper's settings (full forward of ``seq_len`` = 1,024 tokens, batch 8, bf16 autocast,
+   ``warmup`` untimed steps, ``repeats`` steps timed with CUDA events, ``energy_samples`` energy samples, the CUDA
+   allocator's peak), as many as the budget allows; then prefill and per-token decode (batch ``decode_batch_size``,
+   full block) for the first ``decode_archs`` of them if time remains.
+4. **Session 2, gpt-m** (its own panels), batch ``gpt_m_batch_size``, if time remains.
+
+The budget (``BlockBudget``) is a hard stop: before each measurement it checks that the measurement (estimated from
+the slowest of the last five), the open session's end panel and the export still fit; the forward measurements keep
+``extras_reserve_s`` for step 3's extras and step 4 once ``min_archs`` of them are done. Every row lands in atomic
+parquet parts of the run directory (``runs``), so a rerun of the same command resumes: nothing twice, nothing lost.
+The block's report (``REPORT_NAME`` in the run directory: facts, counter period, window, stages, counts, timings) gains
+one entry per invocation.
+
+``export_block`` merges the run directory into one part per table under ``out/<device_id>/`` (the tables as a run
+directory, ready for ``build-release``), with the report beside them: at most ``MAX_EXPORT_FILES`` files of at most
+``MAX_EXPORT_FILE_MIB`` MiB each, the device tool's limits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hwgpt_bench.files import write_text_atomic
+from hwgpt_bench.generation.jobs import ProfileRequest, merge_runs, profile
+from hwgpt_bench.generation.runs import read_parts
+from hwgpt_bench.generation.session import PANEL_SEQ_LEN, Session
+from hwgpt_bench.loaders.schema import TABLES
+from hwgpt_bench.panel import PANEL_K
+
+log = logging.getLogger(__name__)
+
+REPORT_NAME = "gpu-block.json"
+MAX_EXPORT_FILES = 8  # the device tool brings back at most 8 files ...
+MAX_EXPORT_FILE_MIB = 16.0  # ... of at most 16 MiB each
+EXPORT_RESERVE_S = 10.0  # kept for writing the report and the export after the last session
+MAIN_SPACE, EXTRA_SPACE = "gpt-s", "gpt-m"
+RELEASE_SEED = 0  # the release's sample: every shipped device measured its first positions
+_PERIOD_MATRIX = 4096  # side of the bf16 matrix products that keep the GPU busy while the counter is read
+
+
+# ---- the plan ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BlockConfig:
+    """What one block measures; validated on construction (``ValueError`` naming the field).
+
+    Attributes:
+        device: ``"cuda"``, ``"cuda:N"`` or ``"cpu"`` (the dry run: no energy counter, the same code path).
+        budget_s: seconds from the start of ``run_block`` to its end, export reserve included (the hard stop).
+        archs: gpt-s forward measurements at most: seed-0 positions ``0 .. archs - 1`` (the release has 500).
+        min_archs: forward measurements that may use the extras' reserve (the issue's floor: 150).
+        extras_reserve_s: seconds kept for the extras once ``min_archs`` forwards are done.
+        decode_archs: the first positions measured in prefill and decode (0: none).
+        gpt_m_archs: gpt-m forward measurements at most (0: no gpt-m session).
+        batch_size, gpt_m_batch_size, decode_batch_size: the batches of the forwards and of prefill / decode.
+        seq_len, decode_seq_len: forward tokens, and prefill tokens / decode cache (None: the full block, as
+            ``ProfileRequest``: 1,024 and 1,023 in gpt-s).
+        warmup, repeats, energy_samples: untimed steps, timed repeats and energy samples per measurement.
+        min_energy_window_ms, energy_window_factor: each energy sample spans at least the larger of the two
+            (the second in measured update periods of the counter).
+        period_seconds: how long the counter's update period is measured.
+        panel_k, panel_seq_len: the calibration panel (``session.Session``'s ``k`` and ``panel_seq_len``).
+        threads: torch intra-op threads (None: all logical cores).
+        device_id: None: derived from the host's fingerprint.
+    """
+
+    device: str = "cuda"
+    budget_s: float = 330.0
+    archs: int = 500
+    min_archs: int = 150
+    extras_reserve_s: float = 60.0
+    decode_archs: int = 20
+    gpt_m_archs: int = 150
+    batch_size: int = 8
+    gpt_m_batch_size: int = 4
+    decode_batch_size: int = 8
+    seq_len: int | None = 1024
+    decode_seq_len: int | None = None
+    warmup: int = 3
+    repeats: int = 10
+    energy_samples: int = 5
+    min_energy_window_ms: float = 100.0
+    energy_window_factor: float = 2.0
+    period_seconds: float = 3.0
+    panel_k: int = PANEL_K
+    panel_seq_len: int = PANEL_SEQ_LEN
+    threads: int | None = None
+    device_id: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, low in (("archs", 1), ("min_archs", 0), ("decode_archs", 0), ("gpt_m_archs", 0),
+                          ("batch_size", 1), ("gpt_m_batch_size", 1), ("decode_batch_size", 1), ("warmup", 0),
+                          ("repeats", 1), ("energy_samples", 1), ("panel_k", 2), ("panel_seq_len", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}: must be an integer >= {low}, got {value!r}")
+        for name in ("budget_s", "extras_reserve_s", "min_energy_window_ms", "energy_window_factor",
+                     "period_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
+        if self.min_energy_window_ms <= 0:
+            raise ValueError(f"min_energy_window_ms: must be > 0, got {self.min_energy_window_ms!r}")
+        if self.decode_archs > self.archs:
+            raise ValueError(f"decode_archs: {self.decode_archs} exceeds archs ({self.archs}); the prefill and "
+                             "decode architectures are the first forward ones")
+        self.requests(energy_window_ms=self.min_energy_window_ms)  # every workload checked before anything runs
+
+    def requests(self, energy_window_ms: float) -> dict[str, ProfileRequest]:
+        """The block's stages as ``ProfileRequest``s (``ValueError`` naming a bad field), keyed by stage name."""
+        common = dict(seed=RELEASE_SEED, device=self.device, device_id=self.device_id, dtype="bfloat16",
+                      warmup=self.warmup, repeats=self.repeats, energy_samples=self.energy_samples,
+                      energy_window_ms=energy_window_ms, threads=self.threads, flush_every=10.0)
+        seq = None if self.seq_len is None else (self.seq_len,)
+        stages = {"gpt-s forward": ProfileRequest(space=MAIN_SPACE, n=self.archs, batch_size=(self.batch_size,),
+                                                  seq_len=seq, **common)}
+        if self.decode_archs:
+            stages["gpt-s prefill and decode"] = ProfileRequest(
+                space=MAIN_SPACE, n=self.archs, pick=tuple(range(self.decode_archs)), phase=("prefill", "decode"),
+                batch_size=(self.decode_batch_size,),
+                seq_len=None if self.decode_seq_len is None else (self.decode_seq_len,), **common)
+        if self.gpt_m_archs:
+            stages["gpt-m forward"] = ProfileRequest(space=EXTRA_SPACE, n=self.gpt_m_archs,
+                                                     batch_size=(self.gpt_m_batch_size,), seq_len=seq, **common)
+        for request in stages.values():
+            request.settings_grid()
+        return stages
+
+    def energy_window_ms(self, period_ms: float | None) -> float:
+        """Each energy sample's minimum span (ms): ``min_energy_window_ms``, or ``energy_window_factor`` measured
+        update periods of the counter where that is longer."""
+        if period_ms is None:
+            return float(self.min_energy_window_ms)
+        return float(max(self.min_energy_window_ms, self.energy_window_factor * period_ms))
+
+
+# ---- the budget ----------------------------------------------------------------------------------------------------
+class BlockBudget:
+    """The block's hard stop: ``budget_s`` seconds from construction, on ``clock`` (seconds, monotonic).
+
+    ``closing_s`` is what must stay free for closing the work in progress (the open session's end panel and the
+    export); ``stopper`` makes the ``stop`` callables of ``jobs.profile``.
+    """
+
+    def __init__(self, budget_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.started = clock()
+        self.deadline = self.started + budget_s
+        self.closing_s = EXPORT_RESERVE_S
+        self.durations: list[float] = []  # seconds of each measurement made under a stopper, in order
+
+    def remaining(self) -> float:
+        """Seconds to the deadline (negative past it)."""
+        return self.deadline - self.clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def next_measurement_s(self) -> float:
+        """The next measurement's estimated duration: 1.25 x the slowest of the last five (0 before any)."""
+        return 1.25 * max(self.durations[-5:]) if self.durations else 0.0
+
+    def stopper(self, reserve_s: float = 0.0, minimum: int = 0) -> Stopper:
+        """A ``stop`` for ``jobs.profile``: true once the next measurement, ``closing_s`` and (after ``minimum``
+        measurements of this stopper) ``reserve_s`` no longer fit before the deadline."""
+        return Stopper(self, reserve_s, minimum)
+
+
+@dataclass
+class Stopper:
+    """``jobs.profile``'s ``stop`` for one stage (see ``BlockBudget.stopper``); ``fired`` once it said stop."""
+
+    budget: BlockBudget
+    reserve_s: float = 0.0
+    minimum: int = 0
+    started: int = 0
+    fired: bool = False
+    _last: float | None = field(default=None, repr=False)
+
+    def __call__(self, arch=None, settings=None) -> bool:
+        now = self.budget.clock()
+        if self._last is not None:
+            self.budget.durations.append(now - self._last)
+        self._last = now
+        reserve = self.reserve_s if self.started >= self.minimum else 0.0
+        if self.budget.deadline - now < self.budget.next_measurement_s() + self.budget.closing_s + reserve:
+            self.fired = True
+            return True
+        self.started += 1
+        return False
+
+
+# ---- GPU facts and the counter's period ----------------------------------------------------------------------------
+def gpu_facts(device: str) -> dict:
+    """``environment.gpu_fingerprint`` plus what NVML and torch say of the GPU now; ``{}``-like Nones on CPU.
+
+    Added keys: ``cuda_runtime`` (torch's CUDA), ``cuda_driver`` (the driver's CUDA version), ``compute_capability``,
+    ``multiprocessors``, ``pci_device_id`` (the model's PCI id, not the bus), ``architecture`` (NVML's number),
+    ``sm_clock_mhz`` / ``mem_clock_mhz`` (now), ``app_sm_clock_mhz`` / ``app_mem_clock_mhz`` (application clocks),
+    ``pstate``, ``temperature_c``, ``persistence_mode``, ``compute_mode``, ``power_draw_w`` (now). Each is read on
+    its own: one the GPU does not report stays ``None``.
+    """
+    from hwgpt_bench.generation import environment
+
+    facts = environment.gpu_fingerprint(device)
+    extra = dict.fromkeys(("cuda_runtime", "cuda_driver", "compute_capability", "multiprocessors", "pci_device_id",
+                           "architecture", "sm_clock_mhz", "mem_clock_mhz", "app_sm_clock_mhz", "app_mem_clock_mhz",
+                           "pstate", "temperature_c", "persistence_mode", "compute_mode", "power_draw_w"))
+    if not environment.is_cuda(device):
+        return {**facts, **extra}
+    import torch
+
+    props = torch.cuda.get_device_properties(torch.device(device))
+    extra.update(cuda_runtime=torch.version.cuda, compute_capability=f"{props.major}.{props.minor}",
+                 multiprocessors=props.multi_processor_count)
+    try:
+        import pynvml
+
+        handle = environment.nvml_handle(device)
+    except Exception as err:  # no pynvml or no driver: the torch facts stay
+        log.warning("NVML not available for %s: %s", device, err)
+        return {**facts, **extra}
+    readers = {
+        "cuda_driver": lambda: pynvml.nvmlSystemGetCudaDriverVersion(),
+        "pci_device_id": lambda: f"{pynvml.nvmlDeviceGetPciInfo(handle).pciDeviceId:#010x}",
+        "architecture": lambda: int(pynvml.nvmlDeviceGetArchitecture(handle)),
+        "sm_clock_mhz": lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
+        "mem_clock_mhz": lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM),
+        "app_sm_clock_mhz": lambda: pynvml.nvmlDeviceGetApplicationsClock(handle, pynvml.NVML_CLOCK_SM),
+        "app_mem_clock_mhz": lambda: pynvml.nvmlDeviceGetApplicationsClock(handle, pynvml.NVML_CLOCK_MEM),
+        "pstate": lambda: int(pynvml.nvmlDeviceGetPerformanceState(handle)),
+        "temperature_c": lambda: pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU),
+        "persistence_mode": lambda: pynvml.nvmlDeviceGetPersistenceMode(handle) == pynvml.NVML_FEATURE_ENABLED,
+        "compute_mode": lambda: int(pynvml.nvmlDeviceGetComputeMode(handle)),
+        "power_draw_w": lambda: pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
+    }
+    for key, read in readers.items():
+        try:
+            extra[key] = read()
+        except Exception as err:  # NVMLError_NotSupported and friends, or a binding without the call
+            log.debug("NVML %s not available for %s: %s", key, device, err)
+    return {**facts, **extra}
+
+
+def _gpu_busy_step(device: str) -> Callable[[], object]:
+    """A step that queues one bf16 matrix product on ``device`` without waiting for it."""
+    import torch
+
+    a = torch.randn(_PERIOD_MATRIX, _PERIOD_MATRIX, device=device, dtype=torch.bfloat16)
+    out = torch.empty_like(a)
+    return lambda: torch.matmul(a, a, out=out)
+
+
+def measure_counter_period(device: str, seconds: float) -> dict:
+    """The energy counter's update period on ``device`` under load (``profilers.counter_update_period``), or
+    ``{"missing_reason": ...}`` where the device has no counter."""
+    from hwgpt_bench.generation import environment, profilers
+
+    counter, reason = environment.energy_source(device)
+    if counter is None:
+        return {"counter": None, "missing_reason": reason}
+    import torch
+
+    step = _gpu_busy_step(device) if environment.is_cuda(device) else (lambda: None)
+    result = profilers.counter_update_period(counter, step, seconds)
+    if environment.is_cuda(device):
+        torch.cuda.synchronize(torch.device(device))
+    return {"counter": counter.name, "load": f"back-to-back {_PERIOD_MATRIX}x{_PERIOD_MATRIX} bf16 matrix products",
+            **result, "missing_reason": None}
+
+
+# ---- the block -----------------------------------------------------------------------------------------------------
+class _Report:
+    """The block's report in ``run_dir / REPORT_NAME``: earlier invocations kept, this one updated atomically."""
+
+    def __init__(self, run_dir: Path, entry: dict) -> None:
+        self.path = Path(run_dir) / REPORT_NAME
+        self.previous = json.loads(self.path.read_text())["invocations"] if self.path.is_file() else []
+        self.entry = entry
+
+    def write(self, **updates) -> None:
+        self.entry.update(updates)
+        text = json.dumps({"invocations": [*self.previous, self.entry]}, indent=2, default=str)
+        write_text_atomic(text + "\n", self.path)
+
+
+def _run_stage(name: str, request: ProfileRequest, run_dir: Path, session: Session, stop: Stopper,
+               report: _Report) -> None:
+    start = time.monotonic()
+    written = profile(request, run_dir, session=session, stop=stop)
+    stage = {"stage": name, "space": request.space, "phases": list(request.phase),
+             "batch_size": list(request.batch_size), "measured": written, "stopped_by_budget": stop.fired,
+             "seconds": round(time.monotonic() - start, 2), "session_id": session.session_id}
+    report.write(stages=[*report.entry["stages"], stage])
+    log.info("stage %s: %d measurement(s) in %.0f s%s", name, written, stage["seconds"],
+             " (stopped by the budget)" if stop.fired else "")
+
+
+def _close_reserve(budget: BlockBudget, session: Session) -> None:
+    """Keep the end panel's time (1.25 x the start panel's, + 5 s) and the export free until the session closes."""
+    budget.closing_s = 1.25 * session.panel_seconds.get("start", 0.0) + 5.0 + EXPORT_RESERVE_S
+
+
+def run_block(config: BlockConfig, run_dir: str | Path) -> dict:
+    """Measure the block (module docstring) into ``run_dir`` within ``config.budget_s`` seconds; returns the report
+    entry of this invocation (also written to ``run_dir / REPORT_NAME``). The sessions' ``command`` is
+    ``gpu-block`` followed by every ``config`` field as ``name=value``."""
+    budget = BlockBudget(config.budget_s)
+    command = "gpu-block " + " ".join(f"{k}={v}" for k, v in asdict(config).items())
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report = _Report(run_dir, {"started_at": datetime.now(UTC).isoformat(), "config": asdict(config),
+                               "stages": [], "finished_at": None})
+    report.write(gpu=gpu_facts(config.device))
+    period = measure_counter_period(config.device, config.period_seconds)
+    window = config.energy_window_ms(period.get("period_ms_p50"))
+    report.write(energy_counter=period, energy_window_ms=window)
+    log.info("energy counter: %s; energy window %.0f ms", period, window)
+    stages = config.requests(energy_window_ms=window)
+    main = stages["gpt-s forward"]
+    with Session(run_dir, config.device, main.n_threads, spaces=[MAIN_SPACE], command=command,
+                 device_id=config.device_id, k=config.panel_k, panel_seq_len=config.panel_seq_len) as session:
+        report.write(device_id=session.device_id)
+        _close_reserve(budget, session)
+        _run_stage("gpt-s forward", main, run_dir, session,
+                   budget.stopper(reserve_s=config.extras_reserve_s, minimum=config.min_archs), report)
+        if "gpt-s prefill and decode" in stages:
+            _run_stage("gpt-s prefill and decode", stages["gpt-s prefill and decode"], run_dir, session,
+                       budget.stopper(), report)
+    budget.closing_s = EXPORT_RESERVE_S
+    if "gpt-m forward" in stages:
+        _gpt_m_session(config, stages["gpt-m forward"], run_dir, budget, session.panel_seconds, command, report)
+    report.write(finished_at=datetime.now(UTC).isoformat(), seconds=round(budget.elapsed(), 2))
+    return report.entry
+
+
+def _gpt_m_session(config: BlockConfig, request: ProfileRequest, run_dir: Path, budget: BlockBudget,
+                   gpt_s_panels: dict[str, float], command: str, report: _Report) -> None:
+    """The gpt-m session, if its two panels (taken as 3x gpt-s's) and two measurements fit what is left."""
+    panel_guess = 3.0 * max(gpt_s_panels.values(), default=0.0)
+    needed = 2 * panel_guess + 2 * budget.next_measurement_s() + budget.closing_s
+    if budget.remaining() < needed:
+        log.info("no gpt-m session: %.0f s left, about %.0f s needed", budget.remaining(), needed)
+        report.write(skipped=[*report.entry.get("skipped", []),
+                              {"stage": "gpt-m forward", "seconds_left": round(budget.remaining(), 1),
+                               "seconds_needed": round(needed, 1)}])
+        return
+    with Session(run_dir, config.device, request.n_threads, spaces=[EXTRA_SPACE], command=command,
+                 device_id=config.device_id, k=config.panel_k, panel_seq_len=config.panel_seq_len) as session:
+        _close_reserve(budget, session)
+        _run_stage("gpt-m forward", request, run_dir, session, budget.stopper(), report)
+
+
+# ---- export --------------------------------------------------------------------------------------------------------
+def export_block(run_dir: str | Path, out: str | Path) -> Path:
+    """Merge ``run_dir`` into ``out/<device_id>/<table>/part-merged.parquet`` (one part per table) with the report
+    beside them; returns that folder. ``ValueError`` when the run holds no device or several, or when the export
+    would exceed ``MAX_EXPORT_FILES`` files or ``MAX_EXPORT_FILE_MIB`` MiB in one file (the folder is removed then)."""
+    run_dir = Path(run_dir)
+    devices = sorted(set(read_parts([run_dir / "devices"], "devices").column("device_id").to_pylist()))
+    if len(devices) != 1:
+        raise ValueError(f"run_dir: {run_dir} holds {len(devices)} devices {devices}; a block export holds one")
+    target = Path(out) / devices[0]
+    if target.exists():
+        shutil.rmtree(target)
+    counts = merge_runs([run_dir], target, tables=[t for t in TABLES if t != "summary"])
+    if (run_dir / REPORT_NAME).is_file():
+        shutil.copyfile(run_dir / REPORT_NAME, target / REPORT_NAME)
+    files = sorted(p for p in Path(out).rglob("*") if p.is_file())
+    too_big = [f"{p} ({p.stat().st_size / 2**20:.1f} MiB)" for p in files
+               if p.stat().st_size > MAX_EXPORT_FILE_MIB * 2**20]
+    if len(files) > MAX_EXPORT_FILES or too_big:
+        shutil.rmtree(target)
+        raise ValueError(f"out: the export would bring back {len(files)} files (at most {MAX_EXPORT_FILES}) with "
+                         f"{too_big or 'none'} over {MAX_EXPORT_FILE_MIB:g} MiB; export fewer tables or rows")
+    log.info("exported %s into %s: %s", run_dir, target, {t: n for t, n in counts.items() if n})
+    return target

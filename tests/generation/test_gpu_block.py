@@ -1,0 +1,302 @@
+"""The prepared GPU block: its budget, energy sampling on a counter's updates, export limits, and a dry run of the very
+script a lent GPU machine runs (``plans/gpu-block.sh --device cpu``), as that host would run it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from hwgpt_bench.cli import build_parser
+from hwgpt_bench.generation import gpu_block, profilers
+from hwgpt_bench.generation.gpu_block import BlockBudget, BlockConfig, export_block, run_block
+from hwgpt_bench.generation.runs import merge_parts, read_parts
+from hwgpt_bench.generation.workload import ProfileSettings
+from hwgpt_bench.loaders.schema import check_table
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: a workload small enough for two cores: every stage of the block, with one or two architectures
+DRY_RUN_ARGS = ["--device", "cpu", "--archs", "2", "--min-archs", "2", "--decode-archs", "1", "--gpt-m-archs", "1",
+                "--batch-size", "2", "--gpt-m-batch-size", "1", "--decode-batch-size", "1", "--seq-len", "32",
+                "--decode-seq-len", "16", "--warmup", "1", "--repeats", "2", "--energy-samples", "1",
+                "--period-seconds", "0.1", "--panel-k", "2", "--panel-seq-len", "16", "--threads", "2"]
+TINY = dict(device="cpu", archs=1, min_archs=1, decode_archs=0, gpt_m_archs=0, batch_size=1, seq_len=16, warmup=0,
+            repeats=1, energy_samples=1, period_seconds=0.05, panel_k=2, panel_seq_len=16, threads=1)
+#: the project's dependencies a GPU image does not have; the block must not import them
+NOT_ON_THE_GPU_HOST = {"polars", "datasets", "onnxruntime", "yaml", "safetensors", "tokenizers", "matplotlib",
+                       "huggingface_hub", "sklearn", "mapie", "skl2onnx", "onnx", "scipy", "ConfigSpace", "moocore",
+                       "pymoo", "optuna"}
+#: runs at interpreter start in the dry run's processes: drops this checkout's editable install (the GPU host has only
+#: the copy the script installs) and records, at exit, which top-level modules each process imported and from where
+SITECUSTOMIZE = '''
+import atexit, json, os, sys
+sys.meta_path[:] = [f for f in sys.meta_path if not type(f).__module__.startswith("__editable__")]
+def _record():
+    package = sys.modules.get("hwgpt_bench")
+    with open(os.environ["DRY_RUN_MODULES"], "a") as fh:
+        fh.write(json.dumps({"argv": sys.argv, "package": getattr(package, "__file__", None),
+                             "modules": sorted({m.split(".")[0] for m in list(sys.modules)})}) + "\\n")
+atexit.register(_record)
+'''
+
+
+# ---- configuration and budget --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("field, value, message", [
+    ("archs", 0, "^archs: must be an integer >= 1"), ("repeats", 1.5, "^repeats: must be an integer >= 1"),
+    ("budget_s", -1.0, "^budget_s: must be a finite number >= 0"),
+    ("min_energy_window_ms", 0.0, "^min_energy_window_ms: must be > 0"),
+    ("decode_archs", 30, "^decode_archs: 30 exceeds archs"), ("device", "tpu", "^device: 'tpu' is not allowed"),
+    ("seq_len", 2048, "^seq_len: 2048 does not fit space 'gpt-s'"), ("panel_k", 1, "^panel_k: must be an integer"),
+])
+def test_a_bad_block_config_names_the_field(field, value, message):
+    overrides = {field: value, **({"archs": 20} if field == "decode_archs" else {})}
+    with pytest.raises(ValueError, match=message):
+        BlockConfig(**overrides)
+
+
+def test_the_default_block_is_the_papers_gpt_s_setting_and_the_cli_has_every_field():
+    config = BlockConfig()
+    stages = config.requests(energy_window_ms=100.0)
+    forward = stages["gpt-s forward"].settings_grid()
+    assert [(s.phase, s.batch_size, s.seq_len, s.dtype) for s in forward] == [("forward", 8, 1024, "bfloat16")]
+    assert forward[0].n_warmup == 3 and forward[0].n_repeats == 10 and forward[0].n_energy_samples == 5
+    decode = stages["gpt-s prefill and decode"]
+    assert decode.pick == tuple(range(20)) and stages["gpt-s forward"].seed == decode.seed == 0
+    assert [(s.phase, s.seq_len) for s in decode.settings_grid()] == [("prefill", 1024), ("decode", 1023)]
+    assert [(s.batch_size, s.seq_len) for s in stages["gpt-m forward"].settings_grid()] == [(4, 1024)]
+    args = build_parser().parse_args(["gpu-block", "--run", "r"])
+    for f in dataclasses.fields(BlockConfig):  # the command line's defaults are the config's
+        assert getattr(args, f.name) == getattr(config, f.name), f.name
+
+
+def test_the_energy_window_spans_the_counters_update_periods():
+    config = BlockConfig(min_energy_window_ms=100.0, energy_window_factor=2.0)
+    assert config.energy_window_ms(None) == 100.0  # no counter: the floor
+    assert config.energy_window_ms(20.0) == 100.0
+    assert config.energy_window_ms(95.0) == 190.0
+
+
+class FakeClock:
+    def __init__(self, t: float = 0.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_the_budget_keeps_the_closing_time_and_the_extras_reserve_once_the_minimum_is_done():
+    clock = FakeClock()
+    budget = BlockBudget(100.0, clock=clock)
+    budget.closing_s = 10.0
+    forward = budget.stopper(reserve_s=30.0, minimum=2)
+    assert forward() is False  # t = 0: nothing measured yet, no estimate
+    clock.t = 20.0
+    assert forward() is False  # 80 s left >= 1.25 x 20 + 10 (the reserve waits for the minimum)
+    clock.t = 40.0
+    assert forward() is True and forward.fired  # 60 s < 25 + 10 + 30 once two forwards were started
+    assert forward.started == 2 and budget.durations == [20.0, 20.0]
+    extras = budget.stopper()
+    assert extras() is False  # the same 60 s hold the next measurement and the closing without the reserve
+    clock.t = 60.0
+    assert extras() is False  # 40 >= 25 + 10
+    clock.t = 70.0
+    assert extras() is True and budget.remaining() == 30.0  # 30 < 25 + 10
+
+
+# ---- energy on the counter's updates -------------------------------------------------------------------------------
+class _World:
+    """A step of ``step_s`` at ``power_w`` and a counter that adds up that power but changes only every
+    ``period_s`` (as NVML's total energy does), on one fake clock."""
+
+    name = "fake period counter"
+
+    def __init__(self, step_s: float, period_s: float, power_w: float, t0: float, window_ms: float):
+        self.step_s, self.period_s, self.power_w, self.t = step_s, period_s, power_w, t0
+        self.settings = ProfileSettings(device="cpu", energy_window_ms=window_ms, threads=1)
+
+    def clock(self) -> float:
+        return self.t
+
+    def run(self, cache) -> None:
+        self.t += self.step_s
+
+    def read(self) -> int:
+        return round(self.power_w * 1e3 * self.period_s * math.floor(self.t / self.period_s))  # millijoules
+
+    @staticmethod
+    def delta_mj(start: int, end: int) -> float:
+        return float(end - start)
+
+
+def test_energy_samples_start_and_end_on_counter_updates():
+    world = _World(step_s=0.003, period_s=0.040, power_w=300.0, t0=0.017, window_ms=50.0)
+    truth = world.power_w * world.step_s * 1e3  # 900 mJ per step
+    samples = profilers.energy_samples(world, world, None, 5, clock=world.clock)
+    assert len(samples) == 5
+    for s in samples:
+        assert s.window_ms >= 50.0 and s.steps >= 17
+        assert s.mj_per_step == pytest.approx(truth, rel=0.03)
+    # the same window between two arbitrary reads: 17 steps see one update of 40 ms, 22 % short of the truth
+    start = world.read()
+    for _ in range(17):
+        world.run(None)
+    assert (world.read() - start) / 17 < 0.8 * truth
+
+
+def test_the_counters_update_period_is_measured_between_its_changes():
+    world = _World(step_s=0.0002, period_s=0.025, power_w=200.0, t0=0.0, window_ms=1.0)
+    result = profilers.counter_update_period(world, lambda: world.run(None), seconds=0.5, clock=world.clock)
+    assert result["updates"] == 20  # 0.5 s / 25 ms
+    assert result["period_ms_p50"] == pytest.approx(25.0, abs=0.2)
+    assert result["period_ms_p10"] <= result["period_ms_p50"] <= result["period_ms_p90"]
+    assert result["mean_power_w"] == pytest.approx(200.0, rel=1e-6)
+    assert result["read_interval_ms"] == pytest.approx(0.2)
+
+
+def test_a_counter_that_never_moves_gives_no_energy_with_the_reason(monkeypatch, short_settings):
+    from hwgpt_bench.generation.model import build_model
+    from hwgpt_bench.search_spaces import SPACES
+
+    class Frozen:
+        name = "frozen counter"
+
+        def read(self):
+            return 7
+
+        @staticmethod
+        def delta_mj(a, b):
+            return float(b - a)
+
+    monkeypatch.setattr(profilers, "energy_source", lambda device, root: (Frozen(), None))
+    monkeypatch.setattr(profilers, "_EDGE_WAIT_EXTRA_S", 0.05)
+    result = profilers.measure_energy(build_model(SPACES["gpt-nano"].smallest()), short_settings())
+    assert result.energy_mj is None and result.method is None and result.window_ms is None
+    assert re.match(r"^frozen counter did not change in \d+\.\d s of back-to-back steps; energy not measured$",
+                    result.missing_reason)
+
+
+# ---- the block in-process ------------------------------------------------------------------------------------------
+def _tables(run_dir: Path) -> dict:
+    return {t: merge_parts([run_dir], t) for t in ("devices", "sessions", "panel", "measurements",
+                                                            "architectures")}
+
+
+def test_past_its_budget_the_block_measures_only_its_panels(tmp_path):
+    entry = run_block(BlockConfig(budget_s=0.0, **{**TINY, "gpt_m_archs": 1}), tmp_path / "run")
+    tables = _tables(tmp_path / "run")
+    assert tables["measurements"].num_rows == 0
+    assert sorted(tables["panel"].column("panel_position").to_pylist()) == ["end", "end", "start", "start"]
+    assert tables["sessions"].column("ended_at").null_count == 0
+    assert [(s["stage"], s["measured"], s["stopped_by_budget"]) for s in entry["stages"]] == [
+        ("gpt-s forward", 0, True)]
+    assert entry["skipped"][0]["stage"] == "gpt-m forward" and entry["finished_at"]
+    assert entry["energy_counter"]["counter"] is None and entry["energy_counter"]["missing_reason"]
+    assert entry["energy_window_ms"] == 100.0 and entry["gpu"]["gpu_name"] is None
+
+
+def test_a_rerun_resumes_the_measurements_in_a_new_session_and_keeps_the_report(tmp_path):
+    run = tmp_path / "run"
+    first = run_block(BlockConfig(**TINY), run)
+    second = run_block(BlockConfig(**TINY), run)
+    assert first["stages"][0]["measured"] == 1 and second["stages"][0]["measured"] == 0
+    tables = _tables(run)
+    assert tables["measurements"].num_rows == 1 and tables["sessions"].num_rows == 2
+    report = json.loads((run / gpu_block.REPORT_NAME).read_text())
+    assert [e["started_at"] for e in report["invocations"]] == [first["started_at"], second["started_at"]]
+    assert {e["device_id"] for e in report["invocations"]} == set(tables["devices"].column("device_id").to_pylist())
+
+
+def test_the_export_is_one_part_per_table_and_refuses_more_files_than_come_back(tmp_path):
+    run = tmp_path / "run"
+    run_block(BlockConfig(**TINY), run)
+    out = tmp_path / "out"
+    target = export_block(run, out)
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()) == [
+        "architectures/part-merged.parquet", "devices/part-merged.parquet", "gpu-block.json",
+        "measurements/part-merged.parquet", "panel/part-merged.parquet", "sessions/part-merged.parquet"]
+    assert target.name == read_parts([run / "devices"], "devices").column("device_id")[0].as_py()
+    for extra in ("a.log", "b.log", "c.log"):  # 6 + 3 > 8
+        (out / extra).write_text("x")
+    with pytest.raises(ValueError, match=r"^out: the export would bring back 9 files \(at most 8\)"):
+        export_block(run, out)
+    assert not target.exists() and (out / "a.log").is_file()
+
+
+def test_the_export_refuses_a_run_of_several_devices_or_none(tmp_path):
+    with pytest.raises(ValueError, match="^run_dir: .* holds 0 devices"):
+        export_block(tmp_path / "empty", tmp_path / "out")
+
+
+# ---- the script itself, as the GPU host runs it --------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_dry_run_of_the_block_script_on_this_cpu(tmp_path):
+    """``plans/gpu-block.sh --device cpu`` with two architectures: installed without dependencies, run from the
+    installed copy (not this checkout), every stage measured, exported within the device tool's limits."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    out, run, modules = tmp_path / "out", tmp_path / "run", tmp_path / "modules.jsonl"
+    env = {**os.environ, "OUT": str(out), "GPU_BLOCK_RUN": str(run), "GPU_BLOCK_SITE": str(tmp_path / "site"),
+           "GPU_BLOCK_BUDGET_S": "600", "PYTHON": sys.executable, "PYTHONPATH": str(hooks),
+           "DRY_RUN_MODULES": str(modules)}
+    done = subprocess.run(["bash", "plans/gpu-block.sh", *DRY_RUN_ARGS], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "gpu-block exit 0, export exit 0" in done.stdout and "copying its folders" not in done.stdout
+
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 8 and all(p.stat().st_size <= 16 * 2**20 for p in files)
+    for p in files:  # at most two folders down, names the device tool brings back
+        parts = p.relative_to(out).parts
+        assert len(parts) <= 3 and all(re.fullmatch(r"[A-Za-z0-9._-]+", x) for x in parts), p
+    (target,) = [p for p in out.iterdir() if p.is_dir()]
+    tables = {t: pq.read_table(target / t / "part-merged.parquet")
+              for t in ("devices", "sessions", "panel", "measurements", "architectures")}
+    assert all(check_table(t, data) == [] for t, data in tables.items())
+    m = tables["measurements"].to_pylist()
+    assert sorted((r["space"], r["phase"], r["batch_size"], r["seq_len"], r["dtype"]) for r in m) == sorted(
+        [("gpt-s", "forward", 2, 32, "bfloat16")] * 2 + [("gpt-s", "prefill", 1, 16, "bfloat16"),
+                                                         ("gpt-s", "decode", 1, 16, "bfloat16"),
+                                                         ("gpt-m", "forward", 1, 32, "bfloat16")])
+    assert all(len(r["latency_ms"]) == 2 and r["session_id"] and r["device_id"] == target.name for r in m)
+    assert all(r["energy_mj"] is None and r["energy_missing_reason"] for r in m)  # no counter on this CPU
+    sessions = tables["sessions"].to_pylist()
+    assert len(sessions) == 2 and all(s["ended_at"] is not None for s in sessions)
+    panel = tables["panel"].to_pylist()
+    for s in sessions:  # each session's panel first and last
+        assert sorted(r["panel_position"] for r in panel if r["session_id"] == s["session_id"]) == ["end"] * 2 + [
+            "start"] * 2
+    report = json.loads((target / gpu_block.REPORT_NAME).read_text())["invocations"]
+    assert [(s["stage"], s["measured"]) for s in report[0]["stages"]] == [
+        ("gpt-s forward", 2), ("gpt-s prefill and decode", 2), ("gpt-m forward", 1)]
+    assert (out / "gpu-block.log").is_file()
+
+    blocks = [json.loads(line) for line in modules.read_text().splitlines()]
+    ours = [b for b in blocks if b["argv"][1:2] in (["gpu-block"], ["gpu-block-export"])]
+    assert len(ours) == 2
+    for b in ours:
+        assert b["package"].startswith(str(tmp_path / "site")), b["package"]  # the installed copy, not the checkout
+        assert not NOT_ON_THE_GPU_HOST & set(b["modules"]), sorted(NOT_ON_THE_GPU_HOST & set(b["modules"]))
+
+
+# ---- on a GPU ------------------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_the_block_on_a_gpu_measures_energy_on_the_counters_updates(tmp_path):
+    entry = run_block(BlockConfig(**{**TINY, "device": "cuda", "energy_samples": 2, "period_seconds": 1.0}),
+                      tmp_path / "run")
+    counter = entry["energy_counter"]
+    assert counter["updates"] >= 2 and counter["period_ms_p50"] > 0 and counter["mean_power_w"] > 0
+    assert entry["energy_window_ms"] >= 2 * counter["period_ms_p50"] and entry["gpu"]["gpu_name"]
+    (row,) = merge_parts([tmp_path / "run"], "measurements").to_pylist()
+    assert len(row["energy_mj"]) == 2 and all(e > 0 for e in row["energy_mj"]) and row["peak_memory_mib"] > 0
+    assert row["device_id"].startswith("gpu-") and row["energy_window_ms"] >= entry["energy_window_ms"]
