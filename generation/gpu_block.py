@@ -21,8 +21,9 @@ included), to a host that has the image's PyTorch, numpy, pyarrow, psutil, tqdm 
 4. **Session 2, gpt-m** (its own panels), batch ``gpt_m_batch_size``, if time remains.
 
 The budget (``BlockBudget``) is a hard stop: before each measurement it checks that the measurement (estimated from
-the slowest of the last five), the open session's end panel and the export still fit; the forward measurements keep
-``extras_reserve_s`` for step 3's extras and step 4 once ``min_archs`` of them are done. Every row lands in atomic
+the slowest of the last five), the open session's end panel and a margin for the report still fit; once
+``min_archs`` forwards of the device are on disk, the forwards leave ``decode_reserve_s`` (and ``gpt_m_reserve_s``)
+free for the extras. The export runs afterwards, in a process of its own. Every row lands in atomic
 parquet parts of the run directory (``runs``), so a rerun of the same command resumes: nothing twice, nothing lost.
 The block's report (``REPORT_NAME`` in the run directory: facts, counter period, window, stages, counts, timings) gains
 one entry per invocation.
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -55,10 +57,11 @@ log = logging.getLogger(__name__)
 REPORT_NAME = "gpu-block.json"
 MAX_EXPORT_FILES = 8  # the device tool brings back at most 8 files ...
 MAX_EXPORT_FILE_MIB = 16.0  # ... of at most 16 MiB each
-EXPORT_RESERVE_S = 10.0  # kept for writing the report and the export after the last session
+EXPORT_RESERVE_S = 10.0  # kept for the report and the process's exit after the last session (the export follows)
 MAIN_SPACE, EXTRA_SPACE = "gpt-s", "gpt-m"
 RELEASE_SEED = 0  # the release's sample: every shipped device measured its first positions
 _PERIOD_MATRIX = 4096  # side of the bf16 matrix products that keep the GPU busy while the counter is read
+_NAME = re.compile(r"[A-Za-z0-9._-]+")  # the names the device tool brings back
 
 
 # ---- the plan ------------------------------------------------------------------------------------------------------
@@ -70,16 +73,20 @@ class BlockConfig:
         device: ``"cuda"``, ``"cuda:N"`` or ``"cpu"`` (the dry run: no energy counter, the same code path).
         budget_s: seconds from the start of ``run_block`` to its end, export reserve included (the hard stop).
         archs: gpt-s forward measurements at most: seed-0 positions ``0 .. archs - 1`` (the release has 500).
-        min_archs: forward measurements that may use the extras' reserve (the issue's floor: 150).
-        extras_reserve_s: seconds kept for the extras once ``min_archs`` forwards are done.
+        min_archs: forward measurements (on disk for this device, this invocation's included) before the forwards
+            leave the reserves below free (the issue's floor: 150).
+        decode_reserve_s, gpt_m_reserve_s: seconds the forwards leave for prefill / decode and for the gpt-m session,
+            once ``min_archs`` are done; prefill / decode leave ``gpt_m_reserve_s`` (default 0: gpt-m runs only on
+            time left after everything else).
         decode_archs: the first positions measured in prefill and decode (0: none).
         gpt_m_archs: gpt-m forward measurements at most (0: no gpt-m session).
         batch_size, gpt_m_batch_size, decode_batch_size: the batches of the forwards and of prefill / decode.
         seq_len, decode_seq_len: forward tokens, and prefill tokens / decode cache (None: the full block, as
             ``ProfileRequest``: 1,024 and 1,023 in gpt-s).
         warmup, repeats, energy_samples: untimed steps, timed repeats and energy samples per measurement.
-        min_energy_window_ms, energy_window_factor: each energy sample spans at least the larger of the two
-            (the second in measured update periods of the counter).
+        min_energy_window_ms, max_energy_window_ms, energy_window_factor: each energy sample spans at least
+            ``energy_window_factor`` measured update periods of the counter, clipped to the two bounds (a sample still
+            ends on an update, so it is never shorter than one period).
         period_seconds: how long the counter's update period is measured.
         panel_k, panel_seq_len: the calibration panel (``session.Session``'s ``k`` and ``panel_seq_len``).
         threads: torch intra-op threads (None: all logical cores).
@@ -90,7 +97,8 @@ class BlockConfig:
     budget_s: float = 330.0
     archs: int = 500
     min_archs: int = 150
-    extras_reserve_s: float = 60.0
+    decode_reserve_s: float = 60.0
+    gpt_m_reserve_s: float = 0.0
     decode_archs: int = 20
     gpt_m_archs: int = 150
     batch_size: int = 8
@@ -102,6 +110,7 @@ class BlockConfig:
     repeats: int = 10
     energy_samples: int = 5
     min_energy_window_ms: float = 100.0
+    max_energy_window_ms: float = 500.0
     energy_window_factor: float = 2.0
     period_seconds: float = 3.0
     panel_k: int = PANEL_K
@@ -116,13 +125,17 @@ class BlockConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}: must be an integer >= {low}, got {value!r}")
-        for name in ("budget_s", "extras_reserve_s", "min_energy_window_ms", "energy_window_factor",
-                     "period_seconds"):
+        for name in ("budget_s", "decode_reserve_s", "gpt_m_reserve_s", "min_energy_window_ms",
+                     "max_energy_window_ms", "energy_window_factor", "period_seconds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
                 raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
-        if self.min_energy_window_ms <= 0:
-            raise ValueError(f"min_energy_window_ms: must be > 0, got {self.min_energy_window_ms!r}")
+        if not 0 < self.min_energy_window_ms <= self.max_energy_window_ms:
+            raise ValueError(f"min_energy_window_ms: must be > 0 and <= max_energy_window_ms "
+                             f"({self.max_energy_window_ms!r}), got {self.min_energy_window_ms!r}")
+        if self.device_id is not None and not (isinstance(self.device_id, str) and _NAME.fullmatch(self.device_id)):
+            raise ValueError(f"device_id: {self.device_id!r} is not allowed; allowed: letters, digits, '.', '_' and "
+                             "'-' (it names the exported folder, and the device tool brings back no other names)")
         if self.decode_archs > self.archs:
             raise ValueError(f"decode_archs: {self.decode_archs} exceeds archs ({self.archs}); the prefill and "
                              "decode architectures are the first forward ones")
@@ -149,11 +162,12 @@ class BlockConfig:
         return stages
 
     def energy_window_ms(self, period_ms: float | None) -> float:
-        """Each energy sample's minimum span (ms): ``min_energy_window_ms``, or ``energy_window_factor`` measured
-        update periods of the counter where that is longer."""
+        """Each energy sample's minimum span (ms): ``energy_window_factor`` measured update periods of the counter,
+        clipped to ``[min_energy_window_ms, max_energy_window_ms]`` (the minimum without a period)."""
         if period_ms is None:
             return float(self.min_energy_window_ms)
-        return float(max(self.min_energy_window_ms, self.energy_window_factor * period_ms))
+        window = max(self.min_energy_window_ms, self.energy_window_factor * period_ms)
+        return float(min(self.max_energy_window_ms, window))
 
 
 # ---- the budget ----------------------------------------------------------------------------------------------------
@@ -243,7 +257,7 @@ def gpu_facts(device: str) -> dict:
         log.warning("NVML not available for %s: %s", device, err)
         return {**facts, **extra}
     readers = {
-        "cuda_driver": lambda: pynvml.nvmlSystemGetCudaDriverVersion(),
+        "cuda_driver": lambda: _cuda_version_text(pynvml.nvmlSystemGetCudaDriverVersion()),
         "pci_device_id": lambda: f"{pynvml.nvmlDeviceGetPciInfo(handle).pciDeviceId:#010x}",
         "architecture": lambda: int(pynvml.nvmlDeviceGetArchitecture(handle)),
         "sm_clock_mhz": lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
@@ -264,6 +278,11 @@ def gpu_facts(device: str) -> dict:
     return {**facts, **extra}
 
 
+def _cuda_version_text(version: int) -> str:
+    """NVML's CUDA version number as text: 13000 -> ``"13.0"``, 12040 -> ``"12.4"``."""
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
 def _gpu_busy_step(device: str) -> Callable[[], object]:
     """A step that queues one bf16 matrix product on ``device`` without waiting for it."""
     import torch
@@ -275,20 +294,32 @@ def _gpu_busy_step(device: str) -> Callable[[], object]:
 
 def measure_counter_period(device: str, seconds: float) -> dict:
     """The energy counter's update period on ``device`` under load (``profilers.counter_update_period``), or
-    ``{"missing_reason": ...}`` where the device has no counter."""
+    ``{"counter": None, "missing_reason": ...}`` where the device has no counter. A counter that changes fewer than
+    twice in ``seconds`` is marked stalled (``profilers.mark_counter_stalled``): every measurement's energy is then
+    missing with that reason at once, instead of after a wait per measurement. An error while reading it is
+    reported (``error``) and leaves the measurements to find out for themselves: the period is a diagnostic."""
     from hwgpt_bench.generation import environment, profilers
 
     counter, reason = environment.energy_source(device)
     if counter is None:
         return {"counter": None, "missing_reason": reason}
-    import torch
+    try:
+        step = _gpu_busy_step(device) if environment.is_cuda(device) else (lambda: None)
+        result = profilers.counter_update_period(counter, step, seconds)
+        if environment.is_cuda(device):
+            import torch
 
-    step = _gpu_busy_step(device) if environment.is_cuda(device) else (lambda: None)
-    result = profilers.counter_update_period(counter, step, seconds)
-    if environment.is_cuda(device):
-        torch.cuda.synchronize(torch.device(device))
-    return {"counter": counter.name, "load": f"back-to-back {_PERIOD_MATRIX}x{_PERIOD_MATRIX} bf16 matrix products",
-            **result, "missing_reason": None}
+            torch.cuda.synchronize(torch.device(device))
+    except Exception as err:  # NVML or CUDA trouble: the block goes on without the period
+        log.warning("energy counter period not measured: %r", err)
+        return {"counter": counter.name, "missing_reason": None, "error": repr(err)}
+    out = {"counter": counter.name, "load": None if not environment.is_cuda(device) else
+           f"back-to-back {_PERIOD_MATRIX}x{_PERIOD_MATRIX} bf16 matrix products", **result, "missing_reason": None}
+    if result["updates"] < 2:
+        out["missing_reason"] = (f"{counter.name} changed {result['updates']} time(s) in {result['seconds']:.1f} s "
+                                 "under load at the start of the block; energy not measured")
+        profilers.mark_counter_stalled(counter.name, out["missing_reason"])
+    return out
 
 
 # ---- the block -----------------------------------------------------------------------------------------------------
@@ -309,11 +340,12 @@ class _Report:
 def _run_stage(name: str, request: ProfileRequest, run_dir: Path, session: Session, stop: Stopper,
                report: _Report) -> None:
     start = time.monotonic()
+    report.write(stage_in_progress=name)
     written = profile(request, run_dir, session=session, stop=stop)
     stage = {"stage": name, "space": request.space, "phases": list(request.phase),
              "batch_size": list(request.batch_size), "measured": written, "stopped_by_budget": stop.fired,
              "seconds": round(time.monotonic() - start, 2), "session_id": session.session_id}
-    report.write(stages=[*report.entry["stages"], stage])
+    report.write(stages=[*report.entry["stages"], stage], stage_in_progress=None)
     log.info("stage %s: %d measurement(s) in %.0f s%s", name, written, stage["seconds"],
              " (stopped by the budget)" if stop.fired else "")
 
@@ -323,37 +355,67 @@ def _close_reserve(budget: BlockBudget, session: Session) -> None:
     budget.closing_s = 1.25 * session.panel_seconds.get("start", 0.0) + 5.0 + EXPORT_RESERVE_S
 
 
+def _check_one_device(run_dir: Path, device_id: str) -> None:
+    """``ValueError`` (naming ``run_dir``) when the run directory already holds measurements of another device: a
+    block's run holds one device (its export is one folder), and another host is another device."""
+    others = sorted(set(read_parts([run_dir / "devices"], "devices").column("device_id").to_pylist()) - {device_id})
+    if others:
+        raise ValueError(f"run_dir: {run_dir} holds device(s) {others}, and this host is {device_id}; a block's run "
+                         "holds one device: give this one another run directory (GPU_BLOCK_RUN)")
+
+
+def _forwards_on_disk(run_dir: Path, request: ProfileRequest, device_id: str) -> int:
+    """Measurements of ``request``'s space and phases on ``device_id`` already in ``run_dir``."""
+    rows = read_parts([run_dir / "measurements"], "measurements").select(["device_id", "space", "phase"]).to_pylist()
+    return sum(r["device_id"] == device_id and r["space"] == request.space and r["phase"] in request.phase
+               for r in rows)
+
+
 def run_block(config: BlockConfig, run_dir: str | Path) -> dict:
     """Measure the block (module docstring) into ``run_dir`` within ``config.budget_s`` seconds; returns the report
-    entry of this invocation (also written to ``run_dir / REPORT_NAME``). The sessions' ``command`` is
-    ``gpu-block`` followed by every ``config`` field as ``name=value``."""
+    entry of this invocation (also written to ``run_dir / REPORT_NAME``, with ``error`` set if it fails). The
+    sessions' ``command`` is ``gpu-block`` followed by every ``config`` field as ``name=value``. ``ValueError``
+    before anything is measured when ``run_dir`` holds another device."""
     budget = BlockBudget(config.budget_s)
-    command = "gpu-block " + " ".join(f"{k}={v}" for k, v in asdict(config).items())
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     report = _Report(run_dir, {"started_at": datetime.now(UTC).isoformat(), "config": asdict(config),
                                "stages": [], "finished_at": None})
+    try:
+        _measure_block(config, run_dir, budget, report)
+    except BaseException as err:
+        report.write(error=repr(err), seconds=round(budget.elapsed(), 2))
+        raise
+    report.write(finished_at=datetime.now(UTC).isoformat(), seconds=round(budget.elapsed(), 2))
+    return report.entry
+
+
+def _measure_block(config: BlockConfig, run_dir: Path, budget: BlockBudget, report: _Report) -> None:
+    command = "gpu-block " + " ".join(f"{k}={v}" for k, v in asdict(config).items())
     report.write(gpu=gpu_facts(config.device))
+    probe = config.requests(energy_window_ms=config.min_energy_window_ms)["gpt-s forward"]
+    session = Session(run_dir, config.device, probe.n_threads, spaces=[MAIN_SPACE], command=command,
+                      device_id=config.device_id, k=config.panel_k, panel_seq_len=config.panel_seq_len)
+    _check_one_device(run_dir, session.device_id)
+    report.write(device_id=session.device_id)
     period = measure_counter_period(config.device, config.period_seconds)
     window = config.energy_window_ms(period.get("period_ms_p50"))
     report.write(energy_counter=period, energy_window_ms=window)
     log.info("energy counter: %s; energy window %.0f ms", period, window)
     stages = config.requests(energy_window_ms=window)
-    main = stages["gpt-s forward"]
-    with Session(run_dir, config.device, main.n_threads, spaces=[MAIN_SPACE], command=command,
-                 device_id=config.device_id, k=config.panel_k, panel_seq_len=config.panel_seq_len) as session:
-        report.write(device_id=session.device_id)
+    forward = stages["gpt-s forward"]
+    minimum = max(0, config.min_archs - _forwards_on_disk(run_dir, forward, session.device_id))
+    with session:
         _close_reserve(budget, session)
-        _run_stage("gpt-s forward", main, run_dir, session,
-                   budget.stopper(reserve_s=config.extras_reserve_s, minimum=config.min_archs), report)
+        _run_stage("gpt-s forward", forward, run_dir, session,
+                   budget.stopper(reserve_s=config.decode_reserve_s + config.gpt_m_reserve_s, minimum=minimum),
+                   report)
         if "gpt-s prefill and decode" in stages:
             _run_stage("gpt-s prefill and decode", stages["gpt-s prefill and decode"], run_dir, session,
-                       budget.stopper(), report)
+                       budget.stopper(reserve_s=config.gpt_m_reserve_s), report)
     budget.closing_s = EXPORT_RESERVE_S
     if "gpt-m forward" in stages:
         _gpt_m_session(config, stages["gpt-m forward"], run_dir, budget, session.panel_seconds, command, report)
-    report.write(finished_at=datetime.now(UTC).isoformat(), seconds=round(budget.elapsed(), 2))
-    return report.entry
 
 
 def _gpt_m_session(config: BlockConfig, request: ProfileRequest, run_dir: Path, budget: BlockBudget,
@@ -377,23 +439,33 @@ def _gpt_m_session(config: BlockConfig, request: ProfileRequest, run_dir: Path, 
 def export_block(run_dir: str | Path, out: str | Path) -> Path:
     """Merge ``run_dir`` into ``out/<device_id>/<table>/part-merged.parquet`` (one part per table) with the report
     beside them; returns that folder. ``ValueError`` when the run holds no device or several, or when the export
-    would exceed ``MAX_EXPORT_FILES`` files or ``MAX_EXPORT_FILE_MIB`` MiB in one file (the folder is removed then)."""
-    run_dir = Path(run_dir)
+    would exceed ``MAX_EXPORT_FILES`` files or ``MAX_EXPORT_FILE_MIB`` MiB in one file (the folder is removed then);
+    in those cases the report alone, if there is one, is copied to ``out / REPORT_NAME``."""
+    run_dir, out = Path(run_dir), Path(out)
     devices = sorted(set(read_parts([run_dir / "devices"], "devices").column("device_id").to_pylist()))
     if len(devices) != 1:
+        _report_alone(run_dir, out)
         raise ValueError(f"run_dir: {run_dir} holds {len(devices)} devices {devices}; a block export holds one")
-    target = Path(out) / devices[0]
+    target = out / devices[0]
     if target.exists():
         shutil.rmtree(target)
     counts = merge_runs([run_dir], target, tables=[t for t in TABLES if t != "summary"])
     if (run_dir / REPORT_NAME).is_file():
         shutil.copyfile(run_dir / REPORT_NAME, target / REPORT_NAME)
-    files = sorted(p for p in Path(out).rglob("*") if p.is_file())
+    files = sorted(p for p in out.rglob("*") if p.is_file())
     too_big = [f"{p} ({p.stat().st_size / 2**20:.1f} MiB)" for p in files
                if p.stat().st_size > MAX_EXPORT_FILE_MIB * 2**20]
     if len(files) > MAX_EXPORT_FILES or too_big:
         shutil.rmtree(target)
+        _report_alone(run_dir, out)
         raise ValueError(f"out: the export would bring back {len(files)} files (at most {MAX_EXPORT_FILES}) with "
                          f"{too_big or 'none'} over {MAX_EXPORT_FILE_MIB:g} MiB; export fewer tables or rows")
     log.info("exported %s into %s: %s", run_dir, target, {t: n for t, n in counts.items() if n})
     return target
+
+
+def _report_alone(run_dir: Path, out: Path) -> None:
+    """Copy the block's report to ``out`` (what comes back when the tables cannot)."""
+    if (run_dir / REPORT_NAME).is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run_dir / REPORT_NAME, out / REPORT_NAME)

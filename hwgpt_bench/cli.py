@@ -496,7 +496,8 @@ def _add_gpu_block(sub) -> None:
     p.add_argument("--budget-s", type=float, default=330.0, help="hard stop, seconds from the start (default 330)")
     number = (("--archs", int, 500, "gpt-s forward architectures at most: seed-0 positions 0..N-1"),
               ("--min-archs", int, 150, "forward architectures that may use the extras' reserve"),
-              ("--extras-reserve-s", float, 60.0, "seconds kept for prefill/decode and gpt-m after --min-archs"),
+              ("--decode-reserve-s", float, 60.0, "seconds the forwards leave for prefill/decode after --min-archs"),
+              ("--gpt-m-reserve-s", float, 0.0, "seconds the forwards and prefill/decode leave for gpt-m"),
               ("--decode-archs", int, 20, "the first positions also measured in prefill and decode (0: none)"),
               ("--gpt-m-archs", int, 150, "gpt-m forward architectures at most (0: no gpt-m session)"),
               ("--batch-size", int, 8, "gpt-s forward batch"),
@@ -507,6 +508,7 @@ def _add_gpu_block(sub) -> None:
               ("--repeats", int, 10, "timed repeats (CUDA events)"),
               ("--energy-samples", int, 5, "energy samples per measurement"),
               ("--min-energy-window-ms", float, 100.0, "shortest energy sample, ms"),
+              ("--max-energy-window-ms", float, 500.0, "longest energy window asked for, ms"),
               ("--energy-window-factor", float, 2.0, "energy sample at least this many counter update periods"),
               ("--period-seconds", float, 3.0, "seconds spent measuring the energy counter's update period"),
               ("--panel-k", int, 16, "calibration panel architectures"),

@@ -3,13 +3,15 @@
 #     bash plans/gpu-block.sh [hwgpt-bench gpu-block options]
 # with $OUT set (the device tool sets it). It needs only the image's python3 with torch, numpy, pyarrow, psutil, tqdm
 # and nvidia-ml-py, and no network:
-#   1. installs this working tree's package without dependencies into $GPU_BLOCK_SITE (pip; a plain copy of the
-#      package folders if pip cannot build it there);
-#   2. runs `hwgpt-bench gpu-block` into the run directory $GPU_BLOCK_RUN (default runs/gpu-block; a rerun resumes from
-#      its parts) with --budget-s $GPU_BLOCK_BUDGET_S (default 330) and a hard kill 45 s after that;
+#   1. installs this working tree's package without dependencies into $GPU_BLOCK_SITE (pip with the image's
+#      setuptools; a plain copy of the package folders if pip cannot build it there, or with GPU_BLOCK_INSTALL=copy);
+#   2. runs `hwgpt-bench gpu-block` from that copy (`python3 -P`: not from this checkout) into the run directory
+#      $GPU_BLOCK_RUN (default runs/gpu-block, git-ignored, so a rerun on the same warm machine resumes from its parts)
+#      with --budget-s $GPU_BLOCK_BUDGET_S (default 330) and a hard kill 45 s after that (exit 3, not the tool's 137);
 #   3. always exports the run, whatever step 2 ended with, into $OUT/<device_id>/ (one parquet part per table and
 #      the block's report: a run directory), with this script's log as $OUT/gpu-block.log: at most 8 files.
-# The dry run in the tests runs this same script with `--device cpu` and a tiny workload.
+# Call it with timeout_s=420. The working tree travels to the machine (64 MiB at most): set the two supernet weights
+# aside first (README, "The GPU block"). The dry run in the tests runs this same script with `--device cpu`.
 set -uo pipefail
 : "${OUT:?set OUT to the folder the results go to}"
 run=${GPU_BLOCK_RUN:-runs/gpu-block}
@@ -21,16 +23,23 @@ log="$OUT/gpu-block.log"
 echo "gpu-block.sh $(date -u +%Y-%m-%dT%H:%M:%SZ): run $run, budget $budget s, args: $*" >>"$log"
 
 rm -rf "$site"
-if ! "$python" -m pip install -q --no-deps --no-build-isolation --no-index --target "$site" . >>"$log" 2>&1; then
-    echo "pip could not install the package; copying its folders instead" | tee -a "$log"
+"$python" -c "import setuptools, torch; print('setuptools', setuptools.__version__, 'torch', torch.__version__)" \
+    >>"$log" 2>&1
+if [ "${GPU_BLOCK_INSTALL:-pip}" = copy ] \
+    || ! "$python" -m pip install -q --no-deps --no-build-isolation --no-index --target "$site" . >>"$log" 2>&1; then
+    echo "installing by copying the package folders (GPU_BLOCK_INSTALL=${GPU_BLOCK_INSTALL:-pip})" | tee -a "$log"
     rm -rf "$site" && mkdir -p "$site" && cp -r hwgpt_bench "$site/hwgpt_bench" \
         && cp -r generation "$site/hwgpt_bench/generation" && cp -r loaders "$site/hwgpt_bench/loaders" || exit 1
 fi
-export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
 
 timeout -s KILL $((${budget%.*} + 45)) "$python" -P -m hwgpt_bench gpu-block --run "$run" --budget-s "$budget" "$@" \
     2>&1 | tee -a "$log"
 block=${PIPESTATUS[0]}
+if [ "$block" -eq 137 ]; then
+    echo "gpu-block killed $((${budget%.*} + 45)) s after its start (budget $budget s + 45 s)" | tee -a "$log"
+    block=3
+fi
 "$python" -P -m hwgpt_bench gpu-block-export --run "$run" --out "$OUT" 2>&1 | tee -a "$log"
 export_status=${PIPESTATUS[0]}
 echo "gpu-block exit $block, export exit $export_status" | tee -a "$log"

@@ -60,3 +60,24 @@ def test_every_run_table_is_committed_and_local_weights_are_not():
              "runs/standalone-gpt-nano/0043bc6e7588/supernet.safetensors",
              "runs/supernet-gpt-nano-v2/checkpoints/latest.json", "runs/corpus/train.bin"]
     assert _ignored(local) == set(local)
+
+
+#: the device tool's limit on the working tree that travels to a lent GPU machine, and what the README's GPU block
+#: sets aside for the call (the two supernet weights, 26 MiB each)
+DEVICE_TREE_LIMIT_MIB = 64
+SET_ASIDE_FOR_THE_DEVICE = ("runs/supernet-gpt-nano/supernet.safetensors",
+                            "runs/supernet-gpt-nano-v2/supernet.safetensors")
+
+
+def test_the_tree_a_gpu_call_sends_stays_under_the_device_tools_limit():
+    """The prepared GPU block cannot run if the checkout is too big to travel: with the README's two weights set
+    aside, the tracked files must stay under 64 MiB (the set-aside list is exact: each still exists)."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    paths = [p for p in tracked.decode().split("\0") if p and (REPO / p).is_file()]
+    assert set(SET_ASIDE_FOR_THE_DEVICE) <= set(paths)
+    readme = (REPO / "README.md").read_text()
+    assert "for d in supernet-gpt-nano supernet-gpt-nano-v2; do mv runs/$d/supernet.safetensors ../held/$d" in readme
+    travels = sum((REPO / p).stat().st_size for p in paths if p not in SET_ASIDE_FOR_THE_DEVICE) / 2**20
+    assert travels < DEVICE_TREE_LIMIT_MIB - 8, f"{travels:.1f} MiB of tracked files would travel"

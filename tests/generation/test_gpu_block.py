@@ -53,7 +53,9 @@ atexit.register(_record)
 @pytest.mark.parametrize("field, value, message", [
     ("archs", 0, "^archs: must be an integer >= 1"), ("repeats", 1.5, "^repeats: must be an integer >= 1"),
     ("budget_s", -1.0, "^budget_s: must be a finite number >= 0"),
-    ("min_energy_window_ms", 0.0, "^min_energy_window_ms: must be > 0"),
+    ("min_energy_window_ms", 0.0, "^min_energy_window_ms: must be > 0 and <= max_energy_window_ms"),
+    ("min_energy_window_ms", 600.0, "^min_energy_window_ms: must be > 0 and <= max_energy_window_ms"),
+    ("device_id", "gpu/h100", "^device_id: 'gpu/h100' is not allowed; allowed: letters, digits"),
     ("decode_archs", 30, "^decode_archs: 30 exceeds archs"), ("device", "tpu", "^device: 'tpu' is not allowed"),
     ("seq_len", 2048, "^seq_len: 2048 does not fit space 'gpt-s'"), ("panel_k", 1, "^panel_k: must be an integer"),
 ])
@@ -78,11 +80,12 @@ def test_the_default_block_is_the_papers_gpt_s_setting_and_the_cli_has_every_fie
         assert getattr(args, f.name) == getattr(config, f.name), f.name
 
 
-def test_the_energy_window_spans_the_counters_update_periods():
-    config = BlockConfig(min_energy_window_ms=100.0, energy_window_factor=2.0)
+def test_the_energy_window_spans_the_counters_update_periods_within_bounds():
+    config = BlockConfig(min_energy_window_ms=100.0, max_energy_window_ms=500.0, energy_window_factor=2.0)
     assert config.energy_window_ms(None) == 100.0  # no counter: the floor
     assert config.energy_window_ms(20.0) == 100.0
     assert config.energy_window_ms(95.0) == 190.0
+    assert config.energy_window_ms(1000.0) == 500.0  # a sample still ends on an update, a second later
 
 
 class FakeClock:
@@ -145,11 +148,10 @@ def test_energy_samples_start_and_end_on_counter_updates():
     for s in samples:
         assert s.window_ms >= 50.0 and s.steps >= 17
         assert s.mj_per_step == pytest.approx(truth, rel=0.03)
-    # the same window between two arbitrary reads: 17 steps see one update of 40 ms, 22 % short of the truth
-    start = world.read()
-    for _ in range(17):
-        world.run(None)
-    assert (world.read() - start) / 17 < 0.8 * truth
+    # consecutive samples share their boundary update: together they span whole update periods
+    total_ms = sum(s.window_ms for s in samples)
+    assert sum(s.mj_per_step * s.steps for s in samples) == pytest.approx(
+        world.power_w * world.period_s * 1e3 * round(total_ms / 40.0), rel=1e-9)
 
 
 def test_the_counters_update_period_is_measured_between_its_changes():
@@ -178,19 +180,91 @@ def test_a_counter_that_never_moves_gives_no_energy_with_the_reason(monkeypatch,
 
     monkeypatch.setattr(profilers, "energy_source", lambda device, root: (Frozen(), None))
     monkeypatch.setattr(profilers, "_EDGE_WAIT_EXTRA_S", 0.05)
-    result = profilers.measure_energy(build_model(SPACES["gpt-nano"].smallest()), short_settings())
+    monkeypatch.setattr(profilers, "_STALLED", {})
+    model = build_model(SPACES["gpt-nano"].smallest())
+    result = profilers.measure_energy(model, short_settings())
     assert result.energy_mj is None and result.method is None and result.window_ms is None
     assert re.match(r"^frozen counter did not change in \d+\.\d s of back-to-back steps; energy not measured$",
                     result.missing_reason)
+    monkeypatch.setattr(profilers, "_EDGE_WAIT_EXTRA_S", 60.0)  # a second wait would now take a minute ...
+    again = profilers.measure_energy(model, short_settings())
+    assert again.missing_reason == result.missing_reason  # ... but the process remembers the counter is dead
+
+
+def test_a_counter_that_does_not_move_while_its_period_is_measured_is_marked_stalled(monkeypatch):
+    from hwgpt_bench.generation import environment
+
+    class Frozen:
+        name = "frozen counter"
+
+        def read(self):
+            return 7
+
+        @staticmethod
+        def delta_mj(a, b):
+            return float(b - a)
+
+    monkeypatch.setattr(environment, "energy_source", lambda device: (Frozen(), None))
+    monkeypatch.setattr(profilers, "_STALLED", {})
+    result = gpu_block.measure_counter_period("cpu", 0.05)
+    assert result["updates"] == 0 and result["period_ms_p50"] is None and result["mean_power_w"] is None
+    assert result["missing_reason"].startswith("frozen counter changed 0 time(s) in 0.1 s under load")
+    assert {"frozen counter": result["missing_reason"]} == profilers._STALLED
+
+
+def test_gpu_facts_read_from_nvml_and_torch(monkeypatch):
+    """The CUDA branch of ``gpu_facts`` with a stand-in for pynvml and torch's device properties: every reader's
+    name and unit (the real calls run only on a lent GPU, once)."""
+    import types
+
+    import torch
+
+    from hwgpt_bench.generation import environment
+
+    nvml = types.SimpleNamespace(
+        NVML_CLOCK_SM=1, NVML_CLOCK_MEM=2, NVML_TEMPERATURE_GPU=0, NVML_FEATURE_ENABLED=1, NVML_DEVICE_MIG_ENABLE=1,
+        NVMLError=RuntimeError,
+        nvmlDeviceGetName=lambda h: b"NVIDIA H100 80GB HBM3",
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(total=81559 * 2**20),
+        nvmlDeviceGetEnforcedPowerLimit=lambda h: 700000, nvmlDeviceGetEccMode=lambda h: (1, 1),
+        nvmlDeviceGetMigMode=lambda h: (0, 0), nvmlDeviceGetMaxClockInfo=lambda h, c: {1: 1980, 2: 2619}[c],
+        nvmlSystemGetDriverVersion=lambda: "580.159.04", nvmlSystemGetCudaDriverVersion=lambda: 13000,
+        nvmlDeviceGetPciInfo=lambda h: types.SimpleNamespace(pciDeviceId=0x233010DE),
+        nvmlDeviceGetArchitecture=lambda h: 9, nvmlDeviceGetClockInfo=lambda h, c: {1: 1755, 2: 2619}[c],
+        nvmlDeviceGetApplicationsClock=lambda h, c: {1: 1755, 2: 2619}[c],
+        nvmlDeviceGetPerformanceState=lambda h: 0, nvmlDeviceGetTemperature=lambda h, kind: 41,
+        nvmlDeviceGetPersistenceMode=lambda h: 1, nvmlDeviceGetComputeMode=lambda h: 0,
+        nvmlDeviceGetPowerUsage=lambda h: 123456)
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.setattr(environment, "nvml_handle", lambda device: "handle")
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: types.SimpleNamespace(major=9, minor=0, multi_processor_count=132))
+    facts = gpu_block.gpu_facts("cuda")
+    assert facts == {
+        "gpu_name": "NVIDIA H100 80GB HBM3", "gpu_memory_mib": 81559.0, "gpu_power_limit_w": 700.0, "gpu_ecc": True,
+        "gpu_mig": False, "gpu_sm_clock_max_mhz": 1980.0, "gpu_mem_clock_max_mhz": 2619.0,
+        "driver_version": "580.159.04", "cuda_runtime": torch.version.cuda, "cuda_driver": "13.0",
+        "compute_capability": "9.0", "multiprocessors": 132, "pci_device_id": "0x233010de", "architecture": 9,
+        "sm_clock_mhz": 1755, "mem_clock_mhz": 2619, "app_sm_clock_mhz": 1755, "app_mem_clock_mhz": 2619,
+        "pstate": 0, "temperature_c": 41, "persistence_mode": True, "compute_mode": 0, "power_draw_w": 123.456}
+    assert json.loads(json.dumps(facts)) == facts  # the report holds it as it is
 
 
 # ---- the block in-process ------------------------------------------------------------------------------------------
+@pytest.fixture
+def no_cpu_counter(monkeypatch):
+    """This CPU without a readable RAPL counter, whatever the host (the in-process blocks below assume none)."""
+    from hwgpt_bench.generation import environment
+
+    monkeypatch.setattr(environment, "rapl_zones", lambda root: ([], "no RAPL package zone (test)"))
+
+
 def _tables(run_dir: Path) -> dict:
     return {t: merge_parts([run_dir], t) for t in ("devices", "sessions", "panel", "measurements",
                                                             "architectures")}
 
 
-def test_past_its_budget_the_block_measures_only_its_panels(tmp_path):
+def test_past_its_budget_the_block_measures_only_its_panels(tmp_path, no_cpu_counter):
     entry = run_block(BlockConfig(budget_s=0.0, **{**TINY, "gpt_m_archs": 1}), tmp_path / "run")
     tables = _tables(tmp_path / "run")
     assert tables["measurements"].num_rows == 0
@@ -203,19 +277,23 @@ def test_past_its_budget_the_block_measures_only_its_panels(tmp_path):
     assert entry["energy_window_ms"] == 100.0 and entry["gpu"]["gpu_name"] is None
 
 
-def test_a_rerun_resumes_the_measurements_in_a_new_session_and_keeps_the_report(tmp_path):
+def test_a_rerun_resumes_the_measurements_in_a_new_session_and_keeps_the_report(tmp_path, no_cpu_counter):
     run = tmp_path / "run"
     first = run_block(BlockConfig(**TINY), run)
     second = run_block(BlockConfig(**TINY), run)
     assert first["stages"][0]["measured"] == 1 and second["stages"][0]["measured"] == 0
     tables = _tables(run)
+    config = BlockConfig(**TINY)
+    forward = config.requests(config.min_energy_window_ms)["gpt-s forward"]
+    assert gpu_block._forwards_on_disk(run, forward, first["device_id"]) == 1  # counts towards min_archs
+    assert gpu_block._forwards_on_disk(run, forward, "another-device") == 0
     assert tables["measurements"].num_rows == 1 and tables["sessions"].num_rows == 2
     report = json.loads((run / gpu_block.REPORT_NAME).read_text())
     assert [e["started_at"] for e in report["invocations"]] == [first["started_at"], second["started_at"]]
     assert {e["device_id"] for e in report["invocations"]} == set(tables["devices"].column("device_id").to_pylist())
 
 
-def test_the_export_is_one_part_per_table_and_refuses_more_files_than_come_back(tmp_path):
+def test_the_export_is_one_part_per_table_and_refuses_more_files_than_come_back(tmp_path, no_cpu_counter):
     run = tmp_path / "run"
     run_block(BlockConfig(**TINY), run)
     out = tmp_path / "out"
@@ -231,27 +309,59 @@ def test_the_export_is_one_part_per_table_and_refuses_more_files_than_come_back(
     assert not target.exists() and (out / "a.log").is_file()
 
 
-def test_the_export_refuses_a_run_of_several_devices_or_none(tmp_path):
+def _other_device(run: Path, device_id: str = "gpu-other-h100-0123abcd") -> None:
+    from hwgpt_bench.generation import environment
+    from hwgpt_bench.generation.runs import PartWriter
+
+    with PartWriter(run, "devices") as writer:
+        writer.add([{**environment.device_row("cpu", 1), "device_id": device_id, "fingerprinted": False}])
+
+
+def test_the_export_refuses_a_run_of_several_devices_or_none_and_brings_the_report_back(tmp_path, no_cpu_counter):
     with pytest.raises(ValueError, match="^run_dir: .* holds 0 devices"):
         export_block(tmp_path / "empty", tmp_path / "out")
+    run = tmp_path / "run"
+    run_block(BlockConfig(**TINY), run)
+    _other_device(run)
+    with pytest.raises(ValueError, match=r"^run_dir: .* holds 2 devices \['cpu-.*', 'gpu-other-h100-0123abcd'\]"):
+        export_block(run, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [gpu_block.REPORT_NAME]
+
+
+def test_a_run_directory_of_another_device_is_refused_before_anything_is_measured(tmp_path, no_cpu_counter):
+    run = tmp_path / "run"
+    _other_device(run)
+    with pytest.raises(ValueError, match=r"^run_dir: .* holds device\(s\) \['gpu-other-h100-0123abcd'\], and this "
+                                         r"host is cpu-"):
+        run_block(BlockConfig(**TINY), run)
+    tables = _tables(run)
+    assert tables["measurements"].num_rows == tables["sessions"].num_rows == tables["panel"].num_rows == 0
+    (entry,) = json.loads((run / gpu_block.REPORT_NAME).read_text())["invocations"]
+    assert entry["error"].startswith('ValueError("run_dir: ') and entry["finished_at"] is None
 
 
 # ---- the script itself, as the GPU host runs it --------------------------------------------------------------------
 @pytest.mark.slow
-def test_the_dry_run_of_the_block_script_on_this_cpu(tmp_path):
-    """``plans/gpu-block.sh --device cpu`` with two architectures: installed without dependencies, run from the
-    installed copy (not this checkout), every stage measured, exported within the device tool's limits."""
+@pytest.mark.parametrize("install", ["pip", "copy"])
+def test_the_dry_run_of_the_block_script_on_this_cpu(tmp_path, install):
+    """``plans/gpu-block.sh --device cpu`` with two architectures: installed without dependencies (by pip, and by the
+    copy it falls back to), run from the installed copy (not this checkout), every stage measured (the copy run:
+    the forwards alone), exported within the device tool's limits."""
+    from hwgpt_bench.generation import environment
+
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
     out, run, modules = tmp_path / "out", tmp_path / "run", tmp_path / "modules.jsonl"
     env = {**os.environ, "OUT": str(out), "GPU_BLOCK_RUN": str(run), "GPU_BLOCK_SITE": str(tmp_path / "site"),
            "GPU_BLOCK_BUDGET_S": "600", "PYTHON": sys.executable, "PYTHONPATH": str(hooks),
-           "DRY_RUN_MODULES": str(modules)}
-    done = subprocess.run(["bash", "plans/gpu-block.sh", *DRY_RUN_ARGS], cwd=REPO, env=env, capture_output=True,
+           "DRY_RUN_MODULES": str(modules), "GPU_BLOCK_INSTALL": install}
+    args = DRY_RUN_ARGS if install == "pip" else [*DRY_RUN_ARGS, "--decode-archs", "0", "--gpt-m-archs", "0"]
+    done = subprocess.run(["bash", "plans/gpu-block.sh", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "gpu-block exit 0, export exit 0" in done.stdout and "copying its folders" not in done.stdout
+    assert "gpu-block exit 0, export exit 0" in done.stdout
+    assert ("installing by copying the package folders" in done.stdout) == (install == "copy")
 
     files = [p for p in out.rglob("*") if p.is_file()]
     assert len(files) <= 8 and all(p.stat().st_size <= 16 * 2**20 for p in files)
@@ -263,21 +373,26 @@ def test_the_dry_run_of_the_block_script_on_this_cpu(tmp_path):
               for t in ("devices", "sessions", "panel", "measurements", "architectures")}
     assert all(check_table(t, data) == [] for t, data in tables.items())
     m = tables["measurements"].to_pylist()
-    assert sorted((r["space"], r["phase"], r["batch_size"], r["seq_len"], r["dtype"]) for r in m) == sorted(
-        [("gpt-s", "forward", 2, 32, "bfloat16")] * 2 + [("gpt-s", "prefill", 1, 16, "bfloat16"),
-                                                         ("gpt-s", "decode", 1, 16, "bfloat16"),
-                                                         ("gpt-m", "forward", 1, 32, "bfloat16")])
+    expected = [("gpt-s", "forward", 2, 32, "bfloat16")] * 2
+    if install == "pip":
+        expected += [("gpt-s", "prefill", 1, 16, "bfloat16"), ("gpt-s", "decode", 1, 16, "bfloat16"),
+                     ("gpt-m", "forward", 1, 32, "bfloat16")]
+    assert sorted((r["space"], r["phase"], r["batch_size"], r["seq_len"], r["dtype"]) for r in m) == sorted(expected)
     assert all(len(r["latency_ms"]) == 2 and r["session_id"] and r["device_id"] == target.name for r in m)
-    assert all(r["energy_mj"] is None and r["energy_missing_reason"] for r in m)  # no counter on this CPU
+    counter, _ = environment.energy_source("cpu")
+    assert all((r["energy_mj"] is None) == (counter is None) and (r["energy_missing_reason"] is None) ==
+               (counter is not None) for r in m)
     sessions = tables["sessions"].to_pylist()
-    assert len(sessions) == 2 and all(s["ended_at"] is not None for s in sessions)
+    assert len(sessions) == (2 if install == "pip" else 1) and all(s["ended_at"] is not None for s in sessions)
     panel = tables["panel"].to_pylist()
     for s in sessions:  # each session's panel first and last
         assert sorted(r["panel_position"] for r in panel if r["session_id"] == s["session_id"]) == ["end"] * 2 + [
             "start"] * 2
     report = json.loads((target / gpu_block.REPORT_NAME).read_text())["invocations"]
-    assert [(s["stage"], s["measured"]) for s in report[0]["stages"]] == [
-        ("gpt-s forward", 2), ("gpt-s prefill and decode", 2), ("gpt-m forward", 1)]
+    expected_stages = [("gpt-s forward", 2)] + ([("gpt-s prefill and decode", 2), ("gpt-m forward", 1)]
+                                                 if install == "pip" else [])
+    assert [(s["stage"], s["measured"]) for s in report[0]["stages"]] == expected_stages
+    assert report[0]["finished_at"] and "error" not in report[0]
     assert (out / "gpu-block.log").is_file()
 
     blocks = [json.loads(line) for line in modules.read_text().splitlines()]
