@@ -20,6 +20,10 @@ included), to a host that has the image's PyTorch, numpy, pyarrow, psutil, tqdm 
    full block) for the first ``decode_archs`` of them if time remains.
 4. **Session 2, gpt-m** (its own panels), batch ``gpt_m_batch_size``, if time remains.
 
+With ``check_archs`` (``load_check_archs``: e.g. about 20 architectures of the HW-GPT-Bench paper's own gpt-s
+measurements, chosen by ``benchmarks/gpu_cross_check.py archs``), those are measured first in session 1 at the
+forward's settings, into ``CHECK_DIR`` of the run directory: never a release row; they come back as ``CHECK_NAME``.
+
 The budget (``BlockBudget``) is a hard stop: before each measurement it checks that the measurement (estimated from
 the slowest of the last five), the open session's end panel and a margin for the report still fit; once
 ``min_archs`` forwards of the device are on disk, the forwards leave ``decode_reserve_s`` (and ``gpt_m_reserve_s``)
@@ -46,15 +50,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from hwgpt_bench.files import write_text_atomic
-from hwgpt_bench.generation.jobs import ProfileRequest, merge_runs, profile
-from hwgpt_bench.generation.runs import read_parts
+from hwgpt_bench.generation.jobs import ProfileRequest, measurement_key, merge_runs, new_run_id, profile
+from hwgpt_bench.generation.runs import PartWriter, read_parts
 from hwgpt_bench.generation.session import PANEL_SEQ_LEN, Session
 from hwgpt_bench.loaders.schema import TABLES
 from hwgpt_bench.panel import PANEL_K
+from hwgpt_bench.search_spaces import ArchConfig
 
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "gpu-block.json"
+CHECK_DIR = "cross-check"  # in the run directory: the check architectures' measurements (not a release table)
+CHECK_NAME = "cross-check.json"  # their export, beside (not inside) the device's folder
 MAX_EXPORT_FILES = 8  # the device tool brings back at most 8 files ...
 MAX_EXPORT_FILE_MIB = 16.0  # ... of at most 16 MiB each
 EXPORT_RESERVE_S = 10.0  # kept for the report and the process's exit after the last session (the export follows)
@@ -91,6 +98,9 @@ class BlockConfig:
         panel_k, panel_seq_len: the calibration panel (``session.Session``'s ``k`` and ``panel_seq_len``).
         threads: torch intra-op threads (None: all logical cores).
         device_id: None: derived from the host's fingerprint.
+        check_archs: a JSON file of gpt-s architectures measured first in the gpt-s session, at the forward's
+            settings, for a cross-check against another benchmark's measurements of them (``load_check_archs``);
+            kept apart from the release's rows (``CHECK_DIR``) and exported as ``CHECK_NAME`` alone.
     """
 
     device: str = "cuda"
@@ -117,6 +127,7 @@ class BlockConfig:
     panel_seq_len: int = PANEL_SEQ_LEN
     threads: int | None = None
     device_id: str | None = None
+    check_archs: str | None = None
 
     def __post_init__(self) -> None:
         for name, low in (("archs", 1), ("min_archs", 0), ("decode_archs", 0), ("gpt_m_archs", 0),
@@ -140,6 +151,8 @@ class BlockConfig:
             raise ValueError(f"decode_archs: {self.decode_archs} exceeds archs ({self.archs}); the prefill and "
                              "decode architectures are the first forward ones")
         self.requests(energy_window_ms=self.min_energy_window_ms)  # every workload checked before anything runs
+        if self.check_archs is not None:
+            load_check_archs(self.check_archs)
 
     def requests(self, energy_window_ms: float) -> dict[str, ProfileRequest]:
         """The block's stages as ``ProfileRequest``s (``ValueError`` naming a bad field), keyed by stage name."""
@@ -168,6 +181,32 @@ class BlockConfig:
             return float(self.min_energy_window_ms)
         window = max(self.min_energy_window_ms, self.energy_window_factor * period_ms)
         return float(min(self.max_energy_window_ms, window))
+
+
+def load_check_archs(path: str | Path) -> list[tuple[int, ArchConfig]]:
+    """The cross-check architectures of ``path``: ``{"source": text, "archs": [{"index": int, "arch": {...}}]}``,
+    each ``arch`` an ``ArchConfig.to_dict()`` of gpt-s and ``index`` its position in the other benchmark; as
+    ``(index, ArchConfig)`` pairs. ``ValueError`` naming ``check_archs`` and the entry for anything else."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"check_archs: cannot read {path} as JSON ({err})") from err
+    entries = data.get("archs") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"check_archs: {path} needs a non-empty list 'archs' of {{'index': int, 'arch': {{...}}}}")
+    out = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or set(entry) != {"index", "arch"} or isinstance(entry["index"], bool) \
+                or not isinstance(entry["index"], int):
+            raise ValueError(f"check_archs: archs[{i}] must be {{'index': int, 'arch': {{...}}}}, got {entry!r}")
+        try:
+            arch = ArchConfig.from_dict(entry["arch"])
+        except ValueError as err:
+            raise ValueError(f"check_archs: archs[{i}].arch: {err}") from err
+        if arch.space != MAIN_SPACE:
+            raise ValueError(f"check_archs: archs[{i}] is of space {arch.space!r}; allowed: {MAIN_SPACE!r}")
+        out.append((entry["index"], arch))
+    return out
 
 
 # ---- the budget ----------------------------------------------------------------------------------------------------
@@ -350,6 +389,33 @@ def _run_stage(name: str, request: ProfileRequest, run_dir: Path, session: Sessi
              " (stopped by the budget)" if stop.fired else "")
 
 
+def _check_stage(archs: list[tuple[int, ArchConfig]], forward: ProfileRequest, run_dir: Path, session: Session,
+                 budget: BlockBudget, report: _Report) -> None:
+    """Measure the cross-check architectures at the forward's settings into ``run_dir / CHECK_DIR`` (resumable),
+    with their indices beside them (``index.json``)."""
+    from hwgpt_bench.generation import environment, profilers
+
+    (settings,) = forward.settings_grid()
+    folder = run_dir / CHECK_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(json.dumps({a.arch_id: i for i, a in archs}, indent=1) + "\n", folder / "index.json")
+    facts = environment.device_facts(settings.device, settings.threads, device_id=session.device_id)
+    start, stop, run_id, written = time.monotonic(), budget.stopper(), new_run_id(), 0
+    report.write(stage_in_progress="cross-check")
+    with PartWriter(folder, "measurements", flush_every_s=10.0) as writer:
+        for _, arch in archs:
+            if measurement_key(arch, settings, session.device_id) in writer.done_keys:
+                continue
+            if stop():
+                break
+            writer.add([profilers.profile_arch(arch, settings, run_id, facts, session_id=session.session_id)])
+            written += 1
+    stage = {"stage": "cross-check", "space": MAIN_SPACE, "phases": [settings.phase],
+             "batch_size": [settings.batch_size], "measured": written, "stopped_by_budget": stop.fired,
+             "seconds": round(time.monotonic() - start, 2), "session_id": session.session_id}
+    report.write(stages=[*report.entry["stages"], stage], stage_in_progress=None)
+
+
 def _close_reserve(budget: BlockBudget, session: Session) -> None:
     """Keep the end panel's time (1.25 x the start panel's, + 5 s) and the export free until the session closes."""
     budget.closing_s = 1.25 * session.panel_seconds.get("start", 0.0) + 5.0 + EXPORT_RESERVE_S
@@ -407,6 +473,8 @@ def _measure_block(config: BlockConfig, run_dir: Path, budget: BlockBudget, repo
     minimum = max(0, config.min_archs - _forwards_on_disk(run_dir, forward, session.device_id))
     with session:
         _close_reserve(budget, session)
+        if config.check_archs is not None:
+            _check_stage(load_check_archs(config.check_archs), forward, run_dir, session, budget, report)
         _run_stage("gpt-s forward", forward, run_dir, session,
                    budget.stopper(reserve_s=config.decode_reserve_s + config.gpt_m_reserve_s, minimum=minimum),
                    report)
@@ -452,6 +520,7 @@ def export_block(run_dir: str | Path, out: str | Path) -> Path:
     counts = merge_runs([run_dir], target, tables=[t for t in TABLES if t != "summary"])
     if (run_dir / REPORT_NAME).is_file():
         shutil.copyfile(run_dir / REPORT_NAME, target / REPORT_NAME)
+    _export_check(run_dir, out)
     files = sorted(p for p in out.rglob("*") if p.is_file())
     too_big = [f"{p} ({p.stat().st_size / 2**20:.1f} MiB)" for p in files
                if p.stat().st_size > MAX_EXPORT_FILE_MIB * 2**20]
@@ -462,6 +531,24 @@ def export_block(run_dir: str | Path, out: str | Path) -> Path:
                          f"{too_big or 'none'} over {MAX_EXPORT_FILE_MIB:g} MiB; export fewer tables or rows")
     log.info("exported %s into %s: %s", run_dir, target, {t: n for t, n in counts.items() if n})
     return target
+
+
+#: the columns of a cross-check measurement that its export keeps
+_CHECK_COLUMNS = ("arch_id", "device_id", "phase", "batch_size", "seq_len", "dtype", "n_warmup", "latency_ms",
+                  "latency_method", "energy_mj", "energy_method", "energy_window_ms", "energy_missing_reason",
+                  "peak_memory_mib", "tensor_peak_mib", "gpu_sm_clock_mhz", "session_id", "measured_at")
+
+
+def _export_check(run_dir: Path, out: Path) -> None:
+    """The cross-check measurements of ``run_dir``, if any, as ``out / CHECK_NAME``: one object per architecture
+    with its ``index`` in the other benchmark and ``_CHECK_COLUMNS``."""
+    folder = run_dir / CHECK_DIR
+    rows = read_parts([folder / "measurements"], "measurements").select(list(_CHECK_COLUMNS)).to_pylist()
+    if not rows:
+        return
+    index = json.loads((folder / "index.json").read_text())
+    text = json.dumps([{"index": index[r["arch_id"]], **r} for r in rows], indent=1, default=str)
+    write_text_atomic(text + "\n", out / CHECK_NAME)
 
 
 def _report_alone(run_dir: Path, out: Path) -> None:

@@ -518,6 +518,8 @@ def _add_gpu_block(sub) -> None:
     p.add_argument("--decode-seq-len", type=int, default=None,
                    help="prefill tokens and decode cache (default: the full block, 1024 / 1023)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all logical cores)")
+    p.add_argument("--check-archs", default=None, help="JSON of gpt-s architectures measured first, for a cross-check "
+                   "against another benchmark (benchmarks/gpu_cross_check.py archs writes it); exported apart")
     p.set_defaults(handler=_cmd_gpu_block)
 
 

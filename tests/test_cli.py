@@ -83,6 +83,7 @@ ARGPARSE_ALLOWED = {
     "benchmarks/paired_agreement.py": "python benchmarks/paired_agreement.py",
     "benchmarks/surrogate_size.py": "python benchmarks/surrogate_size.py",
     "benchmarks/bf16_matmul.py": "python benchmarks/bf16_matmul.py",
+    "benchmarks/gpu_cross_check.py": "python benchmarks/gpu_cross_check.py",
 }
 
 

@@ -81,3 +81,11 @@ def test_the_tree_a_gpu_call_sends_stays_under_the_device_tools_limit():
     assert "for d in supernet-gpt-nano supernet-gpt-nano-v2; do mv runs/$d/supernet.safetensors ../held/$d" in readme
     travels = sum((REPO / p).stat().st_size for p in paths if p not in SET_ASIDE_FOR_THE_DEVICE) / 2**20
     assert travels < DEVICE_TREE_LIMIT_MIB - 8, f"{travels:.1f} MiB of tracked files would travel"
+
+
+def test_what_a_gpu_call_carries_or_leaves_on_the_machine_is_never_committed():
+    """The cross-check architectures (derived from the reference data) and the block's working run directory."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = [".gpu-block/cross-check-archs.json", "runs/gpu-block/measurements/part-s0of1-1-1.parquet"]
+    assert _ignored(paths) == set(paths)

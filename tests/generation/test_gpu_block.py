@@ -21,6 +21,7 @@ from hwgpt_bench.generation.gpu_block import BlockBudget, BlockConfig, export_bl
 from hwgpt_bench.generation.runs import merge_parts, read_parts
 from hwgpt_bench.generation.workload import ProfileSettings
 from hwgpt_bench.loaders.schema import check_table
+from hwgpt_bench.search_spaces import SPACES, sample_archs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,6 +64,26 @@ def test_a_bad_block_config_names_the_field(field, value, message):
     overrides = {field: value, **({"archs": 20} if field == "decode_archs" else {})}
     with pytest.raises(ValueError, match=message):
         BlockConfig(**overrides)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json", "^check_archs: cannot read .* as JSON"),
+    ('{"archs": []}', "^check_archs: .* needs a non-empty list 'archs'"),
+    ('{"archs": [{"index": true, "arch": {}}]}', r"^check_archs: archs\[0\] must be"),
+    ('{"archs": [{"index": 3, "arch": {"space": "gpt-s"}}]}', r"^check_archs: archs\[0\].arch: architecture: missing"),
+])
+def test_bad_cross_check_architectures_name_the_field_and_the_entry(tmp_path, content, message):
+    path = tmp_path / "check.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        BlockConfig(check_archs=str(path))
+
+
+def test_cross_check_architectures_of_another_space_are_refused(tmp_path):
+    path = tmp_path / "check.json"
+    path.write_text(json.dumps({"archs": [{"index": 1, "arch": SPACES["gpt-m"].smallest().to_dict()}]}))
+    with pytest.raises(ValueError, match=r"^check_archs: archs\[0\] is of space 'gpt-m'; allowed: 'gpt-s'"):
+        BlockConfig(check_archs=str(path))
 
 
 def test_the_default_block_is_the_papers_gpt_s_setting_and_the_cli_has_every_field():
@@ -166,7 +187,6 @@ def test_the_counters_update_period_is_measured_between_its_changes():
 
 def test_a_counter_that_never_moves_gives_no_energy_with_the_reason(monkeypatch, short_settings):
     from hwgpt_bench.generation.model import build_model
-    from hwgpt_bench.search_spaces import SPACES
 
     class Frozen:
         name = "frozen counter"
@@ -356,7 +376,11 @@ def test_the_dry_run_of_the_block_script_on_this_cpu(tmp_path, install):
     env = {**os.environ, "OUT": str(out), "GPU_BLOCK_RUN": str(run), "GPU_BLOCK_SITE": str(tmp_path / "site"),
            "GPU_BLOCK_BUDGET_S": "600", "PYTHON": sys.executable, "PYTHONPATH": str(hooks),
            "DRY_RUN_MODULES": str(modules), "GPU_BLOCK_INSTALL": install}
-    args = DRY_RUN_ARGS if install == "pip" else [*DRY_RUN_ARGS, "--decode-archs", "0", "--gpt-m-archs", "0"]
+    check = tmp_path / "check.json"  # a cross-check architecture (here one of ours, under an index of 7)
+    checked = sample_archs("gpt-s", 3, seed=5)[2]  # not one the forwards measure (positions 0, 1 of seed 0)
+    check.write_text(json.dumps({"archs": [{"index": 7, "arch": checked.to_dict()}]}))
+    args = ([*DRY_RUN_ARGS, "--check-archs", str(check)] if install == "pip"
+            else [*DRY_RUN_ARGS, "--decode-archs", "0", "--gpt-m-archs", "0"])
     done = subprocess.run(["bash", "plans/gpu-block.sh", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -389,11 +413,16 @@ def test_the_dry_run_of_the_block_script_on_this_cpu(tmp_path, install):
         assert sorted(r["panel_position"] for r in panel if r["session_id"] == s["session_id"]) == ["end"] * 2 + [
             "start"] * 2
     report = json.loads((target / gpu_block.REPORT_NAME).read_text())["invocations"]
-    expected_stages = [("gpt-s forward", 2)] + ([("gpt-s prefill and decode", 2), ("gpt-m forward", 1)]
-                                                 if install == "pip" else [])
+    expected_stages = ([("cross-check", 1), ("gpt-s forward", 2), ("gpt-s prefill and decode", 2),
+                        ("gpt-m forward", 1)] if install == "pip" else [("gpt-s forward", 2)])
     assert [(s["stage"], s["measured"]) for s in report[0]["stages"]] == expected_stages
     assert report[0]["finished_at"] and "error" not in report[0]
     assert (out / "gpu-block.log").is_file()
+    if install == "pip":  # the cross-check comes back beside the device's folder, never inside it: 8 files in all
+        (crossed,) = json.loads((out / gpu_block.CHECK_NAME).read_text())
+        assert crossed["index"] == 7 and crossed["arch_id"] == checked.arch_id
+        assert len(crossed["latency_ms"]) == 2 and crossed["batch_size"] == 2 and crossed["seq_len"] == 32
+        assert crossed["arch_id"] not in {r["arch_id"] for r in m} and len(files) == 8
 
     blocks = [json.loads(line) for line in modules.read_text().splitlines()]
     ours = [b for b in blocks if b["argv"][1:2] in (["gpu-block"], ["gpu-block-export"])]
