@@ -26,13 +26,19 @@ from pathlib import Path
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "hwgpt_bench" / "hwgpt_bench_s.parquet"
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / ".gpu-block" / "cross-check-archs.json"
-MJ_PER_WH = 3.6e6
+MILLIJOULES_PER_WH = 3.6e6
 
 
 def _reference(device: str, metric: str):
+    """The reference's rows of ``device`` and ``metric``; ``ValueError`` naming ``device`` and the allowed ones."""
     import polars as pl
 
-    return pl.read_parquet(REFERENCE).filter(pl.col("device") == device, pl.col("metric") == metric)
+    data = pl.read_parquet(REFERENCE)
+    rows = data.filter(pl.col("device") == device, pl.col("metric") == metric)
+    if rows.is_empty():
+        allowed = sorted(data.filter(pl.col("metric") == metric)["device"].drop_nulls().unique().to_list())
+        raise ValueError(f"device: the reference has no {metric} of {device!r}; allowed: {allowed}")
+    return rows
 
 
 def _median(values: Sequence[float]) -> float:
@@ -53,19 +59,25 @@ def choose(device: str, k: int) -> list[dict]:
 
 
 def compare(check: list[dict], device: str) -> list[dict]:
-    """Per cross-checked architecture: ours and the reference's median latency (ms) and energy (mJ), and ratios."""
+    """Per cross-checked architecture and reference index: ours and the reference's median latency (ms) and energy
+    (mJ), and their ratios; in the reference's latency order. An index the reference lacks is left out, with a
+    message."""
     latency = {r["arch_index"]: _median(r["samples"]) for r in _reference(device, "latency").iter_rows(named=True)}
-    energy = {r["arch_index"]: _median(r["samples"][1:]) * MJ_PER_WH
+    energy = {r["arch_index"]: _median(r["samples"][1:]) * MILLIJOULES_PER_WH
               for r in _reference(device, "energy").iter_rows(named=True)}
     out = []
-    for row in sorted(check, key=lambda r: latency[r["index"]]):
-        ours_ms = _median(row["latency_ms"])
-        ours_mj = _median(row["energy_mj"]) if row["energy_mj"] else None
-        theirs_mj = energy.get(row["index"])
-        out.append({"index": row["index"], "ours_ms": ours_ms, "theirs_ms": latency[row["index"]],
-                    "latency_ratio": ours_ms / latency[row["index"]], "ours_mj": ours_mj, "theirs_mj": theirs_mj,
-                    "energy_ratio": ours_mj / theirs_mj if ours_mj and theirs_mj else None})
-    return out
+    for row in check:
+        for index in row["indices"]:
+            if index not in latency:
+                print(f"index {index} ({row['arch_id']}): not among the reference's {device} latencies; left out")
+                continue
+            ours_ms = _median(row["latency_ms"])
+            ours_mj = _median(row["energy_mj"]) if row["energy_mj"] else None
+            theirs_mj = energy.get(index)
+            out.append({"index": index, "ours_ms": ours_ms, "theirs_ms": latency[index],
+                        "latency_ratio": ours_ms / latency[index], "ours_mj": ours_mj, "theirs_mj": theirs_mj,
+                        "energy_ratio": ours_mj / theirs_mj if ours_mj and theirs_mj else None})
+    return sorted(out, key=lambda r: r["theirs_ms"])
 
 
 def _print(rows: list[dict], device: str, our_device: str) -> None:
@@ -96,6 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not REFERENCE.is_file():
         print(f"reference data not found at {REFERENCE}; nothing to do")
         return 0
+    try:
+        return _run(args)
+    except ValueError as err:
+        print(f"gpu_cross_check.py {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "archs":
         entries = choose(args.device, args.k)
         args.out.parent.mkdir(parents=True, exist_ok=True)

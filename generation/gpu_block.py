@@ -10,9 +10,10 @@ included), to a host that has the image's PyTorch, numpy, pyarrow, psutil, tqdm 
    and compute modes, CUDA driver and runtime, compute capability, multiprocessors, PCI device id). Nothing that
    names one physical card (no UUID, serial or bus id).
 2. **The energy counter's update period** (``profilers.counter_update_period``): NVML's total-energy counter read in a
-   loop for ``period_seconds`` while bf16 matrix products keep the GPU busy. Each energy sample then spans at least
-   ``energy_window_factor`` update periods and ``min_energy_window_ms`` (``energy_window_ms``), from one counter
-   update to another (``profilers.energy_samples``).
+   loop for ``period_seconds`` while bf16 matrix products keep the GPU busy (a counter that changes less than twice
+   is marked stalled: energy null with that reason, without a wait per measurement). Each energy sample then spans
+   at least ``energy_window_factor`` update periods, clipped to ``min_energy_window_ms`` .. ``max_energy_window_ms``
+   (``energy_window_ms``), from one counter update to another (``profilers.energy_samples``).
 3. **Session 1, gpt-s** (``session.Session``: its calibration panel first and last): the release's seed-0 gpt-s
    architectures at the paper's settings (full forward of ``seq_len`` = 1,024 tokens, batch 8, bf16 autocast,
    ``warmup`` untimed steps, ``repeats`` steps timed with CUDA events, ``energy_samples`` energy samples, the CUDA
@@ -78,7 +79,7 @@ class BlockConfig:
 
     Attributes:
         device: ``"cuda"``, ``"cuda:N"`` or ``"cpu"`` (the dry run: no energy counter, the same code path).
-        budget_s: seconds from the start of ``run_block`` to its end, export reserve included (the hard stop).
+        budget_s: seconds from the start of ``run_block`` to its end (the export follows, in its own process).
         archs: gpt-s forward measurements at most: seed-0 positions ``0 .. archs - 1`` (the release has 500).
         min_archs: forward measurements (on disk for this device, this invocation's included) before the forwards
             leave the reserves below free (the issue's floor: 150).
@@ -213,8 +214,8 @@ def load_check_archs(path: str | Path) -> list[tuple[int, ArchConfig]]:
 class BlockBudget:
     """The block's hard stop: ``budget_s`` seconds from construction, on ``clock`` (seconds, monotonic).
 
-    ``closing_s`` is what must stay free for closing the work in progress (the open session's end panel and the
-    export); ``stopper`` makes the ``stop`` callables of ``jobs.profile``.
+    ``closing_s`` is what must stay free for closing the work in progress (the open session's end panel, the report
+    and the process's exit: ``EXPORT_RESERVE_S``); ``stopper`` makes the ``stop`` callables of ``jobs.profile``.
     """
 
     def __init__(self, budget_s: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -355,9 +356,10 @@ def measure_counter_period(device: str, seconds: float) -> dict:
     out = {"counter": counter.name, "load": None if not environment.is_cuda(device) else
            f"back-to-back {_PERIOD_MATRIX}x{_PERIOD_MATRIX} bf16 matrix products", **result, "missing_reason": None}
     if result["updates"] < 2:
-        out["missing_reason"] = (f"{counter.name} changed {result['updates']} time(s) in {result['seconds']:.1f} s "
-                                 "under load at the start of the block; energy not measured")
-        profilers.mark_counter_stalled(counter.name, out["missing_reason"])
+        load = " under load" if environment.is_cuda(device) else ""
+        out["missing_reason"] = (f"{counter.name} changed {result['updates']} time(s) in {result['seconds']:.1f} s"
+                                 f"{load} at the start of the block; energy not measured")
+        profilers.mark_counter_stalled(counter.name, device, out["missing_reason"])
     return out
 
 
@@ -389,35 +391,51 @@ def _run_stage(name: str, request: ProfileRequest, run_dir: Path, session: Sessi
              " (stopped by the budget)" if stop.fired else "")
 
 
-def _check_stage(archs: list[tuple[int, ArchConfig]], forward: ProfileRequest, run_dir: Path, session: Session,
-                 budget: BlockBudget, report: _Report) -> None:
-    """Measure the cross-check architectures at the forward's settings into ``run_dir / CHECK_DIR`` (resumable),
-    with their indices beside them (``index.json``)."""
+def _check_stage(path: str, forward: ProfileRequest, run_dir: Path, session: Session, budget: BlockBudget,
+                 report: _Report) -> None:
+    """Measure the cross-check architectures of ``path`` at the forward's settings into ``run_dir / CHECK_DIR``
+    (resumable), their indices kept beside them (``index.json``: arch_id -> every index it was given, merged over
+    reruns). The check is an extra: an error in it is reported and the block goes on with its own measurements."""
     from hwgpt_bench.generation import environment, profilers
 
-    (settings,) = forward.settings_grid()
-    folder = run_dir / CHECK_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(json.dumps({a.arch_id: i for i, a in archs}, indent=1) + "\n", folder / "index.json")
-    facts = environment.device_facts(settings.device, settings.threads, device_id=session.device_id)
-    start, stop, run_id, written = time.monotonic(), budget.stopper(), new_run_id(), 0
+    start, stop, written = time.monotonic(), budget.stopper(), 0
     report.write(stage_in_progress="cross-check")
-    with PartWriter(folder, "measurements", flush_every_s=10.0) as writer:
-        for _, arch in archs:
-            if measurement_key(arch, settings, session.device_id) in writer.done_keys:
-                continue
-            if stop():
-                break
-            writer.add([profilers.profile_arch(arch, settings, run_id, facts, session_id=session.session_id)])
-            written += 1
-    stage = {"stage": "cross-check", "space": MAIN_SPACE, "phases": [settings.phase],
-             "batch_size": [settings.batch_size], "measured": written, "stopped_by_budget": stop.fired,
-             "seconds": round(time.monotonic() - start, 2), "session_id": session.session_id}
+    try:
+        archs = load_check_archs(path)
+        (settings,) = forward.settings_grid()
+        folder = run_dir / CHECK_DIR
+        _merge_check_index(folder / "index.json", archs)
+        facts = environment.device_facts(settings.device, settings.threads, device_id=session.device_id)
+        with PartWriter(folder, "measurements", flush_every_s=10.0) as writer:
+            run_id = new_run_id()
+            for arch in {a.arch_id: a for _, a in archs}.values():  # one measurement per architecture
+                if measurement_key(arch, settings, session.device_id) in writer.done_keys:
+                    continue
+                if stop():
+                    break
+                writer.add([profilers.profile_arch(arch, settings, run_id, facts, session_id=session.session_id)])
+                written += 1
+        error = None
+    except Exception as err:  # a bad file, an architecture that fails on this GPU: the release rows come first
+        log.error("cross-check abandoned: %r", err)
+        error = repr(err)
+    stage = {"stage": "cross-check", "space": MAIN_SPACE, "measured": written, "stopped_by_budget": stop.fired,
+             "seconds": round(time.monotonic() - start, 2), "session_id": session.session_id, "error": error}
     report.write(stages=[*report.entry["stages"], stage], stage_in_progress=None)
 
 
+def _merge_check_index(path: Path, archs: list[tuple[int, ArchConfig]]) -> None:
+    """Add ``archs``' indices to the index file at ``path`` (arch_id -> sorted distinct indices)."""
+    index = json.loads(path.read_text()) if path.is_file() else {}
+    for i, arch in archs:
+        index[arch.arch_id] = sorted({*index.get(arch.arch_id, []), i})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(json.dumps(index, indent=1, sort_keys=True) + "\n", path)
+
+
 def _close_reserve(budget: BlockBudget, session: Session) -> None:
-    """Keep the end panel's time (1.25 x the start panel's, + 5 s) and the export free until the session closes."""
+    """Keep the end panel's time (1.25 x the start panel's, + 5 s) and ``EXPORT_RESERVE_S`` free until the session
+    closes."""
     budget.closing_s = 1.25 * session.panel_seconds.get("start", 0.0) + 5.0 + EXPORT_RESERVE_S
 
 
@@ -471,16 +489,17 @@ def _measure_block(config: BlockConfig, run_dir: Path, budget: BlockBudget, repo
     stages = config.requests(energy_window_ms=window)
     forward = stages["gpt-s forward"]
     minimum = max(0, config.min_archs - _forwards_on_disk(run_dir, forward, session.device_id))
+    decode_reserve = config.decode_reserve_s if "gpt-s prefill and decode" in stages else 0.0
+    gpt_m_reserve = config.gpt_m_reserve_s if "gpt-m forward" in stages else 0.0
     with session:
         _close_reserve(budget, session)
         if config.check_archs is not None:
-            _check_stage(load_check_archs(config.check_archs), forward, run_dir, session, budget, report)
+            _check_stage(config.check_archs, forward, run_dir, session, budget, report)
         _run_stage("gpt-s forward", forward, run_dir, session,
-                   budget.stopper(reserve_s=config.decode_reserve_s + config.gpt_m_reserve_s, minimum=minimum),
-                   report)
+                   budget.stopper(reserve_s=decode_reserve + gpt_m_reserve, minimum=minimum), report)
         if "gpt-s prefill and decode" in stages:
             _run_stage("gpt-s prefill and decode", stages["gpt-s prefill and decode"], run_dir, session,
-                       budget.stopper(reserve_s=config.gpt_m_reserve_s), report)
+                       budget.stopper(reserve_s=gpt_m_reserve), report)
     budget.closing_s = EXPORT_RESERVE_S
     if "gpt-m forward" in stages:
         _gpt_m_session(config, stages["gpt-m forward"], run_dir, budget, session.panel_seconds, command, report)
@@ -521,9 +540,11 @@ def export_block(run_dir: str | Path, out: str | Path) -> Path:
     if (run_dir / REPORT_NAME).is_file():
         shutil.copyfile(run_dir / REPORT_NAME, target / REPORT_NAME)
     _export_check(run_dir, out)
-    files = sorted(p for p in out.rglob("*") if p.is_file())
-    too_big = [f"{p} ({p.stat().st_size / 2**20:.1f} MiB)" for p in files
-               if p.stat().st_size > MAX_EXPORT_FILE_MIB * 2**20]
+    files, too_big = _export_files(out)
+    if (len(files) > MAX_EXPORT_FILES or too_big) and (out / CHECK_NAME).is_file():
+        log.warning("export over the device tool's limits: leaving out %s", CHECK_NAME)
+        (out / CHECK_NAME).unlink()
+        files, too_big = _export_files(out)
     if len(files) > MAX_EXPORT_FILES or too_big:
         shutil.rmtree(target)
         _report_alone(run_dir, out)
@@ -539,16 +560,28 @@ _CHECK_COLUMNS = ("arch_id", "device_id", "phase", "batch_size", "seq_len", "dty
                   "peak_memory_mib", "tensor_peak_mib", "gpu_sm_clock_mhz", "session_id", "measured_at")
 
 
+def _export_files(out: Path) -> tuple[list[Path], list[str]]:
+    """Every file under ``out``, and those over ``MAX_EXPORT_FILE_MIB`` (as text with their size)."""
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    return files, [f"{p} ({p.stat().st_size / 2**20:.1f} MiB)" for p in files
+                   if p.stat().st_size > MAX_EXPORT_FILE_MIB * 2**20]
+
+
 def _export_check(run_dir: Path, out: Path) -> None:
-    """The cross-check measurements of ``run_dir``, if any, as ``out / CHECK_NAME``: one object per architecture
-    with its ``index`` in the other benchmark and ``_CHECK_COLUMNS``."""
+    """The cross-check measurements of ``run_dir``, if any, as ``out / CHECK_NAME``: one object per measurement with
+    ``indices`` (its architecture's in the other benchmark) and ``_CHECK_COLUMNS``. It never fails the export of the
+    device's tables: a problem is logged and the file left out."""
     folder = run_dir / CHECK_DIR
-    rows = read_parts([folder / "measurements"], "measurements").select(list(_CHECK_COLUMNS)).to_pylist()
-    if not rows:
-        return
-    index = json.loads((folder / "index.json").read_text())
-    text = json.dumps([{"index": index[r["arch_id"]], **r} for r in rows], indent=1, default=str)
-    write_text_atomic(text + "\n", out / CHECK_NAME)
+    try:
+        rows = read_parts([folder / "measurements"], "measurements").select(list(_CHECK_COLUMNS)).to_pylist()
+        if not rows:
+            return
+        index_path = folder / "index.json"
+        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        text = json.dumps([{"indices": index.get(r["arch_id"], []), **r} for r in rows], indent=1, default=str)
+        write_text_atomic(text + "\n", out / CHECK_NAME)
+    except Exception as err:  # the check is an extra; the device's tables come back regardless
+        log.error("cross-check not exported: %r", err)
 
 
 def _report_alone(run_dir: Path, out: Path) -> None:

@@ -320,9 +320,9 @@ def measure_paired_latency(model: GPT, reference: GPT, settings: ProfileSettings
 #: plus ``_EDGE_WAIT_EXTRA_S`` (a counter that updates every 100 ms moves many times within it)
 _EDGE_WAIT_WINDOWS = 10
 _EDGE_WAIT_EXTRA_S = 1.0
-#: counters found not to move in this process (counter name -> the reason): later measurements skip them at once, so a
-#: dead counter costs its wait once, not once per measurement (``mark_counter_stalled``)
-_STALLED: dict[str, str] = {}
+#: counters marked as not moving in this process ((counter name, device) -> the reason; ``mark_counter_stalled``):
+#: measurements on them skip the counter at once instead of waiting for it each time
+_STALLED: dict[tuple[str, str], str] = {}
 ENERGY_SAMPLING = ("each sample runs the step back to back from one counter update to the first update after at least "
                    "{window:g} ms (both updates seen between two steps), and divides the counter's delta by the "
                    "steps in between")
@@ -342,10 +342,11 @@ class CounterStalled(RuntimeError):
     """The energy counter did not move within the wait allowed (``_EDGE_WAIT_WINDOWS`` windows + 1 s)."""
 
 
-def mark_counter_stalled(name: str, reason: str) -> None:
-    """Record that the counter called ``name`` does not move (``reason``): in this process, ``measure_energy`` then
-    gives every later measurement a missing energy with that reason without waiting for the counter again."""
-    _STALLED[name] = reason
+def mark_counter_stalled(name: str, device: str, reason: str) -> None:
+    """Record that the counter called ``name`` of ``device`` does not move (``reason``; e.g. found so under load by
+    ``counter_update_period``): in this process, ``measure_energy`` on that device then gives every measurement a
+    missing energy with that reason at once, instead of waiting for the counter each time."""
+    _STALLED[(name, device)] = reason
 
 
 def _next_update(counter, work: Workload, cache: KVCache | None, clock: Callable[[], float], allowed_s: float):
@@ -434,13 +435,13 @@ def measure_energy(model: GPT, settings: ProfileSettings, powercap_root: Path | 
     from one counter update to the first update at least ``energy_window_ms`` later (``energy_samples``).
     ``window_ms`` is the mean actual duration of the samples' windows. The counters cover the whole GPU or CPU
     package: idle power and other processes on it are included. A counter that does not move is a missing energy
-    with the reason, never a zero, and stays so for the rest of the process (``mark_counter_stalled``).
+    with the reason, never a zero; one marked stalled (``mark_counter_stalled``) is not waited for.
     """
     counter, reason = energy_source(settings.device, powercap_root)
     if counter is None:
         return EnergyResult(None, None, None, reason)
-    if counter.name in _STALLED:
-        return EnergyResult(None, None, None, _STALLED[counter.name])
+    if (counter.name, settings.device) in _STALLED:
+        return EnergyResult(None, None, None, _STALLED[(counter.name, settings.device)])
     with compute_context(settings):
         work = Workload(model, settings)
         _warm_up(work)
@@ -448,8 +449,7 @@ def measure_energy(model: GPT, settings: ProfileSettings, powercap_root: Path | 
         try:
             samples = energy_samples(counter, work, cache, settings.n_energy_samples)
         except CounterStalled as err:
-            mark_counter_stalled(counter.name, f"{err}; energy not measured")
-            return EnergyResult(None, None, None, _STALLED[counter.name])
+            return EnergyResult(None, None, None, f"{err}; energy not measured")
     method = f"{counter.name}; {ENERGY_SAMPLING.format(window=settings.energy_window_ms)}"
     return EnergyResult([s.mj_per_step for s in samples], method, statistics.fmean(s.window_ms for s in samples),
                         None)

@@ -495,7 +495,7 @@ def _add_gpu_block(sub) -> None:
     p.add_argument("--device-id", default=None, help="device identifier (default: derived from the fingerprint)")
     p.add_argument("--budget-s", type=float, default=330.0, help="hard stop, seconds from the start (default 330)")
     number = (("--archs", int, 500, "gpt-s forward architectures at most: seed-0 positions 0..N-1"),
-              ("--min-archs", int, 150, "forward architectures that may use the extras' reserve"),
+              ("--min-archs", int, 150, "forwards of the device on disk before the reserves apply"),
               ("--decode-reserve-s", float, 60.0, "seconds the forwards leave for prefill/decode after --min-archs"),
               ("--gpt-m-reserve-s", float, 0.0, "seconds the forwards and prefill/decode leave for gpt-m"),
               ("--decode-archs", int, 20, "the first positions also measured in prefill and decode (0: none)"),

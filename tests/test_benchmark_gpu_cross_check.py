@@ -40,13 +40,22 @@ def test_the_comparison_divides_ours_by_theirs(tmp_path, capsys):
                for r in cross._reference("h100", "latency").iter_rows(named=True)}
     energy = {r["arch_index"]: statistics.median(r["samples"][1:]) * 3.6e6
               for r in cross._reference("h100", "energy").iter_rows(named=True)}
-    check = [{"index": e["index"], "device_id": "gpu-x", "latency_ms": [2 * latency[e["index"]]] * 3,
-              "energy_mj": [0.5 * energy[e["index"]]] * 5} for e in entries]
+    check = [{"indices": [e["index"]], "arch_id": e["arch"]["arch_id"], "device_id": "gpu-x",
+              "latency_ms": [2 * latency[e["index"]]] * 3, "energy_mj": [0.5 * energy[e["index"]]] * 5}
+             for e in entries]
+    check.append({**check[0], "indices": [10**6]})  # an index the reference does not have: left out, said so
     rows = cross.compare(check, "h100")
     assert [r["latency_ratio"] for r in rows] == pytest.approx([2.0] * 3)
     assert [r["energy_ratio"] for r in rows] == pytest.approx([0.5] * 3)
+    assert "index 1000000" in capsys.readouterr().out
     path = tmp_path / "cross-check.json"
     path.write_text(json.dumps(check))
     assert cross.main(["compare", str(path)]) == 0
     assert "latency_ratio: median 2.000 (range 2.000-2.000, 3 architectures; ours on gpu-x, theirs on h100)" in (
         capsys.readouterr().out)
+
+
+def test_a_device_the_reference_lacks_is_a_clear_error(tmp_path, capsys):
+    assert cross.main(["archs", "--device", "h200", "--out", str(tmp_path / "a.json")]) == 2
+    assert "error: device: the reference has no latency of 'h200'; allowed: ['a100'" in capsys.readouterr().err
+    assert not (tmp_path / "a.json").exists()

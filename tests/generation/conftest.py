@@ -26,3 +26,11 @@ def short_settings():
         return ProfileSettings(**{**base, **overrides})
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def no_stalled_counters(monkeypatch):
+    """Each test starts with no energy counter marked stalled (``profilers.mark_counter_stalled`` is per process)."""
+    from hwgpt_bench.generation import profilers
+
+    monkeypatch.setattr(profilers, "_STALLED", {})

@@ -200,15 +200,16 @@ def test_a_counter_that_never_moves_gives_no_energy_with_the_reason(monkeypatch,
 
     monkeypatch.setattr(profilers, "energy_source", lambda device, root: (Frozen(), None))
     monkeypatch.setattr(profilers, "_EDGE_WAIT_EXTRA_S", 0.05)
-    monkeypatch.setattr(profilers, "_STALLED", {})
     model = build_model(SPACES["gpt-nano"].smallest())
     result = profilers.measure_energy(model, short_settings())
     assert result.energy_mj is None and result.method is None and result.window_ms is None
     assert re.match(r"^frozen counter did not change in \d+\.\d s of back-to-back steps; energy not measured$",
                     result.missing_reason)
-    monkeypatch.setattr(profilers, "_EDGE_WAIT_EXTRA_S", 60.0)  # a second wait would now take a minute ...
-    again = profilers.measure_energy(model, short_settings())
-    assert again.missing_reason == result.missing_reason  # ... but the process remembers the counter is dead
+    assert profilers._STALLED == {}  # one stall marks nothing: the next measurement tries again
+    monkeypatch.setattr(profilers, "_EDGE_WAIT_EXTRA_S", 60.0)  # a wait would now take a minute ...
+    profilers.mark_counter_stalled("frozen counter", "cpu", "marked stalled (test)")
+    assert profilers.measure_energy(model, short_settings()).missing_reason == "marked stalled (test)"  # ... none
+    assert profilers.measure_energy(model, short_settings(device="cpu")).energy_mj is None
 
 
 def test_a_counter_that_does_not_move_while_its_period_is_measured_is_marked_stalled(monkeypatch):
@@ -225,11 +226,11 @@ def test_a_counter_that_does_not_move_while_its_period_is_measured_is_marked_sta
             return float(b - a)
 
     monkeypatch.setattr(environment, "energy_source", lambda device: (Frozen(), None))
-    monkeypatch.setattr(profilers, "_STALLED", {})
     result = gpu_block.measure_counter_period("cpu", 0.05)
     assert result["updates"] == 0 and result["period_ms_p50"] is None and result["mean_power_w"] is None
-    assert result["missing_reason"].startswith("frozen counter changed 0 time(s) in 0.1 s under load")
-    assert {"frozen counter": result["missing_reason"]} == profilers._STALLED
+    assert re.match(r"^frozen counter changed 0 time\(s\) in \d+\.\d s at the start of the block; energy not "
+                    r"measured$", result["missing_reason"])
+    assert {("frozen counter", "cpu"): result["missing_reason"]} == profilers._STALLED
 
 
 def test_gpu_facts_read_from_nvml_and_torch(monkeypatch):
@@ -327,6 +328,41 @@ def test_the_export_is_one_part_per_table_and_refuses_more_files_than_come_back(
     with pytest.raises(ValueError, match=r"^out: the export would bring back 9 files \(at most 8\)"):
         export_block(run, out)
     assert not target.exists() and (out / "a.log").is_file()
+    assert json.loads((out / gpu_block.REPORT_NAME).read_text())["invocations"]  # the report comes back alone
+
+
+def test_a_cross_check_architecture_that_is_also_a_release_one_is_measured_apart(tmp_path, no_cpu_counter):
+    from hwgpt_bench.search_spaces import sample_archs
+
+    release_arch = sample_archs("gpt-s", 1, seed=0)[0]  # the forward stage's first
+    check = tmp_path / "check.json"
+    check.write_text(json.dumps({"archs": [{"index": 11, "arch": release_arch.to_dict()},
+                                           {"index": 12, "arch": release_arch.to_dict()}]}))
+    run = tmp_path / "run"
+    entry = run_block(BlockConfig(**TINY, check_archs=str(check)), run)
+    assert [(s["stage"], s["measured"], s.get("error")) for s in entry["stages"]] == [
+        ("cross-check", 1, None), ("gpt-s forward", 1, None)]
+    release = _tables(run)["measurements"].column("arch_id").to_pylist()
+    assert release == [release_arch.arch_id]  # the release row is measured, not taken from the check
+    config = BlockConfig(**TINY)
+    assert gpu_block._forwards_on_disk(run, config.requests(100.0)["gpt-s forward"], entry["device_id"]) == 1
+    assert json.loads((run / gpu_block.CHECK_DIR / "index.json").read_text()) == {release_arch.arch_id: [11, 12]}
+    (run / gpu_block.CHECK_DIR / "index.json").unlink()  # even without its index the check comes back, unindexed
+    export_block(run, tmp_path / "out")
+    (crossed,) = json.loads((tmp_path / "out" / gpu_block.CHECK_NAME).read_text())
+    assert crossed["indices"] == [] and crossed["arch_id"] == release_arch.arch_id
+
+
+def test_a_cross_check_that_fails_is_reported_and_the_block_goes_on(tmp_path, no_cpu_counter):
+    check = tmp_path / "check.json"
+    check.write_text(json.dumps({"archs": [{"index": 1, "arch": SPACES["gpt-s"].largest().to_dict()}]}))
+    config = BlockConfig(**TINY, check_archs=str(check))
+    check.write_text("no longer JSON")  # broken after the configuration was checked
+    entry = run_block(config, tmp_path / "run")
+    (crossed, forward) = entry["stages"]
+    assert crossed["stage"] == "cross-check" and crossed["measured"] == 0
+    assert crossed["error"].startswith("ValueError('check_archs: cannot read")
+    assert forward["stage"] == "gpt-s forward" and forward["measured"] == 1 and entry["finished_at"]
 
 
 def _other_device(run: Path, device_id: str = "gpu-other-h100-0123abcd") -> None:
@@ -379,12 +415,13 @@ def test_the_dry_run_of_the_block_script_on_this_cpu(tmp_path, install):
     check = tmp_path / "check.json"  # a cross-check architecture (here one of ours, under an index of 7)
     checked = sample_archs("gpt-s", 3, seed=5)[2]  # not one the forwards measure (positions 0, 1 of seed 0)
     check.write_text(json.dumps({"archs": [{"index": 7, "arch": checked.to_dict()}]}))
-    args = ([*DRY_RUN_ARGS, "--check-archs", str(check)] if install == "pip"
-            else [*DRY_RUN_ARGS, "--decode-archs", "0", "--gpt-m-archs", "0"])
+    args = ([*DRY_RUN_ARGS, "--check-archs", str(check)] if install == "pip"  # copy: a check file that is not there
+            else [*DRY_RUN_ARGS, "--decode-archs", "0", "--gpt-m-archs", "0", "--check-archs", str(tmp_path / "no")])
     done = subprocess.run(["bash", "plans/gpu-block.sh", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "gpu-block exit 0, export exit 0" in done.stdout
+    assert ("cross-check file" in done.stdout and "measuring without it" in done.stdout) == (install == "copy")
     assert ("installing by copying the package folders" in done.stdout) == (install == "copy")
 
     files = [p for p in out.rglob("*") if p.is_file()]
@@ -420,7 +457,7 @@ def test_the_dry_run_of_the_block_script_on_this_cpu(tmp_path, install):
     assert (out / "gpu-block.log").is_file()
     if install == "pip":  # the cross-check comes back beside the device's folder, never inside it: 8 files in all
         (crossed,) = json.loads((out / gpu_block.CHECK_NAME).read_text())
-        assert crossed["index"] == 7 and crossed["arch_id"] == checked.arch_id
+        assert crossed["indices"] == [7] and crossed["arch_id"] == checked.arch_id
         assert len(crossed["latency_ms"]) == 2 and crossed["batch_size"] == 2 and crossed["seq_len"] == 32
         assert crossed["arch_id"] not in {r["arch_id"] for r in m} and len(files) == 8
 
